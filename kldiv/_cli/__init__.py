@@ -1,0 +1,1 @@
+"""Subcommands of the ``kldiv`` CLI; each module defines ``register(subparsers)``."""

@@ -1,0 +1,72 @@
+"""The ``kldiv`` command line.
+
+Each subcommand lives in a module of :mod:`kldiv._cli` that defines ``register(subparsers)``;
+each is a thin shell over one public function. Exit codes: 0 success, 1 differences found
+where the user asked to fail on them, 2 bad input (a one-line message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import KldivError
+
+__all__ = ["main", "EXIT_OK", "EXIT_DIFFERENCES", "EXIT_BAD_INPUT"]
+
+EXIT_OK = 0
+EXIT_DIFFERENCES = 1
+EXIT_BAD_INPUT = 2
+
+# Modules under kldiv._cli, each with register(subparsers). Missing ones are skipped.
+_COMMAND_MODULES = ("calibrate", "search", "cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="kldiv",
+        description="TensorRT-compatible INT8 entropy calibration you can read and check.",
+    )
+    parser.add_argument("--version", action="version", version=f"kldiv {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"._cli.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}._cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kldiv`` command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(func(args) or EXIT_OK)
+    except (KldivError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"kldiv {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("kldiv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The one place where kldiv's defaults live.
+
+Every other module imports its defaults from here; nothing else spells these numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "NUM_BINS",
+    "NUM_QUANT_LEVELS",
+    "INT8_MAX",
+    "DEFAULT_PRESET",
+    "DEFAULT_TRT_VERSION",
+    "DEFAULT_ALGORITHM",
+    "DEFAULT_PERCENTILE",
+    "DEFAULT_BATCH_SIZE",
+]
+
+#: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
+NUM_BINS: Final[int] = 2048
+#: Number of quantization levels on one side of zero for symmetric int8 (|x| histogram).
+NUM_QUANT_LEVELS: Final[int] = 128
+#: Largest int8 magnitude; the scale is ``amax / INT8_MAX`` (algorithm.md #13).
+INT8_MAX: Final[int] = 127
+#: Preset used when none is named.
+DEFAULT_PRESET: Final[str] = "tensorrt"
+#: TensorRT version whose cache header is written when none is named.
+DEFAULT_TRT_VERSION: Final[str] = "10.9.0"
+#: Calibration algorithm named in cache headers when none is given.
+DEFAULT_ALGORITHM: Final[str] = "entropy2"
+#: Percentile used by the ``percentile`` method when none is named.
+DEFAULT_PERCENTILE: Final[float] = 99.99
+#: Batch size of calibration batches when none is named.
+DEFAULT_BATCH_SIZE: Final[int] = 8

@@ -1,0 +1,117 @@
+"""Exceptions raised by kldiv.
+
+Every error says what is wrong *and* how to fix it. All are subclasses of
+:class:`KldivError`, and the ones caused by bad input are also :class:`ValueError`
+so that ``except ValueError`` keeps working for callers who do not know kldiv.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KldivError",
+    "HistogramError",
+    "HistogramRangeError",
+    "NonFiniteError",
+    "PresetError",
+    "CacheFormatError",
+    "DataSourceError",
+    "ModelError",
+    "OutputExistsError",
+]
+
+
+class KldivError(Exception):
+    """Base class of every error kldiv raises on purpose."""
+
+
+class HistogramError(KldivError, ValueError):
+    """A histogram, or the data or counts given to build one, is invalid."""
+
+
+class HistogramRangeError(HistogramError):
+    """Histograms with different ranges or bin counts were combined."""
+
+
+class NonFiniteError(HistogramError):
+    """NaN or ±Inf values were found where finite activations are required.
+
+    Attributes
+    ----------
+    n_nan, n_posinf, n_neginf : int
+        How many of each were found.
+    first_index : tuple of int or None
+        Index (in the array as given) of the first non-finite value.
+    where : str
+        Free text naming the tensor / batch, filled in by callers that know it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        n_nan: int = 0,
+        n_posinf: int = 0,
+        n_neginf: int = 0,
+        first_index: tuple[int, ...] | None = None,
+        where: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.n_nan = n_nan
+        self.n_posinf = n_posinf
+        self.n_neginf = n_neginf
+        self.first_index = first_index
+        self.where = where
+
+
+class PresetError(KldivError, ValueError):
+    """An unknown preset, method or option name, or an option value out of range."""
+
+
+class CacheFormatError(KldivError, ValueError):
+    """A calibration cache (or related file) could not be read.
+
+    Attributes
+    ----------
+    path : str or None
+        The file, when known.
+    line : int or None
+        1-based line number of the offending line, when known.
+    hint : str
+        How to fix it.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, hint: str = ""
+    ) -> None:
+        self.reason = message
+        self.path = path
+        self.line = line
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}"
+        if self.line is not None:
+            where = f"{where}:{self.line}" if where else f"line {self.line}"
+        text = f"{where}: {self.reason}" if where else self.reason
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return text
+
+    def with_path(self, path: str) -> "CacheFormatError":
+        """Return a copy of this error that names ``path``."""
+        return CacheFormatError(self.reason, path=path, line=self.line, hint=self.hint)
+
+
+class DataSourceError(KldivError, ValueError):
+    """Calibration data is missing, unreadable, or does not match the model's inputs."""
+
+
+class ModelError(KldivError, ValueError):
+    """A model could not be loaded or run."""
+
+
+class OutputExistsError(KldivError, FileExistsError):
+    """An output file exists and overwriting was not allowed (pass ``force=True`` / ``--force``)."""

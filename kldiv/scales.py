@@ -1,0 +1,305 @@
+"""Thresholds, scales and calibration tables.
+
+``amax`` (also "threshold" ``T`` or "dynamic range") is the largest magnitude represented
+without saturation; ``scale`` is what TensorRT stores: ``scale = float32(float32(T) / 127)``.
+The conversion between the two lives **only** here (:func:`amax_to_scale`,
+:func:`scale_to_amax`); every other module calls these.
+
+A :class:`CalibrationTable` keeps, per tensor and in order, the exact float32 bit pattern of the
+scale, because that is what a TensorRT cache holds (including ``0``, infinities and NaN
+payloads), plus the cache header and the provenance of the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .defaults import INT8_MAX
+
+__all__ = [
+    "amax_to_scale",
+    "scale_to_amax",
+    "scale_to_bits",
+    "bits_to_scale",
+    "scale_to_hex",
+    "hex_to_scale",
+    "CacheHeader",
+    "CalibrationTable",
+]
+
+_F32 = np.float32
+
+
+def amax_to_scale(amax: float | np.floating[Any], *, divisor: int = INT8_MAX) -> np.float32:
+    """Return TensorRT's float32 scale for threshold ``amax``.
+
+    TensorRT's order of operations (algorithm.md §4): round the threshold to float32, divide by
+    127 in float32.
+
+    Parameters
+    ----------
+    amax : float
+        The threshold ``T`` (non-negative; ``inf`` and ``nan`` pass through).
+    divisor : int, optional
+        127 for TensorRT (default); 128 reproduces PPQ (algorithm.md #13).
+
+    Returns
+    -------
+    numpy.float32
+        The scale.
+
+    Examples
+    --------
+    >>> scale_to_hex(amax_to_scale(1.000244140625))
+    '3c010a14'
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _F32(_F32(amax) / _F32(divisor))
+
+
+def scale_to_amax(scale: float | np.floating[Any], *, divisor: int = INT8_MAX) -> float:
+    """Return the threshold ``amax = scale * 127`` (as a Python float, computed in float64).
+
+    Parameters
+    ----------
+    scale : float
+        A float32 scale as stored in a cache.
+    divisor : int, optional
+        The divisor the scale was made with (127 for TensorRT).
+
+    Returns
+    -------
+    float
+        The threshold.
+    """
+    return float(_F32(scale)) * float(divisor)
+
+
+def scale_to_bits(scale: float | np.floating[Any]) -> int:
+    """Return the IEEE-754 bit pattern of ``float32(scale)`` as an unsigned int."""
+    return int(np.array(scale, dtype=_F32).view(np.uint32))
+
+
+def bits_to_scale(bits: int) -> np.float32:
+    """Return the float32 whose IEEE-754 bit pattern is ``bits`` (NaN payloads kept)."""
+    if not 0 <= bits <= 0xFFFFFFFF:
+        raise ValueError(f"float32 bit pattern out of range: {bits:#x}; it must fit in 32 bits")
+    return np.array(bits, dtype=np.uint32).view(_F32)[()]
+
+
+def scale_to_hex(scale: float | np.floating[Any]) -> str:
+    """Format a scale as TensorRT writes it: lowercase hex of the float32 bits, no padding.
+
+    Examples
+    --------
+    >>> scale_to_hex(0.0)
+    '0'
+    >>> scale_to_hex(float("inf"))
+    '7f800000'
+    """
+    return format(scale_to_bits(scale), "x")
+
+
+def hex_to_scale(text: str) -> np.float32:
+    """Parse TensorRT's hex scale (``'3c010a14'``, ``'0'``) back to the exact float32.
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is not 1–8 hex digits.
+    """
+    t = text.strip()
+    if not 1 <= len(t) <= 8 or any(c not in "0123456789abcdefABCDEF" for c in t):
+        raise ValueError(
+            f"not a TensorRT scale: {text!r}; expected 1 to 8 hex digits such as '3c010a14'"
+        )
+    return bits_to_scale(int(t, 16))
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """The first line of a calibration cache.
+
+    Parameters
+    ----------
+    text : str
+        The header line exactly as read or to be written (no line ending).
+    kind : {'trt', 'legacy', 'unknown'}
+        ``trt`` for ``TRT-<N>-<Algorithm>``, ``legacy`` for the legacy calibrator's
+        ``0 <cutoff> <quantile>`` (spaced or run together), ``unknown`` for anything else.
+    version_number : int or None
+        ``<N>`` of a ``trt`` header (``7000``, ``100900``).
+    algorithm : str or None
+        ``<Algorithm>`` of a ``trt`` header (``EntropyCalibration2`` ...).
+    cutoff, quantile : float or None
+        The legacy calibrator's regression cutoff and quantile.
+    """
+
+    text: str
+    kind: str = "unknown"
+    version_number: int | None = None
+    algorithm: str | None = None
+    cutoff: float | None = None
+    quantile: float | None = None
+
+    @property
+    def trt_version(self) -> str | None:
+        """The TensorRT version ``'major.minor.patch'`` encoded in ``version_number``.
+
+        Up to 9.x the number is ``major*1000 + minor*100 + patch``; from 10.0 it is
+        ``major*10000 + minor*100 + patch`` (cache-format.md).
+        """
+        n = self.version_number
+        if n is None:
+            return None
+        if n >= 100000:
+            return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+        return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+
+
+class CalibrationTable(MutableMapping[str, np.float32]):
+    """Ordered mapping from tensor name to its float32 scale, with header and provenance.
+
+    The exact float32 bit pattern of each scale is kept, so a table read from a cache writes
+    back byte for byte. ``table[name]`` is the scale; :meth:`amax` and :meth:`amaxes` give the
+    thresholds through :func:`scale_to_amax`.
+
+    Parameters
+    ----------
+    scales : mapping or iterable of (name, scale), optional
+        Initial entries, in order.
+    header : CacheHeader, optional
+        The cache header read from a file, or to write.
+    provenance : dict, optional
+        Where the numbers came from (method, preset, options, model hash, data fingerprint,
+        kldiv version ...). Free-form JSON-serializable values.
+
+    Examples
+    --------
+    >>> t = CalibrationTable.from_amaxes({"data": 1.0})
+    >>> scale_to_hex(t["data"])
+    '3c010204'
+    """
+
+    def __init__(
+        self,
+        scales: Mapping[str, float | np.floating[Any]]
+        | Iterable[tuple[str, float | np.floating[Any]]] = (),
+        *,
+        header: CacheHeader | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._bits = {}
+        self.header = header
+        self.provenance = dict(provenance or {})
+        items = scales.items() if isinstance(scales, Mapping) else scales
+        for name, value in items:
+            self[name] = value
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_amaxes(
+        cls,
+        amaxes: Mapping[str, float] | Iterable[tuple[str, float]],
+        *,
+        header: CacheHeader | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> CalibrationTable:
+        """Build a table from thresholds; each scale is :func:`amax_to_scale` of its amax."""
+        items = amaxes.items() if isinstance(amaxes, Mapping) else amaxes
+        return cls(
+            ((n, amax_to_scale(a)) for n, a in items), header=header, provenance=provenance
+        )
+
+    @classmethod
+    def from_bits(
+        cls,
+        bits: Iterable[tuple[str, int]],
+        *,
+        header: CacheHeader | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> CalibrationTable:
+        """Build a table from exact float32 bit patterns (as parsed from a cache)."""
+        table = cls(header=header, provenance=provenance)
+        for name, b in bits:
+            table.set_bits(name, b)
+        return table
+
+    # -- mapping protocol ---------------------------------------------------------------
+    def __getitem__(self, name: str) -> np.float32:
+        return bits_to_scale(self._bits[name])
+
+    def __setitem__(self, name: str, scale: float | np.floating[Any]) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names are str, got {type(name).__name__}")
+        if "\n" in name or "\r" in name:
+            raise ValueError(f"tensor name {name!r} contains a line break; caches cannot hold it")
+        self._bits[name] = scale_to_bits(scale)
+
+    def __delitem__(self, name: str) -> None:
+        del self._bits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def __eq__(self, other: object) -> bool:
+        """Same names in the same order with bit-identical scales (header/provenance ignored)."""
+        if not isinstance(other, CalibrationTable):
+            return NotImplemented
+        return list(self._bits.items()) == list(other._bits.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = self.header.text if self.header is not None else None
+        return f"CalibrationTable({len(self)} tensors, header={head!r})"
+
+    # -- values -------------------------------------------------------------------------
+    def bits(self, name: str) -> int:
+        """The float32 bit pattern of ``name``'s scale."""
+        return self._bits[name]
+
+    def set_bits(self, name: str, bits: int) -> None:
+        """Set ``name``'s scale from an exact float32 bit pattern."""
+        bits_to_scale(bits)  # validates the range
+        if "\n" in name or "\r" in name:
+            raise ValueError(f"tensor name {name!r} contains a line break; caches cannot hold it")
+        self._bits[name] = int(bits)
+
+    def hex(self, name: str) -> str:
+        """``name``'s scale as TensorRT writes it (see :func:`scale_to_hex`)."""
+        return format(self._bits[name], "x")
+
+    def amax(self, name: str) -> float:
+        """``name``'s threshold, ``scale * 127``."""
+        return scale_to_amax(self[name])
+
+    def set_amax(self, name: str, amax: float) -> None:
+        """Set ``name``'s scale from a threshold through :func:`amax_to_scale`."""
+        self[name] = amax_to_scale(amax)
+
+    def scales(self) -> dict[str, np.float32]:
+        """All scales, in order."""
+        return {n: bits_to_scale(b) for n, b in self._bits.items()}
+
+    def amaxes(self) -> dict[str, float]:
+        """All thresholds, in order."""
+        return {n: scale_to_amax(bits_to_scale(b)) for n, b in self._bits.items()}
+
+    def copy(self) -> CalibrationTable:
+        """A shallow copy (same header object, copied provenance dict)."""
+        t = CalibrationTable(header=self.header, provenance=self.provenance)
+        t._bits = dict(self._bits)
+        return t
+
+    def is_finite(self, name: str) -> bool:
+        """Whether ``name``'s scale is a finite number."""
+        return math.isfinite(float(self[name]))
