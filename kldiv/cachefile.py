@@ -36,14 +36,14 @@ from .scales import CacheHeader, CalibrationTable
 
 __all__ = [
     "ALGORITHMS",
+    "decode_cache_bytes",
+    "format_cache",
+    "header_for",
     "parse_cache",
     "parse_header",
-    "format_cache",
     "read_cache",
-    "write_cache",
-    "header_for",
     "trt_version_number",
-    "decode_cache_bytes",
+    "write_cache",
 ]
 
 logger = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def _looks_like(line: str) -> str:
         )
     if line.lstrip().startswith(("{", "[")):
         return "this looks like JSON; read NVDLA or ONNX Runtime JSON with kldiv.exports"
-    name, sep, value = line.rpartition(" ")
+    _name, sep, value = line.rpartition(" ")
     if sep and _DECIMAL.fullmatch(value):
         return (
             "this looks like ONNX Runtime's text calibration.cache (name amax); read it with "

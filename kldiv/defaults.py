@@ -34,3 +34,9 @@ DEFAULT_ALGORITHM: Final[str] = "entropy2"
 DEFAULT_PERCENTILE: Final[float] = 99.99
 #: Batch size of calibration batches when none is named.
 DEFAULT_BATCH_SIZE: Final[int] = 8
+#: Regression cutoff written in a legacy-calibrator cache header when none is given
+#: (TensorRT's sampleINT8 legacy calibrator; the real legacy fixtures hold 1.0).
+DEFAULT_LEGACY_CUTOFF: Final[float] = 1.0
+#: Quantile written in a legacy-calibrator cache header when none is given (the MLPerf 3D-UNet
+#: legacy cache holds 0.99999).
+DEFAULT_LEGACY_QUANTILE: Final[float] = 0.99999
