@@ -1,0 +1,495 @@
+"""Run an ONNX model and hand out every activation TensorRT would calibrate.
+
+:class:`OnnxRuntimeRunner` loads an ONNX model, finds the tensors TensorRT's ONNX parser would
+create and calibrate, makes each one a graph output, and runs the model with onnxruntime on
+CPU one batch at a time, yielding ``{tensor_name: array}``.
+
+Which tensors
+-------------
+- **Graph inputs** (not initializers listed as inputs, as old exporters do) and **every node
+  output** of the main graph, named by their ONNX value names — TensorRT's ONNX parser gives
+  network tensors those names, so the names match a TensorRT cache.
+- Only floating-point tensors (float32, float16, float64). Integer and boolean tensors
+  (shapes, indices, masks) are never calibrated.
+- **Not weights**: initializers, ``Constant`` node outputs, and every tensor computed only
+  from them (a constant-only subgraph, e.g. PaddlePaddle exports that store weights in
+  ``Constant`` nodes and transpose or scale them in the graph) are skipped. TensorRT folds
+  these into weights.
+- **Tensors inside ``If`` / ``Loop`` / ``Scan`` subgraphs are not collected.** onnxruntime
+  cannot expose them as outputs of the main graph; TensorRT turns these into conditional /
+  loop layers whose inner tensors it names its own way. The outputs of the ``If`` / ``Loop``
+  node itself (main-graph values) are collected. The runner logs once how many inner tensors
+  it left out.
+
+Memory
+------
+Only one batch's activations are alive at a time: :meth:`OnnxRuntimeRunner.iter_activations`
+yields one dict per batch and drops it before running the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import DataSourceError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+__all__ = ["InputSpec", "OnnxRuntimeRunner", "calibration_tensor_names", "load_model"]
+
+log = logging.getLogger(__name__)
+
+#: ONNX element types of the tensors that are calibrated.
+FLOAT_ELEM_TYPES = frozenset({1, 10, 11})
+_FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+# ops whose output is not a function of their inputs
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
+)
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+#: Opsets the runner is tested on.
+TESTED_OPSETS = range(11, 22)
+
+
+def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
+    """Load an ONNX model from a path, bytes or a ``ModelProto``.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        The model (external data loaded).
+    label : str
+        The path, or ``'<bytes>'`` / ``'<ModelProto>'``, for messages.
+    sha256 : str
+        Hex SHA-256 of the model file (or of the serialized model).
+
+    Raises
+    ------
+    ModelError
+        If the file is missing or is not a valid ONNX model.
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return model, "<ModelProto>", hashlib.sha256(data).hexdigest()
+    if isinstance(model, (bytes, bytearray)):
+        label = "<bytes>"
+        data = bytes(model)
+        try:
+            proto = onnx.load_from_string(data)
+        except Exception as exc:
+            raise ModelError(f"{label}: not an ONNX model ({exc.__class__.__name__}: {exc})") from exc
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        label = str(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found; give the path of an .onnx file")
+        data = path.read_bytes()
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:
+            raise ModelError(
+                f"{path}: cannot load it as an ONNX model ({exc.__class__.__name__}: {exc}); "
+                "check that it is an .onnx file and not truncated"
+            ) from exc
+    else:
+        raise ModelError(
+            f"a model must be a path, bytes or onnx.ModelProto, not {type(model).__name__}"
+        )
+    if not proto.graph.node and not proto.graph.input:
+        raise ModelError(f"{label}: the file parsed but holds an empty graph; is it an ONNX model?")
+    return proto, label, hashlib.sha256(data).hexdigest()
+
+
+def _graph_attrs(node: Any) -> list[Any]:
+    import onnx
+
+    graphs = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            graphs.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(a.graphs)
+    return graphs
+
+
+def _count_subgraph_values(graph: Any) -> int:
+    n = 0
+    for node in graph.node:
+        n += sum(1 for o in node.output if o)
+        for g in _graph_attrs(node):
+            n += _count_subgraph_values(g)
+    return n
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value whose type is known (after shape inference)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # noqa: BLE001 - custom ops, >2 GB models ...
+        log.debug("shape inference failed (%s); types come from the first batch", exc)
+        inferred = model
+    types: dict[str, int] = {}
+    g = inferred.graph
+    for vi in [*g.value_info, *g.input, *g.output]:
+        t = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        if t:
+            types[vi.name] = t
+    return types
+
+
+def calibration_tensor_names(
+    model: onnx.ModelProto, *, include_constants: bool = False
+) -> tuple[list[str], list[str], int]:
+    """The tensors TensorRT would calibrate, in network order.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model.
+    include_constants : bool, optional
+        Also list floating tensors computed only from initializers / ``Constant`` nodes.
+
+    Returns
+    -------
+    inputs : list of str
+        Floating graph inputs (initializers excluded).
+    outputs : list of str
+        Node outputs of the main graph that are floating or of unknown type (unknown ones are
+        filtered by dtype at run time), constant-only ones excluded.
+    n_subgraph : int
+        How many values live inside ``If``/``Loop``/``Scan`` subgraphs (not collected).
+    """
+    g = model.graph
+    const = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
+    types = _elem_types(model)
+    inputs = [
+        vi.name for vi in g.input
+        if vi.name not in const and types.get(vi.name, 0) in FLOAT_ELEM_TYPES
+    ]
+    outputs: list[str] = []
+    seen = set(inputs)
+    n_sub = 0
+    for node in g.node:
+        subgraphs = _graph_attrs(node)
+        n_sub += sum(_count_subgraph_values(s) for s in subgraphs)
+        ins = [i for i in node.input if i]
+        is_const = node.op_type == "Constant" or (
+            bool(ins)
+            and all(i in const for i in ins)
+            and not subgraphs
+            and node.op_type not in _NONDETERMINISTIC
+        )
+        for o in node.output:
+            if not o:
+                continue
+            if is_const:
+                const.add(o)
+                if not include_constants:
+                    continue
+            t = types.get(o, 0)
+            if (t == 0 or t in FLOAT_ELEM_TYPES) and o not in seen:
+                outputs.append(o)
+                seen.add(o)
+    return inputs, outputs, n_sub
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, shape (ints, or ``None``/str for dynamic dims) and dtype."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    @property
+    def batch_dim(self) -> int | None:
+        """The fixed batch size, or ``None`` when dynamic (or the input is a scalar)."""
+        if not self.shape:
+            return None
+        d = self.shape[0]
+        return d if isinstance(d, int) else None
+
+    def describe(self) -> str:
+        """``name: float32[N,3,224,224]``."""
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+    def check(self, array: Any, *, where: str) -> np.ndarray:
+        """Return ``array`` ready to feed, or raise a :class:`DataSourceError` naming ``where``.
+
+        A float array of another float width is cast (float64 → float32); a sample without
+        batch axis gets one; rank, fixed dims and dtype kind must match.
+        """
+        arr = np.asarray(array)
+        want = np.dtype(self.dtype)
+        if arr.dtype != want:
+            if arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu"):
+                arr = arr.astype(want)
+            else:
+                hint = (
+                    "; images must be preprocessed to float (declare scale/mean/std)"
+                    if arr.dtype == np.uint8 and want.kind == "f"
+                    else ""
+                )
+                raise DataSourceError(
+                    f"{where}: input {self.name!r} has dtype {arr.dtype}, the model expects "
+                    f"{want}{hint}"
+                )
+        if len(self.shape) and arr.ndim == len(self.shape) - 1:
+            arr = arr[None]
+        if arr.ndim != len(self.shape):
+            raise DataSourceError(
+                f"{where}: input {self.name!r} has shape {arr.shape}, the model expects "
+                f"{self.describe()} (rank {len(self.shape)})"
+            )
+        for axis, (got, want_d) in enumerate(zip(arr.shape, self.shape)):
+            if axis == 0 and isinstance(want_d, int) and want_d > 0:
+                if got % want_d:
+                    raise DataSourceError(
+                        f"{where}: input {self.name!r} has {got} samples; the model's batch "
+                        f"size is fixed at {want_d}, so give a multiple of {want_d}"
+                    )
+            elif isinstance(want_d, int) and want_d > 0 and got != want_d:
+                raise DataSourceError(
+                    f"{where}: input {self.name!r} has shape {arr.shape}, the model expects "
+                    f"{self.describe()} (axis {axis}: {got} != {want_d})"
+                )
+        if arr.size == 0:
+            raise DataSourceError(f"{where}: input {self.name!r} is empty (shape {arr.shape})")
+        return arr
+
+
+class OnnxRuntimeRunner:
+    """Run an ONNX model with onnxruntime and yield every calibratable activation.
+
+    Parameters
+    ----------
+    model : path-like, bytes or onnx.ModelProto
+        The model (opsets 11–21 tested; dynamic batch supported; a fixed batch size B takes
+        any multiple of B, run B samples at a time).
+    graph_optimization_level : {'basic', 'disable', 'extended', 'all'}
+        onnxruntime's optimizations. Fusions never remove a tensor that is requested as an
+        output, so every level gives the same activations; ``'basic'`` (default) folds
+        constants and is the fastest in ``benchmarks/calibrate_e2e.py``.
+    include_constants : bool, optional
+        Also collect floating tensors computed only from weights (default ``False``).
+    intra_op_num_threads : int, optional
+        onnxruntime's thread count (default: onnxruntime's choice, all cores).
+    providers : sequence of str, optional
+        Execution providers (default CPU only).
+
+    Attributes
+    ----------
+    input_specs : list of InputSpec
+        The model's inputs.
+    tensor_names : list of str
+        Tensors yielded, in network order (an unknown-typed tensor that turns out not to be
+        floating is dropped from this list on the first batch).
+    model_sha256 : str
+        SHA-256 of the model file.
+
+    Examples
+    --------
+    >>> runner = OnnxRuntimeRunner("model.onnx")            # doctest: +SKIP
+    >>> for acts in runner.iter_activations(batches):       # doctest: +SKIP
+    ...     print({k: v.shape for k, v in acts.items()})
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        graph_optimization_level: str = "basic",
+        include_constants: bool = False,
+        intra_op_num_threads: int | None = None,
+        providers: Iterable[str] | None = None,
+    ) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise ModelError(
+                f"graph_optimization_level must be one of {_OPT_LEVELS}, "
+                f"got {graph_optimization_level!r}"
+            )
+        proto, self.label, self.model_sha256 = load_model(model)
+        opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+        self.opset = opsets.get("ai.onnx")
+        if self.opset is not None and self.opset not in TESTED_OPSETS:
+            log.info("%s: opset %s is outside the tested range 11-21", self.label, self.opset)
+        inputs, outputs, n_sub = calibration_tensor_names(proto, include_constants=include_constants)
+        if n_sub:
+            log.warning(
+                "%s: %d tensors inside If/Loop/Scan subgraphs are not collected (onnxruntime "
+                "cannot expose them; the If/Loop outputs themselves are collected)",
+                self.label, n_sub,
+            )
+        self._input_floats = set(inputs)
+        self._outputs = outputs
+        self.tensor_names = [*inputs, *outputs]
+        self._checked_dtypes = False
+
+        aug = onnx.ModelProto()
+        aug.CopyFrom(proto)
+        existing = {o.name for o in aug.graph.output}
+        for name in outputs:
+            if name not in existing:
+                aug.graph.output.append(onnx.ValueInfoProto(name=name))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization_level]
+        if intra_op_num_threads:
+            opts.intra_op_num_threads = int(intra_op_num_threads)
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                aug.SerializeToString(),
+                sess_options=opts,
+                providers=list(providers or ["CPUExecutionProvider"]),
+            )
+        except Exception as exc:
+            raise ModelError(
+                f"{self.label}: onnxruntime cannot load the model ({exc.__class__.__name__}: "
+                f"{str(exc).strip()}); check it with onnx.checker.check_model"
+            ) from exc
+        del aug
+        init_names = {t.name for t in proto.graph.initializer}
+        specs = []
+        for i in self.session.get_inputs():
+            if i.name in init_names:
+                continue
+            dtype = np.dtype(_ort_type_to_numpy(i.type))
+            shape = tuple(d if isinstance(d, int) else None for d in i.shape)
+            specs.append(InputSpec(i.name, shape, dtype))
+        self.input_specs: list[InputSpec] = specs
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeRunner({self.label!r}, {len(self.tensor_names)} tensors)"
+
+    # -- input checks ----------------------------------------------------------------------
+    def prepare(self, batch: Any, *, index: int = 0) -> dict[str, np.ndarray]:
+        """Check one batch against :attr:`input_specs` and return the feed dict.
+
+        Parameters
+        ----------
+        batch : dict or numpy.ndarray
+            ``{input_name: array}``; a bare array when the model has exactly one input.
+        index : int
+            The batch's position in the data, for messages.
+
+        Raises
+        ------
+        DataSourceError
+            Missing or unknown input names, wrong rank, fixed dims or dtype kind.
+        """
+        where = f"batch {index}"
+        names = [s.name for s in self.input_specs]
+        if not isinstance(batch, Mapping):
+            if len(self.input_specs) != 1:
+                raise DataSourceError(
+                    f"{where}: a bare array was given but the model has inputs {names}; "
+                    "give a dict {input_name: array}"
+                )
+            batch = {names[0]: batch}
+        missing = [n for n in names if n not in batch]
+        extra = [k for k in batch if k not in names]
+        if missing or extra:
+            raise DataSourceError(
+                f"{where}: the model's inputs are {names}, the batch has {list(batch)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {extra}" if extra else "")
+            )
+        feed = {s.name: s.check(batch[s.name], where=where) for s in self.input_specs}
+        sizes = {s.name: feed[s.name].shape[0] for s in self.input_specs if s.shape}
+        if len(set(sizes.values())) > 1:
+            raise DataSourceError(f"{where}: inputs disagree on the batch size: {sizes}")
+        return feed
+
+    # -- running ---------------------------------------------------------------------------
+    def _chunks(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Split a feed along axis 0 when the model's batch size is fixed."""
+        fixed = [s.batch_dim for s in self.input_specs if s.batch_dim]
+        n = next((a.shape[0] for a in feed.values() if a.ndim), 0)
+        if not fixed or n <= fixed[0]:
+            yield feed
+            return
+        step = fixed[0]
+        for start in range(0, n, step):
+            yield {k: (v[start : start + step] if v.ndim else v) for k, v in feed.items()}
+
+    def run(self, feed: Mapping[str, np.ndarray], *, index: int = 0) -> dict[str, np.ndarray]:
+        """Run one prepared feed (see :meth:`prepare`); return ``{tensor: activation}``.
+
+        The feed must fit the model's batch size (use :meth:`iter_activations` to split).
+        """
+        try:
+            arrays = self.session.run(self._outputs, dict(feed))
+        except Exception as exc:
+            raise ModelError(
+                f"{self.label}: onnxruntime failed on batch {index} "
+                f"(shapes {({k: v.shape for k, v in feed.items()})}): "
+                f"{exc.__class__.__name__}: {str(exc).strip()}"
+            ) from exc
+        acts: dict[str, np.ndarray] = {n: feed[n] for n in self.tensor_names if n in self._input_floats}
+        for name, arr in zip(self._outputs, arrays):
+            acts[name] = arr
+        if not self._checked_dtypes:
+            self._drop_non_float(acts)
+        return acts
+
+    def _drop_non_float(self, acts: dict[str, np.ndarray]) -> None:
+        """Drop unknown-typed outputs that turned out not to be floating (first batch only)."""
+        keep = []
+        for name, arr in list(acts.items()):
+            if isinstance(arr, np.ndarray) and arr.dtype.type in _FLOAT_DTYPES:
+                keep.append(name)
+            else:
+                del acts[name]
+        if len(keep) != len(self.tensor_names):
+            log.debug("dropping %d non-float tensors", len(self.tensor_names) - len(keep))
+            kept = set(keep)
+            self._outputs = [n for n in self._outputs if n in kept]
+            self.tensor_names = [n for n in self.tensor_names if n in kept]
+        self._checked_dtypes = True
+
+    def iter_activations(self, source: Iterable[Any]) -> Iterator[dict[str, np.ndarray]]:
+        """Check, run and yield the activations of each batch of ``source``, one at a time.
+
+        Batches larger than a fixed model batch size are split and yielded piece by piece.
+        """
+        for index, batch in enumerate(source):
+            feed = self.prepare(batch, index=index)
+            for chunk in self._chunks(feed):
+                yield self.run(chunk, index=index)
+
+    __call__ = iter_activations
+
+
+def _ort_type_to_numpy(ort_type: str) -> Any:
+    table = {
+        "tensor(float)": np.float32, "tensor(float16)": np.float16,
+        "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+        "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+        "tensor(int16)": np.int16, "tensor(uint16)": np.uint16,
+    }
+    if ort_type not in table:
+        raise ModelError(f"model input of type {ort_type} is not supported")
+    return table[ort_type]
