@@ -40,3 +40,12 @@ DEFAULT_LEGACY_CUTOFF: Final[float] = 1.0
 #: Quantile written in a legacy-calibrator cache header when none is given (the MLPerf 3D-UNet
 #: legacy cache holds 0.99999).
 DEFAULT_LEGACY_QUANTILE: Final[float] = 0.99999
+
+# --- histograms (appended by helper HIST) ---
+#: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".
+DEFAULT_FILL_BACKEND: Final[str] = "auto"
+#: Range policy of histogram collection when none is named: the TensorRT developer guide's
+#: "first batch's absmax, grown by powers of two" (see kldiv.histogram).
+DEFAULT_RANGE_POLICY: Final[str] = "pow2"
+
+__all__ += ["DEFAULT_FILL_BACKEND", "DEFAULT_RANGE_POLICY"]

@@ -1,0 +1,689 @@
+"""Histograms of |activation|: :class:`ActivationHistogram` and the readable NumPy fill.
+
+A histogram here is a small value object: int64 counts of ``|x|`` in ``num_bins`` equal bins
+over ``[0, amax]``. It is filled from float16/32/64 arrays of any shape and strides, merged
+with ``+``, compared exactly with ``==`` and approximately with :meth:`allclose`.
+
+The bin-edge rule (the same in the NumPy reference and the Numba kernel)
+    ``edges[k] = amax * (k / num_bins)`` in float64, so ``edges[0] == 0`` and
+    ``edges[num_bins] == amax`` exactly. A finite value lands in bin ``k`` when
+    ``edges[k] <= |x| < edges[k + 1]``; the last bin also holds ``|x| == amax`` (as
+    ``np.histogram`` does). ``|x|`` is taken in float64 (float16/float32 inputs are widened
+    exactly first), so the rule is the same for every input dtype. When ``amax == 0`` (an
+    all-zero tensor), every count is in bin 0.
+
+Range policies (how a histogram meets a batch that exceeds its range)
+    ``"fixed"``  the range is given; values above it are an error, or with
+    ``overflow="clip"`` are counted in the last bin.
+    ``"global"`` the range is the global absmax found by a first pass over all the data
+    (:func:`absmax` per batch, then ``max``); otherwise like ``"fixed"``.
+    ``"pow2"``   TensorRT developer guide: start at the first batch's absmax; when a batch
+    exceeds the range, double the range as often as needed, merging neighbouring bin pairs
+    (``new[k] = old[2k] + old[2k+1]``; the upper half starts empty), then fill.
+    ``"append"`` ModelOpt's ``HistogramCalibrator``: keep the bin width, append bins up to
+    ``ceil(batch_absmax / width)`` (``num_bins`` grows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .defaults import DEFAULT_FILL_BACKEND, NUM_BINS
+from .errors import HistogramError, HistogramRangeError, NonFiniteError
+
+__all__ = [
+    "RANGE_POLICIES",
+    "ActivationHistogram",
+    "FillStats",
+    "absmax",
+    "bin_edges",
+    "fill_counts_reference",
+]
+
+logger = logging.getLogger(__name__)
+
+RangePolicy = Literal["fixed", "global", "pow2", "append"]
+NonFinitePolicy = Literal["raise", "drop"]
+OverflowPolicy = Literal["raise", "clip"]
+Backend = Literal["auto", "numpy", "numba"]
+
+#: The named range policies (see the module docstring and docs/histograms.md).
+RANGE_POLICIES: tuple[str, ...] = ("fixed", "global", "pow2", "append")
+_NONFINITE = ("raise", "drop")
+_OVERFLOW = ("raise", "clip")
+_BACKENDS = ("auto", "numpy", "numba")
+#: Elements the NumPy reference widens to float64 at a time (bounded temporaries).
+_REFERENCE_BLOCK = 1 << 18
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise HistogramError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_num_bins(num_bins: Any) -> int:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+        raise HistogramError(
+            f"num_bins must be a positive integer, got {num_bins!r}; TensorRT uses {NUM_BINS}"
+        )
+    return int(num_bins)
+
+
+def _check_amax(amax: Any, num_bins: int) -> float:
+    try:
+        value = float(amax)
+    except (TypeError, ValueError):
+        raise HistogramError(f"amax must be a number, got {amax!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise HistogramError(
+            f"amax must be finite and >= 0, got {value!r}; pass the largest |x| to cover "
+            "(or use range_policy='pow2'/'append' to find it from the data)"
+        )
+    if value > 0 and value / num_bins < np.finfo(np.float64).tiny:
+        raise HistogramError(
+            f"amax={value!r} is too small to split into {num_bins} float64 bins; "
+            "rescale the data (e.g. multiply by 2**100) or use fewer bins"
+        )
+    return value
+
+
+def bin_edges(amax: float, num_bins: int = NUM_BINS) -> np.ndarray:
+    """The float64 bin edges of the documented rule: ``edges[k] = amax * (k / num_bins)``.
+
+    Parameters
+    ----------
+    amax : float
+        Upper edge of the range (``edges[-1] == amax`` exactly).
+    num_bins : int, default NUM_BINS
+        Number of bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``num_bins + 1`` non-decreasing float64 edges starting at 0.
+    """
+    num_bins = _check_num_bins(num_bins)
+    amax = _check_amax(amax, num_bins)
+    return amax * (np.arange(num_bins + 1, dtype=np.float64) / num_bins)
+
+
+def _as_array(values: ArrayLike) -> np.ndarray:
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if arr.dtype.kind == "f":
+        if arr.dtype.itemsize not in (2, 4, 8):
+            raise HistogramError(
+                f"unsupported float dtype {arr.dtype}; convert to float32 or float64 first"
+            )
+        return arr
+    if arr.dtype.kind in "iu":
+        return arr
+    raise HistogramError(
+        f"activations must be a real numeric array (float16/32/64 or integer), got dtype "
+        f"{arr.dtype}; convert with np.asarray(values, dtype=np.float32)"
+    )
+
+
+def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """|x| as float64, a bounded block at a time (never a full-size temporary)."""
+    it = np.nditer(
+        arr,
+        flags=["external_loop", "buffered", "zerosize_ok"],
+        op_flags=[["readonly"]],
+        order="K",
+        buffersize=_REFERENCE_BLOCK,
+    )
+    for block in it:
+        yield np.abs(block.astype(np.float64))
+
+
+class FillStats:
+    """What one fill pass saw besides the counts (shared by both backends)."""
+
+    __slots__ = ("counts", "max_abs", "n_finite", "n_nonfinite", "n_over")
+
+    def __init__(
+        self, counts: np.ndarray, n_nonfinite: int, n_over: int, n_finite: int, max_abs: float
+    ) -> None:
+        self.counts = counts
+        self.n_nonfinite = n_nonfinite
+        self.n_over = n_over
+        self.n_finite = n_finite
+        self.max_abs = max_abs
+
+
+def fill_counts_reference(
+    values: ArrayLike, amax: float, num_bins: int = NUM_BINS, *, clip: bool = False
+) -> FillStats:
+    """The NumPy reference fill: counts of ``|values|`` under the documented bin-edge rule.
+
+    Reads like the rule: bin ``k`` of a finite ``a = |float64(x)|`` is the ``k`` with
+    ``edges[k] <= a < edges[k+1]`` (``np.searchsorted(edges, a, side="right") - 1``), the last
+    bin also taking ``a == amax``; with ``amax == 0`` all of it goes to bin 0. NaN/±Inf are
+    counted and skipped; finite ``a > amax`` are counted as over (and, with ``clip``, put in
+    the last bin). Works a bounded block at a time.
+
+    Parameters
+    ----------
+    values : array_like
+        Activations of any shape, float16/32/64 or integer.
+    amax : float
+        Range ``[0, amax]``.
+    num_bins : int, default NUM_BINS
+        Number of bins.
+    clip : bool, default False
+        Count values above ``amax`` in the last bin.
+
+    Returns
+    -------
+    FillStats
+        ``counts`` (int64) plus ``n_nonfinite``, ``n_over``, ``n_finite``, ``max_abs``.
+    """
+    arr = _as_array(values)
+    edges = bin_edges(amax, num_bins)
+    counts = np.zeros(num_bins, dtype=np.int64)
+    n_nonfinite = n_over = n_finite = 0
+    max_abs = 0.0
+    for a in _reference_blocks(arr):
+        finite = np.isfinite(a)
+        n_nonfinite += int(a.size - np.count_nonzero(finite))
+        a = a[finite]
+        n_finite += int(a.size)
+        if a.size:
+            max_abs = max(max_abs, float(a.max()))
+        over = a > amax
+        n_over += int(np.count_nonzero(over))
+        inside = a[~over]
+        if amax == 0:
+            idx = np.zeros(inside.size, dtype=np.int64)
+        else:
+            idx = np.searchsorted(edges, inside, side="right") - 1
+            idx[idx == num_bins] = num_bins - 1  # |x| == amax closes the last bin
+        counts += np.bincount(idx, minlength=num_bins)
+        if clip:
+            counts[-1] += int(np.count_nonzero(over))
+    return FillStats(counts, n_nonfinite, n_over, n_finite, max_abs)
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        backend = DEFAULT_FILL_BACKEND
+    _check_choice("backend", backend, _BACKENDS)
+    if backend == "auto":
+        try:
+            import numba  # noqa: F401
+        except ImportError:  # pragma: no cover - numba is a dependency
+            logger.debug("numba is not importable; using the NumPy reference fill")
+            return "numpy"
+        return "numba"
+    return backend
+
+
+def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend: str) -> FillStats:
+    if _resolve_backend(backend) == "numpy":
+        return fill_counts_reference(arr, amax, num_bins, clip=clip)
+    from ._kernels.fill import fill_counts
+
+    res = fill_counts(arr, amax, num_bins, bin_edges(amax, num_bins), clip=clip)
+    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.n_finite, res.max_abs)
+
+
+def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:
+    """Build the detailed error (only on the error path is a full-size mask made)."""
+    n_nan = int(np.count_nonzero(np.isnan(arr)))
+    n_posinf = int(np.count_nonzero(np.isposinf(arr)))
+    n_neginf = int(np.count_nonzero(np.isneginf(arr)))
+    bad = np.argwhere(~np.isfinite(arr))
+    first = tuple(int(i) for i in bad[0]) if bad.size else None
+    place = f" in {where}" if where else ""
+    return NonFiniteError(
+        f"{n_nan + n_posinf + n_neginf} non-finite value(s){place} (NaN: {n_nan}, "
+        f"+Inf: {n_posinf}, -Inf: {n_neginf}; first at index {first}) in an array of shape "
+        f"{arr.shape}; fix the model/data, or pass nonfinite='drop' to skip them",
+        n_nan=n_nan,
+        n_posinf=n_posinf,
+        n_neginf=n_neginf,
+        first_index=first,
+        where=where,
+    )
+
+
+def _empty_error(where: str) -> HistogramError:
+    place = f" ({where})" if where else ""
+    return HistogramError(
+        f"no values: the tensor is empty{place}; check the batch, or pass allow_empty=True "
+        "to accept empty batches"
+    )
+
+
+def absmax(
+    values: ArrayLike, *, nonfinite: NonFinitePolicy = "raise", backend: Backend = "auto"
+) -> float:
+    """Largest finite ``|x|`` of an array, without a full-size temporary of ``|x|``.
+
+    The first pass of the ``"global"`` range policy: take ``max(absmax(b) for b in batches)``.
+
+    Parameters
+    ----------
+    values : array_like
+        Activations, float16/32/64 or integer, any shape and strides.
+    nonfinite : {"raise", "drop"}, default "raise"
+        NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError`, or are ignored.
+    backend : {"auto", "numpy", "numba"}, default "auto"
+        Implementation to use.
+
+    Returns
+    -------
+    float
+        0.0 for an all-zero array.
+    """
+    _check_choice("nonfinite", nonfinite, _NONFINITE)
+    arr = _as_array(values)
+    if arr.size == 0:
+        raise _empty_error("")
+    if _resolve_backend(backend) == "numpy":
+        mx, bad = 0.0, 0
+        for a in _reference_blocks(arr):
+            finite = np.isfinite(a)
+            bad += int(a.size - np.count_nonzero(finite))
+            if finite.any():
+                mx = max(mx, float(a[finite].max()))
+    else:
+        from ._kernels.fill import absmax_stats
+
+        mx, bad = absmax_stats(arr)
+    if bad and nonfinite == "raise":
+        raise _nonfinite_error(arr, "")
+    return mx
+
+
+# --------------------------------------------------------------------------- the value object
+class ActivationHistogram:
+    """Int64 counts of ``|x|`` in ``num_bins`` equal bins over ``[0, amax]``.
+
+    Bin-edge rule: ``edges[k] = amax * (k / num_bins)`` (float64); bin ``k`` holds finite
+    ``|x|`` with ``edges[k] <= |x| < edges[k+1]``, and the last bin also holds ``|x| == amax``
+    (like ``np.histogram``). ``|x|`` is computed in float64 for every input dtype. With
+    ``amax == 0`` (an all-zero tensor) all counts are in bin 0.
+
+    Parameters
+    ----------
+    amax : float
+        Upper edge of the range (the histogram's range ``R``), finite and >= 0.
+    num_bins : int, default NUM_BINS (2048)
+        Number of bins.
+    counts : array_like, optional
+        Initial counts (validated as by :meth:`from_counts`); zeros when omitted.
+
+    Notes
+    -----
+    Fill with :meth:`fill` (``range_policy`` chooses what happens when a batch exceeds the
+    range: ``"fixed"``, ``"global"``, ``"pow2"``, ``"append"``), grow explicitly with
+    :meth:`grow_to`. Merge with ``+``, ``+=`` or ``sum([...])``: ranges and bin counts must be
+    equal (:class:`~kldiv.errors.HistogramRangeError` otherwise). ``==`` is exact;
+    :meth:`allclose` compares with tolerances. ``counts`` and ``edges`` are read-only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> h = ActivationHistogram(4.0, num_bins=4).fill(np.array([-4.0, 0.5, 1.0, 3.99]))
+    >>> h.counts.tolist()
+    [1, 1, 0, 2]
+    """
+
+    __slots__ = ("_amax", "_counts", "_num_bins")
+    __hash__ = None  # type: ignore[assignment]  # mutable (fill, +=)
+
+    def __init__(
+        self, amax: float, num_bins: int = NUM_BINS, counts: ArrayLike | None = None
+    ) -> None:
+        num_bins = _check_num_bins(num_bins)
+        self._amax = _check_amax(amax, num_bins)
+        self._num_bins = num_bins
+        if counts is None:
+            self._counts = np.zeros(num_bins, dtype=np.int64)
+        else:
+            checked = _validate_counts(counts)
+            if checked.size != num_bins:
+                raise HistogramError(
+                    f"counts has {checked.size} bins but num_bins={num_bins}; "
+                    "pass counts of length num_bins (or omit num_bins)"
+                )
+            self._counts = checked
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_counts(cls, counts: ArrayLike, amax: float) -> ActivationHistogram:
+        """Build from existing counts (1-D, integer-valued, >= 0) over ``[0, amax]``.
+
+        Parameters
+        ----------
+        counts : array_like
+            One count per bin; integer dtype, or whole-valued floats below 2**53.
+        amax : float
+            Upper edge of the range.
+
+        Returns
+        -------
+        ActivationHistogram
+        """
+        checked = _validate_counts(counts)
+        return cls(amax, checked.size, checked)
+
+    @classmethod
+    def from_values(
+        cls,
+        values: ArrayLike,
+        *,
+        amax: float | None = None,
+        num_bins: int = NUM_BINS,
+        nonfinite: NonFinitePolicy = "raise",
+        overflow: OverflowPolicy = "raise",
+        backend: Backend = "auto",
+        where: str = "",
+    ) -> ActivationHistogram:
+        """Histogram of ``|values|``; ``amax=None`` takes the data's own absmax as the range.
+
+        This is also how the growth policies start: the first batch sets the range
+        (``from_values(batch)``), later batches use ``fill(batch, range_policy=...)``.
+
+        Parameters
+        ----------
+        values : array_like
+            Activations of any shape (float16/32/64 or integer); must not be empty.
+        amax : float, optional
+            Range to use; default the largest finite ``|x|`` (0 for all-zero data).
+        num_bins : int, default NUM_BINS
+            Number of bins.
+        nonfinite : {"raise", "drop"}, default "raise"
+            NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` or are skipped.
+        overflow : {"raise", "clip"}, default "raise"
+            With an explicit ``amax``: values above it raise or go to the last bin.
+        backend : {"auto", "numpy", "numba"}, default "auto"
+            Fill implementation.
+        where : str, optional
+            Names the tensor/batch in error messages.
+
+        Returns
+        -------
+        ActivationHistogram
+        """
+        arr = _as_array(values)
+        if arr.size == 0:
+            raise _empty_error(where)
+        if amax is None:
+            amax = absmax(arr, nonfinite=nonfinite, backend=backend)
+        hist = cls(amax, num_bins)
+        return hist.fill(arr, nonfinite=nonfinite, overflow=overflow, backend=backend, where=where)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def counts(self) -> np.ndarray:
+        """Int64 counts, shape ``(num_bins,)``, read-only view."""
+        view = self._counts.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def amax(self) -> float:
+        """Upper edge of the range (``edges[-1]``)."""
+        return self._amax
+
+    @property
+    def num_bins(self) -> int:
+        """Number of bins."""
+        return self._num_bins
+
+    @property
+    def bin_width(self) -> float:
+        """``amax / num_bins``."""
+        return self._amax / self._num_bins
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Float64 bin edges (``num_bins + 1``), read-only; see the class docstring."""
+        edges = bin_edges(self._amax, self._num_bins)
+        edges.flags.writeable = False
+        return edges
+
+    @property
+    def total(self) -> int:
+        """Total count."""
+        return int(self._counts.sum())
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(counts, edges)`` as ``np.histogram`` returns them (copies, writeable)."""
+        return self._counts.copy(), bin_edges(self._amax, self._num_bins)
+
+    def copy(self) -> ActivationHistogram:
+        """An independent copy."""
+        return ActivationHistogram(self._amax, self._num_bins, self._counts.copy())
+
+    # ----------------------------------------------------------------- filling
+    def fill(
+        self,
+        values: ArrayLike,
+        *,
+        nonfinite: NonFinitePolicy = "raise",
+        range_policy: RangePolicy = "fixed",
+        overflow: OverflowPolicy = "raise",
+        allow_empty: bool = False,
+        backend: Backend = "auto",
+        where: str = "",
+    ) -> ActivationHistogram:
+        """Add ``|values|`` to the counts; returns ``self``.
+
+        Parameters
+        ----------
+        values : array_like
+            Activations of any shape and strides (float16/32/64 or integer). Never copied
+            whole; ``|x|`` is never materialized for the whole tensor.
+        nonfinite : {"raise", "drop"}, default "raise"
+            NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` (with counts and the first
+            index), or are skipped.
+        range_policy : {"fixed", "global", "pow2", "append"}, default "fixed"
+            What to do when ``max|x| > amax``: ``"fixed"``/``"global"`` apply ``overflow``;
+            ``"pow2"`` doubles the range (merging bin pairs) until it fits; ``"append"`` adds
+            bins of the same width. See the module docstring.
+        overflow : {"raise", "clip"}, default "raise"
+            For ``"fixed"``/``"global"``: raise :class:`~kldiv.errors.HistogramRangeError`,
+            or count the values in the last bin.
+        allow_empty : bool, default False
+            Accept a zero-size array (a no-op) instead of raising.
+        backend : {"auto", "numpy", "numba"}, default "auto"
+            Fill implementation (``"auto"``: :data:`kldiv.defaults.DEFAULT_FILL_BACKEND`).
+        where : str, optional
+            Names the tensor/batch in error messages.
+
+        Returns
+        -------
+        ActivationHistogram
+            ``self``. On error, ``self`` is unchanged.
+        """
+        _check_choice("nonfinite", nonfinite, _NONFINITE)
+        _check_choice("range_policy", range_policy, RANGE_POLICIES)
+        _check_choice("overflow", overflow, _OVERFLOW)
+        arr = _as_array(values)
+        if arr.size == 0:
+            if allow_empty:
+                return self
+            raise _empty_error(where)
+        grows = range_policy in ("pow2", "append")
+        clip = overflow == "clip" and not grows
+        stats = _fill_stats(arr, self._amax, self._num_bins, clip, backend)
+        if stats.n_nonfinite and nonfinite == "raise":
+            raise _nonfinite_error(arr, where)
+        if stats.n_over:
+            if grows:
+                grown = self.copy().grow_to(stats.max_abs, policy=range_policy)
+                stats = _fill_stats(arr, grown._amax, grown._num_bins, False, backend)
+                self._amax, self._num_bins, self._counts = (
+                    grown._amax,
+                    grown._num_bins,
+                    grown._counts,
+                )
+            elif overflow == "raise":
+                place = f" in {where}" if where else ""
+                hint = (
+                    "the global absmax of the first pass must cover every batch; recompute it"
+                    if range_policy == "global"
+                    else "pass a larger amax, overflow='clip', or range_policy='pow2'/'append'"
+                )
+                raise HistogramRangeError(
+                    f"{stats.n_over} value(s){place} exceed the histogram range "
+                    f"amax={self._amax!r} (largest |x| = {stats.max_abs!r}); {hint}"
+                )
+        self._counts += stats.counts
+        return self
+
+    def grow_to(self, amax: float, policy: RangePolicy = "pow2") -> ActivationHistogram:
+        """Grow the range in place so that it covers ``amax``; returns ``self``.
+
+        Parameters
+        ----------
+        amax : float
+            The value the range must cover (``self.amax >= amax`` afterwards).
+        policy : {"pow2", "append"}, default "pow2"
+            ``"pow2"``: double the range ``d`` times (the fewest that cover ``amax``) and
+            merge ``2**d`` neighbouring bins into one (``num_bins`` is kept; the upper part
+            starts empty). ``"append"``: keep the bin width ``w`` and grow ``num_bins`` to
+            ``ceil(amax / w)`` (ModelOpt); the new range is ``num_bins * w``.
+            A histogram with ``amax == 0`` holds only zeros, so it simply takes the new range
+            (all counts stay in bin 0) under either policy.
+
+        Returns
+        -------
+        ActivationHistogram
+            ``self``.
+        """
+        _check_choice("policy", policy, ("pow2", "append"))
+        target = _check_amax(amax, self._num_bins)
+        if target <= self._amax:
+            return self
+        if self._amax == 0.0:
+            self._amax = target
+            return self
+        if policy == "pow2":
+            doublings = 0
+            new_amax = self._amax
+            while new_amax < target:
+                new_amax *= 2.0
+                doublings += 1
+            if not math.isfinite(new_amax):
+                raise HistogramError(
+                    f"cannot double amax={self._amax!r} up to {target!r} without overflow"
+                )
+            group = 1 << doublings
+            padded = np.zeros(-(-self._num_bins // group) * group, dtype=np.int64)
+            padded[: self._num_bins] = self._counts
+            merged = padded.reshape(-1, group).sum(axis=1)
+            counts = np.zeros(self._num_bins, dtype=np.int64)
+            counts[: merged.size] = merged
+            self._amax, self._counts = new_amax, counts
+        else:
+            width = self._amax / self._num_bins
+            new_bins = max(self._num_bins, math.ceil(target / width))
+            while new_bins * width < target:  # rounding: make sure the range covers amax
+                new_bins += 1
+            counts = np.zeros(new_bins, dtype=np.int64)
+            counts[: self._num_bins] = self._counts
+            self._amax, self._num_bins, self._counts = new_bins * width, new_bins, counts
+        logger.debug(
+            "histogram range grown to %r (%s, %d bins)", self._amax, policy, self._num_bins
+        )
+        return self
+
+    # ----------------------------------------------------------------- merging / comparing
+    def _check_compatible(self, other: ActivationHistogram) -> None:
+        if self._num_bins != other._num_bins or self._amax != other._amax:
+            raise HistogramRangeError(
+                f"cannot merge histograms with different ranges: amax={self._amax!r} with "
+                f"{self._num_bins} bins vs amax={other._amax!r} with {other._num_bins} bins; "
+                "grow the smaller one first (h.grow_to(other.amax, policy='pow2')) or collect "
+                "both with the same fixed range"
+            )
+
+    def __add__(self, other: object) -> ActivationHistogram:
+        if isinstance(other, numbers.Integral) and not isinstance(other, bool) and other == 0:
+            return self.copy()  # so that sum([...]) works
+        if not isinstance(other, ActivationHistogram):
+            return NotImplemented
+        self._check_compatible(other)
+        return ActivationHistogram(self._amax, self._num_bins, self._counts + other._counts)
+
+    __radd__ = __add__
+
+    def __iadd__(self, other: object) -> ActivationHistogram:  # noqa: PYI034
+        if not isinstance(other, ActivationHistogram):
+            return NotImplemented
+        self._check_compatible(other)
+        self._counts = self._counts + other._counts
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ActivationHistogram):
+            return NotImplemented
+        return (
+            self._amax == other._amax
+            and self._num_bins == other._num_bins
+            and bool(np.array_equal(self._counts, other._counts))
+        )
+
+    def allclose(self, other: ActivationHistogram, rtol: float = 1e-9, atol: float = 0.0) -> bool:
+        """Same bin count, ``amax`` and counts equal within ``rtol``/``atol`` (``np.allclose``).
+
+        Parameters
+        ----------
+        other : ActivationHistogram
+            Histogram to compare with.
+        rtol, atol : float
+            Tolerances for ``amax`` and for each count.
+
+        Returns
+        -------
+        bool
+        """
+        if not isinstance(other, ActivationHistogram):
+            raise TypeError(f"allclose needs an ActivationHistogram, got {type(other).__name__}")
+        return (
+            self._num_bins == other._num_bins
+            and math.isclose(self._amax, other._amax, rel_tol=rtol, abs_tol=atol)
+            and bool(np.allclose(self._counts, other._counts, rtol=rtol, atol=atol))
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationHistogram(amax={self._amax!r}, num_bins={self._num_bins}, "
+            f"total={self.total})"
+        )
+
+
+def _validate_counts(counts: ArrayLike) -> np.ndarray:
+    arr = np.asarray(counts)
+    if arr.ndim != 1 or arr.size == 0:
+        raise HistogramError(
+            f"counts must be a non-empty 1-D array, got shape {arr.shape}; pass one count per bin"
+        )
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise HistogramError(f"counts must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.floor(arr)) or np.any(arr >= 2.0**53):
+            raise HistogramError(
+                "counts must be whole numbers: got fractional, non-finite or huge float counts; "
+                "histogram counts are integers (float32 counts saturate at 2**24)"
+            )
+    elif arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise HistogramError("counts exceed the int64 range")
+    if np.any(arr < 0):
+        raise HistogramError(
+            f"counts must be >= 0, found {int(np.count_nonzero(arr < 0))} negative bin(s)"
+        )
+    return arr.astype(np.int64, copy=True)
