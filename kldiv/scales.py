@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,14 +22,15 @@ import numpy as np
 from .defaults import INT8_MAX
 
 __all__ = [
-    "amax_to_scale",
-    "scale_to_amax",
-    "scale_to_bits",
-    "bits_to_scale",
-    "scale_to_hex",
-    "hex_to_scale",
     "CacheHeader",
     "CalibrationTable",
+    "ThresholdResult",
+    "amax_to_scale",
+    "bits_to_scale",
+    "hex_to_scale",
+    "scale_to_amax",
+    "scale_to_bits",
+    "scale_to_hex",
 ]
 
 _F32 = np.float32
@@ -303,3 +304,75 @@ class CalibrationTable(MutableMapping[str, np.float32]):
     def is_finite(self, name: str) -> bool:
         """Whether ``name``'s scale is a finite number."""
         return math.isfinite(float(self[name]))
+
+
+@dataclass(frozen=True, eq=False)
+class ThresholdResult:
+    """The threshold chosen for one histogram, and how it was chosen.
+
+    Parameters
+    ----------
+    amax : float
+        The threshold ``T`` (float64, before the float32 rounding of the scale).
+    bin_index : int or None
+        The winning candidate ``i`` of an entropy search (``None`` for other methods and for
+        an all-zero tensor).
+    scale : numpy.float32
+        ``amax_to_scale(amax, divisor=...)``: what TensorRT would store.
+    method : str
+        ``'entropy'``, ``'minmax'``, ``'percentile'`` or ``'mse'``.
+    preset : str or None
+        The preset name of an entropy search.
+    options : dict
+        Every option the result depends on.
+    divergence : numpy.ndarray
+        The whole curve: divergence of each candidate (KL for entropy, MSE for mse; empty for
+        methods without a search).
+    candidates : numpy.ndarray
+        The candidate ``i`` of each ``divergence`` entry.
+    histogram : object
+        The histogram searched.
+    explainer : callable, optional
+        ``explainer(i) -> (P, Q)``; used by :meth:`distributions`.
+    """
+
+    amax: float
+    bin_index: int | None
+    scale: np.float32
+    method: str
+    preset: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    divergence: np.ndarray = field(default_factory=lambda: np.empty(0))
+    candidates: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    histogram: Any = field(default=None, repr=False)
+    explainer: Any = field(default=None, repr=False)
+
+    @property
+    def scale_hex(self) -> str:
+        """The scale as TensorRT writes it in a cache (see :func:`scale_to_hex`)."""
+        return scale_to_hex(self.scale)
+
+    def divergence_at(self, i: int) -> float:
+        """The divergence of candidate ``i``."""
+        pos = np.flatnonzero(self.candidates == i)
+        if pos.size == 0:
+            raise ValueError(f"{i} is not a candidate of this search; see .candidates")
+        return float(self.divergence[pos[0]])
+
+    def distributions(self, i: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The normalized ``P`` and ``Q`` of candidate ``i`` (default: the winner).
+
+        Raises
+        ------
+        ValueError
+            If this result does not come from an entropy search.
+        """
+        if self.explainer is None:
+            raise ValueError(
+                f"a {self.method!r} result has no P/Q distributions; only entropy searches do"
+            )
+        if i is None:
+            if self.bin_index is None:
+                raise ValueError("no winning candidate (all-zero tensor); pass i explicitly")
+            i = self.bin_index
+        return self.explainer(int(i))  # type: ignore[no-any-return]

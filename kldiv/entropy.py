@@ -1,0 +1,581 @@
+"""Entropy (KL-divergence) threshold search: the readable reference, its options and presets.
+
+This module is the one a teacher puts beside the GTC 2017 slide ("8-bit Inference with
+TensorRT", S. Migacz). :func:`divergence_curve` is the pseudocode, one candidate at a time::
+
+    for i in candidates:                                   # i = number of leading bins kept
+        P = H[0:i];  P[i-1] += sum(H[i:])                  # outliers clipped, not dropped
+        Q = merge H[0:i] into 128 groups, spread each group
+            over its non-empty bins                       # the 8-bit version of P
+        divergence[i] = KL(normalize(P) || normalize(Q))
+    m = argmin(divergence);  threshold = (m + 0.5) * bin_width;  scale = threshold / 127
+
+Wherever the slide is silent (algorithm.md §3, ambiguities #1–#13) the choice is a named field
+of :class:`EntropyOptions`; :data:`PRESETS` bundles the choices of TensorRT (our reconstruction,
+pinned by real caches), of the slide itself, of NVIDIA ModelOpt and of MXNet. The fast Numba
+kernel (``kldiv._kernels.entropy``) follows the same contract and is tested against this file.
+
+Examples
+--------
+>>> import numpy as np
+>>> from kldiv.entropy import search_threshold
+>>> counts = np.zeros(2048, dtype=np.int64); counts[-1] = 10   # a constant tensor, |x| = 2
+>>> r = search_threshold(_Counts(counts, 2.0), backend="numpy")
+>>> r.bin_index, r.scale_hex
+(2048, '3c810a14')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+
+from .defaults import INT8_MAX, NUM_QUANT_LEVELS
+from .errors import HistogramError, PresetError
+from .scales import ThresholdResult, amax_to_scale
+
+__all__ = [
+    "PRESETS",
+    "EntropyOptions",
+    "candidate_bins",
+    "distributions",
+    "divergence_curve",
+    "group_index",
+    "histogram_counts",
+    "kl_divergence",
+    "pick_minimum",
+    "resolve_options",
+    "search_threshold",
+    "threshold_from_bin",
+]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "numpy", "numba"]
+
+
+# --------------------------------------------------------------------------------------------
+# Options: one field per ambiguity of algorithm.md §3
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EntropyOptions:
+    """Every choice the GTC 2017 pseudocode leaves open (algorithm.md §3), as named fields.
+
+    Parameters
+    ----------
+    domain : {'abs', 'signed'}
+        #1. ``'abs'``: the histogram holds ``|x|`` over ``[0, amax]`` and candidate ``i`` keeps
+        bins ``[0, i)`` (TensorRT, ModelOpt). ``'signed'``: the histogram holds ``x`` over
+        ``[-amax, amax]`` (odd bin count, zero in the middle bin ``z = num_bins // 2``) and
+        candidate ``i`` keeps bins ``[z - i, z + i]``, outliers folded into both ends (MXNet).
+    num_levels : int
+        #2. Number of quantized levels ``Q`` is merged into: 128 for int8 on ``|x|``, 255 for
+        signed int8 (MXNet), 256 for unsigned.
+    zeros : {'keep', 'bin1', 'drop'}
+        #5. What to do with the bin that holds exact zeros (bin 0, or the middle bin when
+        signed): keep it; replace its count by bin 1's (ModelOpt: ``bins[0] = bins[1]``); or set
+        it to 0 (zeros skipped).
+    start_bin : int or None
+        #6. First candidate ``i`` (``None``: ``num_levels``, or ``num_levels // 2`` signed).
+    stop_bin : int or None
+        #6. Last candidate, **inclusive** (``None``: ``num_bins``, or ``num_bins // 2`` signed).
+        The slide's ``range(128, 2048)`` is ``stop_bin=2047``.
+    stride : int
+        #6. Step between candidates (ModelOpt's ``stride``).
+    grouping : {'proportional', 'floor'}
+        #7. How the ``i`` kept bins merge into ``num_levels`` groups when ``num_levels`` does not
+        divide ``i``: bin ``j`` goes to group ``floor(j * num_levels / i)`` (``'proportional'``,
+        ModelOpt; pinned for TensorRT by the MNIST golden), or groups of ``i // num_levels`` bins
+        with the remainder in the last group (``'floor'``, MXNet / ONNX Runtime).
+    empty : {'histogram', 'p'}
+        #8. Which bins count as empty when a group's mass is spread back: the raw histogram bins
+        (``'histogram'``, the slide) or the bins of ``P`` after the outlier merge (``'p'``,
+        MXNet).
+    smoothing : {'none', 'eps'}
+        #9. ``'none'``: a bin with ``P > 0`` and ``Q = 0`` makes KL infinite for that candidate
+        (ModelOpt). ``'eps'``: MXNet / ONNX Runtime smoothing of both count vectors (zeros get
+        ``smoothing_eps``, the non-zeros give that mass back evenly) before normalizing.
+    smoothing_eps : float
+        #9. The ``eps`` of ``'eps'`` smoothing (1e-4 in MXNet and ONNX Runtime).
+    log_base : float
+        #10. Base of the logarithm (``math.e``: nats). Does not move the argmin. Arithmetic is
+        float64 throughout (TVM's float32 is not reproduced).
+    ties : {'first', 'last'}
+        #11. Which candidate wins when several share the minimum divergence exactly.
+    threshold_offset : float
+        #12. ``threshold = (m + threshold_offset) * bin_width``: 0.5 puts it in the middle of
+        bin ``m`` (slide, TensorRT, MXNet), 0.0 on its lower edge (ModelOpt, PPQ).
+    divisor : int
+        #13. ``scale = float32(float32(threshold) / divisor)``: 127 (TensorRT) or 128 (PPQ).
+
+    Notes
+    -----
+    Ambiguities #3 and #4 (initial range, growth) belong to histogram collection
+    (:mod:`kldiv.histogram`, :mod:`kldiv.collect`), not to the search.
+    """
+
+    domain: Literal["abs", "signed"] = "abs"
+    num_levels: int = NUM_QUANT_LEVELS
+    zeros: Literal["keep", "bin1", "drop"] = "keep"
+    start_bin: int | None = None
+    stop_bin: int | None = None
+    stride: int = 1
+    grouping: Literal["proportional", "floor"] = "proportional"
+    empty: Literal["histogram", "p"] = "histogram"
+    smoothing: Literal["none", "eps"] = "none"
+    smoothing_eps: float = 1e-4
+    log_base: float = math.e
+    ties: Literal["first", "last"] = "first"
+    threshold_offset: float = 0.5
+    divisor: int = INT8_MAX
+
+    def __post_init__(self) -> None:
+        choices = {
+            "domain": ("abs", "signed"),
+            "zeros": ("keep", "bin1", "drop"),
+            "grouping": ("proportional", "floor"),
+            "empty": ("histogram", "p"),
+            "smoothing": ("none", "eps"),
+            "ties": ("first", "last"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise PresetError(
+                    f"option {name}={value!r} is not valid; choose one of {', '.join(allowed)}"
+                )
+        for name in ("num_levels", "stride", "divisor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise PresetError(f"option {name}={value!r} must be a positive integer")
+        for name in ("start_bin", "stop_bin"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+            ):
+                raise PresetError(f"option {name}={value!r} must be a positive integer or None")
+        if not (0.0 < self.smoothing_eps < 1.0):
+            raise PresetError(
+                f"option smoothing_eps={self.smoothing_eps!r} must lie in (0, 1), e.g. 1e-4"
+            )
+        if not (self.log_base > 0 and self.log_base != 1 and math.isfinite(self.log_base)):
+            raise PresetError(f"option log_base={self.log_base!r} must be positive and not 1")
+        if not (0.0 <= self.threshold_offset <= 1.0):
+            raise PresetError(
+                f"option threshold_offset={self.threshold_offset!r} must lie in [0, 1] "
+                "(0.5: bin middle, TensorRT; 0.0: lower edge, ModelOpt)"
+            )
+
+    def replace(self, **changes: Any) -> EntropyOptions:
+        """A copy with some fields changed; unknown names raise :class:`PresetError`."""
+        _check_option_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-serializable)."""
+        return dataclasses.asdict(self)
+
+
+def _check_option_names(options: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(EntropyOptions)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise PresetError(
+            f"unknown entropy option(s) {', '.join(map(repr, unknown))}; "
+            f"valid options are: {', '.join(valid)}"
+        )
+
+
+#: The presets. Each is documented with its evidence in docs/threshold-search.md.
+PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
+    {
+        # Our reconstruction of IInt8EntropyCalibrator2 (algorithm.md §4). Pinned by real
+        # caches: |x| domain, 2048 bins / 128 levels, i = 2048 is a candidate (softmax,
+        # constant tensors), (m + 0.5) * w, divisor 127, float32 order; proportional grouping
+        # (MNIST data = 3c008912 needs i = 2040). Not pinned (documented defaults): zeros kept,
+        # emptiness from the raw histogram, no smoothing, first minimum.
+        "tensorrt": EntropyOptions(),
+        # The slide, literally: range(128, 2048), (m + 0.5) * w, plain KL. It does not say how
+        # to group when 128 does not divide i; we take the widespread floor width with the
+        # remainder in the last group (which the MNIST golden shows TensorRT does not use).
+        "gtc2017": EntropyOptions(stop_bin=2047, grouping="floor"),
+        # ModelOpt / pytorch-quantization _compute_amax_entropy: bins[0] = bins[1]; candidates
+        # start_bin..len(bins) inclusive; digitize over linspace(0, i, 129) = proportional
+        # grouping; emptiness from the (modified) histogram; scipy entropy (inf when Q = 0 < P);
+        # last minimum; amax = bin_edges[m] = m * w.
+        "modelopt": EntropyOptions(zeros="bin1", ties="last", threshold_offset=0.0),
+        # MXNet contrib.quantization._get_optimal_threshold: signed histogram (8001 bins),
+        # 255 levels, half-widths 127..z, floor grouping, emptiness from P, q[p == 0] = 0,
+        # eps = 1e-4 smoothing, first minimum, threshold = edge z+i+1 = (i + 0.5) * w.
+        "mxnet": EntropyOptions(
+            domain="signed", num_levels=255, grouping="floor", empty="p", smoothing="eps"
+        ),
+    }
+)
+
+
+def resolve_options(preset: str | EntropyOptions = "tensorrt", **options: Any) -> EntropyOptions:
+    """Return the preset's :class:`EntropyOptions` with ``options`` overriding fields.
+
+    Raises
+    ------
+    PresetError
+        Unknown preset or option name, or an invalid value.
+    """
+    if isinstance(preset, EntropyOptions):
+        base = preset
+    else:
+        if preset not in PRESETS:
+            raise PresetError(
+                f"unknown entropy preset {preset!r}; choose one of {', '.join(PRESETS)} "
+                "or pass an EntropyOptions"
+            )
+        base = PRESETS[preset]
+    return base.replace(**options) if options else base
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------
+def histogram_counts(hist: Any) -> tuple[np.ndarray, float]:
+    """Validate ``hist.counts`` / ``hist.amax`` and return ``(int64 counts, amax)``.
+
+    Raises
+    ------
+    HistogramError
+        Counts that are not a 1-D array of non-negative integers, or an amax that is negative
+        or not finite.
+    """
+    if not (hasattr(hist, "counts") and hasattr(hist, "amax")):
+        raise HistogramError(
+            f"expected a histogram with .counts and .amax, got {type(hist).__name__}; build one "
+            "with kldiv.ActivationHistogram.from_counts(counts, amax)"
+        )
+    counts = np.asarray(hist.counts)
+    if counts.ndim != 1 or counts.size == 0:
+        raise HistogramError(
+            f"histogram counts must be a non-empty 1-D array, got shape {counts.shape}"
+        )
+    if counts.dtype.kind not in "iu":
+        raise HistogramError(
+            f"histogram counts must be integers, got dtype {counts.dtype}; if they are whole "
+            "numbers convert them with np.rint(counts).astype(np.int64)"
+        )
+    if counts.dtype.kind == "u" and counts.size and int(counts.max()) > np.iinfo(np.int64).max:
+        raise HistogramError("histogram counts exceed int64; they cannot be searched exactly")
+    counts = counts.astype(np.int64, copy=False)
+    if (counts < 0).any():
+        first = int(np.flatnonzero(counts < 0)[0])
+        raise HistogramError(
+            f"histogram counts must be >= 0, bin {first} holds {int(counts[first])}; "
+            "counts come from counting values, fix the code that built them"
+        )
+    total = int(counts.sum(dtype=np.float64))
+    if total >= 2**53:
+        raise HistogramError(
+            f"histogram total {total} is at or above 2**53; counts this large cannot be "
+            "normalized exactly in float64 (split the calibration data)"
+        )
+    amax = float(hist.amax)
+    if not (math.isfinite(amax) and amax >= 0):
+        raise HistogramError(f"histogram amax must be finite and >= 0, got {amax!r}")
+    return counts, amax
+
+
+# --------------------------------------------------------------------------------------------
+# The pseudocode, step by step
+# --------------------------------------------------------------------------------------------
+def _zero_bin(num_bins: int, opts: EntropyOptions) -> int:
+    return num_bins // 2 if opts.domain == "signed" else 0
+
+
+def apply_zero_policy(counts: np.ndarray, opts: EntropyOptions) -> np.ndarray:
+    """Return a float64 copy of ``counts`` with ambiguity #5 (exact zeros) applied."""
+    hist = counts.astype(np.float64)
+    z = _zero_bin(hist.size, opts)
+    if opts.zeros == "bin1":
+        hist[z] = hist[z + 1] if z + 1 < hist.size else hist[z]
+    elif opts.zeros == "drop":
+        hist[z] = 0.0
+    return hist
+
+
+def candidate_bins(num_bins: int, opts: EntropyOptions) -> np.ndarray:
+    """The candidates ``i`` (ambiguity #6), in increasing order.
+
+    For ``domain='abs'`` candidate ``i`` keeps bins ``[0, i)``; for ``'signed'`` it keeps the
+    ``2 i + 1`` bins centred on the zero bin.
+
+    Raises
+    ------
+    HistogramError
+        If ``num_bins`` is smaller than ``num_levels`` (or even, for a signed histogram).
+    PresetError
+        If the candidate range is empty or outside the histogram.
+    """
+    if num_bins < opts.num_levels:
+        raise HistogramError(
+            f"histogram has {num_bins} bins, fewer than the {opts.num_levels} quantization "
+            "levels; collect with more bins (TensorRT uses 2048) or lower num_levels"
+        )
+    if opts.domain == "signed":
+        if num_bins % 2 == 0:
+            raise HistogramError(
+                f"a signed histogram needs an odd number of bins (zero in the middle bin), got "
+                f"{num_bins}; MXNet uses 8001"
+            )
+        first, last = opts.num_levels // 2, num_bins // 2
+    else:
+        first, last = opts.num_levels, num_bins
+    start = first if opts.start_bin is None else int(opts.start_bin)
+    stop = last if opts.stop_bin is None else int(opts.stop_bin)
+    if stop > last:
+        raise PresetError(
+            f"stop_bin={stop} is beyond the histogram ({last} is the largest candidate for "
+            f"{num_bins} bins); lower stop_bin or leave it None"
+        )
+    if opts.grouping == "floor" and start < first:
+        raise PresetError(
+            f"start_bin={start} is below {first}: 'floor' grouping needs at least one bin per "
+            "group; raise start_bin or use grouping='proportional'"
+        )
+    if start > stop:
+        raise PresetError(f"no candidates: start_bin={start} > stop_bin={stop}")
+    return np.arange(start, stop + 1, opts.stride, dtype=np.int64)
+
+
+def window(num_bins: int, i: int, opts: EntropyOptions) -> tuple[int, int]:
+    """Bins ``[lo, hi)`` kept by candidate ``i``."""
+    if opts.domain == "signed":
+        z = num_bins // 2
+        return z - i, z + i + 1
+    return 0, i
+
+
+def group_index(length: int, opts: EntropyOptions) -> np.ndarray:
+    """Group of each of the ``length`` kept bins when merging into ``num_levels`` (#7)."""
+    j = np.arange(length, dtype=np.int64)
+    levels = opts.num_levels
+    if opts.grouping == "proportional":
+        return j * levels // length
+    width = length // levels
+    return np.minimum(j // width, levels - 1)
+
+
+def distributions(hist: np.ndarray, i: int, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalized ``P`` and ``Q`` (float64 counts) of candidate ``i`` (pseudocode steps 1–2).
+
+    Parameters
+    ----------
+    hist : numpy.ndarray
+        The histogram after :func:`apply_zero_policy`.
+    i : int
+        The candidate.
+    opts : EntropyOptions
+        The options.
+    """
+    lo, hi = window(hist.size, i, opts)
+    kept = hist[lo:hi]
+
+    # Step 1: P is the kept bins with the outliers clipped into the end bins.
+    p = kept.copy()
+    p[0] += hist[:lo].sum()
+    p[-1] += hist[hi:].sum()
+
+    # Step 2: Q merges the kept bins (without outliers) into num_levels groups, then spreads
+    # each group's total evenly over the group's non-empty bins.
+    group = group_index(kept.size, opts)
+    nonempty = (kept if opts.empty == "histogram" else p) != 0
+    group_total = np.bincount(group, weights=kept, minlength=opts.num_levels)
+    group_nonempty = np.bincount(group, weights=nonempty, minlength=opts.num_levels)
+    q = np.zeros_like(kept)
+    q[nonempty] = group_total[group[nonempty]] / group_nonempty[group[nonempty]]
+    return p, q
+
+
+def _smooth(counts: np.ndarray, eps: float) -> np.ndarray | None:
+    """MXNet / ONNX Runtime smoothing: zeros become ``eps``, non-zeros pay for it evenly."""
+    is_zero = counts == 0
+    n_zero = int(is_zero.sum())
+    n_nonzero = counts.size - n_zero
+    if n_nonzero == 0:
+        return None
+    eps1 = eps * n_zero / n_nonzero
+    return np.where(is_zero, eps, counts - eps1)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, opts: EntropyOptions) -> float:
+    """``KL(P || Q)`` of two count vectors, normalized here (pseudocode step 3).
+
+    Returns ``inf`` where the divergence is undefined: ``Q = 0`` where ``P > 0`` (without
+    smoothing), or a vector that smoothing cannot make positive.
+    """
+    if opts.smoothing == "eps":
+        ps, qs = _smooth(p, opts.smoothing_eps), _smooth(q, opts.smoothing_eps)
+        if ps is None or qs is None or (ps <= 0).any() or (qs <= 0).any():
+            return math.inf
+        p, q = ps, qs
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum <= 0 or q_sum <= 0:
+        return math.inf
+    p = p / p_sum
+    q = q / q_sum
+    support = p > 0
+    if (q[support] == 0).any():
+        return math.inf
+    kl = float(np.sum(p[support] * np.log(p[support] / q[support])))
+    return kl / math.log(opts.log_base)
+
+
+def divergence_curve(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The reference loop: ``(candidates, divergence)`` for every candidate ``i``."""
+    hist = apply_zero_policy(counts, opts)
+    candidates = candidate_bins(hist.size, opts)
+    divergence = np.empty(candidates.size, dtype=np.float64)
+    for k, i in enumerate(candidates):
+        p, q = distributions(hist, int(i), opts)
+        divergence[k] = kl_divergence(p, q, opts)
+    return candidates, divergence
+
+
+def pick_minimum(divergence: np.ndarray, opts: EntropyOptions) -> int:
+    """Position of the minimum divergence; exact ties resolved by ``opts.ties`` (#11).
+
+    When every candidate is infinite the same rule applies (the first, or the last, candidate).
+    """
+    if opts.ties == "last":
+        return int(divergence.size - 1 - np.argmin(divergence[::-1]))
+    return int(np.argmin(divergence))
+
+
+def bin_width(num_bins: int, amax: float, opts: EntropyOptions) -> float:
+    """Width of one bin: ``amax / num_bins`` for ``|x|``, ``2 amax / num_bins`` signed."""
+    return (2.0 * amax if opts.domain == "signed" else amax) / num_bins
+
+
+def threshold_from_bin(m: int, num_bins: int, amax: float, opts: EntropyOptions) -> float:
+    """``(m + threshold_offset) * bin_width`` (#12), in float64.
+
+    For TensorRT this is ``(m + 0.5) * R / 2048``; rounding it to float32 and dividing by 127
+    in float32 (:func:`kldiv.scales.amax_to_scale`) reproduces real caches bit for bit.
+    """
+    return (m + opts.threshold_offset) * bin_width(num_bins, amax, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+def _load_kernel() -> Any:
+    from ._kernels import entropy as kernel  # imports numba
+
+    return kernel
+
+
+def search_threshold(
+    hist: Any,
+    preset: str | EntropyOptions = "tensorrt",
+    *,
+    backend: Backend = "auto",
+    **options: Any,
+) -> ThresholdResult:
+    """Find the KL-divergence-minimizing threshold of a histogram.
+
+    Parameters
+    ----------
+    hist : ActivationHistogram or object with ``.counts`` and ``.amax``
+        Integer counts over ``[0, amax]`` (``domain='abs'``) or ``[-amax, amax]``
+        (``domain='signed'``).
+    preset : str or EntropyOptions, default 'tensorrt'
+        A name in :data:`PRESETS`, or options built by hand.
+    backend : {'auto', 'numpy', 'numba'}, default 'auto'
+        ``'numpy'``: this module's readable loop. ``'numba'``: the fast kernel (same ``i``,
+        divergences within 1e-9). ``'auto'``: the kernel when numba imports, else NumPy.
+    **options
+        Fields of :class:`EntropyOptions` overriding the preset.
+
+    Returns
+    -------
+    ThresholdResult
+        ``amax``, ``bin_index``, ``scale`` and the divergence curve. An ``amax == 0``
+        histogram (an all-zero tensor) gives ``amax = 0`` and ``scale = 0`` without a search,
+        as TensorRT writes it.
+
+    Raises
+    ------
+    PresetError
+        Unknown preset, option or backend.
+    HistogramError
+        Invalid counts, an empty histogram, or fewer bins than levels.
+    """
+    opts = resolve_options(preset, **options)
+    preset_name = preset if isinstance(preset, str) else None
+    if backend not in ("auto", "numpy", "numba"):
+        raise PresetError(f"unknown backend {backend!r}; choose 'auto', 'numpy' or 'numba'")
+    counts, amax = histogram_counts(hist)
+    num_bins = counts.size
+    candidate_bins(num_bins, opts)  # validates bins vs levels and the candidate range
+    if counts.sum() == 0:
+        raise HistogramError(
+            "the histogram is empty (all counts are 0); fill it with calibration data first"
+        )
+
+    def explain(i: int) -> tuple[np.ndarray, np.ndarray]:
+        p, q = distributions(apply_zero_policy(counts, opts), int(i), opts)
+        return p / p.sum(), (q / q.sum() if q.sum() > 0 else q)
+
+    common = {
+        "method": "entropy",
+        "preset": preset_name,
+        "options": opts.as_dict(),
+        "histogram": hist,
+        "explainer": explain,
+    }
+    if amax == 0.0:
+        logger.debug("amax is 0 (all-zero tensor): threshold 0 without a search")
+        return ThresholdResult(
+            amax=0.0,
+            bin_index=None,
+            scale=amax_to_scale(0.0, divisor=opts.divisor),
+            divergence=np.empty(0),
+            candidates=np.empty(0, dtype=np.int64),
+            **common,
+        )
+
+    use_kernel = backend == "numba"
+    if backend == "auto":
+        try:
+            kernel = _load_kernel()
+            use_kernel = True
+        except ImportError:  # pragma: no cover - numba is a dependency
+            logger.info("numba unavailable; using the NumPy reference search")
+    if use_kernel:
+        kernel = _load_kernel()
+        candidates, divergence, pos = kernel.search(counts, opts)
+    else:
+        candidates, divergence = divergence_curve(counts, opts)
+        pos = pick_minimum(divergence, opts)
+    m = int(candidates[pos])
+    threshold = threshold_from_bin(m, num_bins, amax, opts)
+    return ThresholdResult(
+        amax=threshold,
+        bin_index=m,
+        scale=amax_to_scale(threshold, divisor=opts.divisor),
+        divergence=divergence,
+        candidates=candidates,
+        **common,
+    )
+
+
+class _Counts:
+    """Minimal histogram stand-in (``.counts``, ``.amax``) for doctests."""
+
+    def __init__(self, counts: np.ndarray, amax: float) -> None:
+        self.counts = counts
+        self.amax = amax
