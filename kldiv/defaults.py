@@ -49,3 +49,7 @@ DEFAULT_FILL_BACKEND: Final[str] = "auto"
 DEFAULT_RANGE_POLICY: Final[str] = "pow2"
 
 __all__ += ["DEFAULT_FILL_BACKEND", "DEFAULT_RANGE_POLICY"]
+#: ``kldiv.compare``: scales within this many float32 ULPs count as agreeing to rounding ("ulp").
+COMPARE_ULP_TOLERANCE: Final[int] = 4
+#: ``kldiv.compare``: amaxes within this relative difference count as "close".
+COMPARE_RTOL: Final[float] = 0.01
