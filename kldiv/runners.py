@@ -424,7 +424,7 @@ class OnnxRuntimeRunner:
         return feed
 
     # -- running ---------------------------------------------------------------------------
-    def _chunks(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    def split(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Split a feed along axis 0 when the model's batch size is fixed."""
         fixed = [s.batch_dim for s in self.input_specs if s.batch_dim]
         n = next((a.shape[0] for a in feed.values() if a.ndim), 0)
@@ -477,7 +477,7 @@ class OnnxRuntimeRunner:
         """
         for index, batch in enumerate(source):
             feed = self.prepare(batch, index=index)
-            for chunk in self._chunks(feed):
+            for chunk in self.split(feed):
                 yield self.run(chunk, index=index)
 
     __call__ = iter_activations

@@ -1,0 +1,412 @@
+"""``calibrate()``: calibration data → model → histograms → thresholds → CalibrationTable.
+
+The three steps are public so that each can be changed or inspected:
+
+1. :func:`collect_histograms` runs the model over the data (one batch at a time) and returns
+   a :class:`~kldiv.collect.HistogramCollector` whose ``meta`` holds the model hash and the
+   data fingerprint;
+2. :func:`choose_thresholds` picks a threshold per histogram (an entropy preset, or another
+   method) and returns the :class:`~kldiv.scales.ThresholdResult` of each tensor;
+3. :func:`build_table` turns those into a :class:`~kldiv.scales.CalibrationTable` with the
+   TensorRT header and the provenance.
+
+:func:`calibrate` does all three; with ``histograms=`` it skips step 1 and recomputes the
+thresholds from a saved histogram file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .collect import HistogramCollector
+from .data import Preprocess, as_source
+from .defaults import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_PRESET,
+    DEFAULT_RANGE_POLICY,
+    DEFAULT_TRT_VERSION,
+    NUM_BINS,
+)
+from .errors import DataSourceError, PresetError
+from .scales import CalibrationTable, ThresholdResult, amax_to_scale
+
+__all__ = [
+    "METHODS",
+    "build_table",
+    "calibrate",
+    "choose_thresholds",
+    "collect_histograms",
+    "data_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+#: Threshold methods :func:`calibrate` accepts.
+METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse")
+
+#: Called after each batch with (batch index, samples in the batch).
+ProgressCallback = Callable[[int, int], None]
+
+
+class _Fingerprint:
+    """SHA-256 over every batch fed to the model: input names, dtypes, shapes and bytes."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.batches = 0
+        self.samples = 0
+
+    def update(self, feed: Mapping[str, np.ndarray]) -> None:
+        for name in sorted(feed):
+            arr = np.ascontiguousarray(feed[name])
+            self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+            self._h.update(memoryview(arr).cast("B"))
+        self.batches += 1
+        first = next(iter(feed.values()), None)
+        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def data_fingerprint(batches: Iterable[Mapping[str, np.ndarray]]) -> str:
+    """The data fingerprint :func:`calibrate` records: SHA-256 over the batches as fed."""
+    fp = _Fingerprint()
+    for b in batches:
+        fp.update(b)
+    return fp.hexdigest()
+
+
+def _kldiv_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def collect_histograms(
+    model: Any,
+    data: Any,
+    *,
+    num_bins: int = NUM_BINS,
+    range_policy: str = DEFAULT_RANGE_POLICY,
+    batch_size: int | None = None,
+    preprocess: Preprocess | None = None,
+    max_batches: int | None = None,
+    nonfinite: str = "raise",
+    include_constants: bool = False,
+    graph_optimization_level: str = "basic",
+    on_batch: ProgressCallback | None = None,
+) -> HistogramCollector:
+    """Run ``model`` over ``data`` and histogram every calibratable activation.
+
+    Parameters
+    ----------
+    model : path-like, bytes or onnx.ModelProto
+        The ONNX model (see :class:`~kldiv.runners.OnnxRuntimeRunner`).
+    data : path-like, array, dict or iterable of batches
+        Calibration data (see :func:`kldiv.data.as_source`).
+    num_bins : int, default NUM_BINS
+        Histogram bins.
+    range_policy : {"pow2", "append", "global"}, default DEFAULT_RANGE_POLICY
+        ``"global"`` runs the model twice: a first pass finds each tensor's absmax (the data
+        must be re-iterable, e.g. a folder or a list).
+    batch_size : int, optional
+        Images per batch for image folders; other sources are re-cut to this size.
+    preprocess : Preprocess, optional
+        Image preprocessing (required for image folders).
+    max_batches : int, optional
+        Stop after this many batches.
+    nonfinite : {"raise", "drop"}, default "raise"
+        NaN/±Inf in an activation raise an error naming tensor and batch, or are skipped.
+    include_constants : bool, optional
+        Also collect tensors computed only from weights.
+    graph_optimization_level : str, default "basic"
+        onnxruntime's optimization level (the activations are the same at every level).
+    on_batch : callable, optional
+        ``on_batch(index, samples)`` after each batch (progress bars).
+
+    Returns
+    -------
+    HistogramCollector
+        With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
+        ``samples``, ``seconds``.
+
+    Raises
+    ------
+    ModelError, DataSourceError, NonFiniteError
+        With the file, batch or tensor named.
+    """
+    from .runners import OnnxRuntimeRunner
+
+    if range_policy == "fixed":
+        raise PresetError(
+            "range_policy='fixed' needs ranges; calibrate() supports 'pow2', 'append', 'global'"
+        )
+    runner = OnnxRuntimeRunner(
+        model,
+        include_constants=include_constants,
+        graph_optimization_level=graph_optimization_level,
+    )
+    source = as_source(data, preprocess=preprocess, batch_size=batch_size)
+    ranges = None
+    if range_policy == "global":
+        if iter(source) is source:
+            raise DataSourceError(
+                "range_policy='global' reads the data twice; give a re-iterable source "
+                "(a folder, a list), not an iterator"
+            )
+        ranges = _absmax_pass(runner, source, max_batches, nonfinite)
+    collector = HistogramCollector(
+        num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
+    )
+    fp = _Fingerprint()
+    start = time.perf_counter()
+    for index, feed in _feeds(runner, source, max_batches):
+        fp.update(feed)
+        for chunk in runner.split(feed):
+            collector.observe(runner.run(chunk, index=index), batch=index)
+        if on_batch is not None:
+            on_batch(index, fp.samples)
+    collector.batches = fp.batches
+    collector.meta.update(
+        model=runner.label,
+        model_sha256=runner.model_sha256,
+        data_fingerprint=fp.hexdigest(),
+        batches=fp.batches,
+        samples=fp.samples,
+        seconds=round(time.perf_counter() - start, 3),
+        kldiv_version=_kldiv_version(),
+    )
+    return collector
+
+
+def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:
+    """Prepared feeds, checked before they run; an empty source is an error."""
+    index = -1
+    for index, batch in enumerate(source):
+        if max_batches is not None and index >= max_batches:
+            break
+        yield index, runner.prepare(batch, index=index)
+    if index < 0:
+        raise DataSourceError(
+            f"the calibration data holds no batches ({source!r}); give at least one batch"
+        )
+
+
+def _absmax_pass(
+    runner: Any, source: Iterable[Any], max_batches: int | None, nonfinite: str
+) -> dict[str, float]:
+    """First pass of the ``"global"`` policy: each tensor's absmax over all the data."""
+    probe = HistogramCollector(1, "pow2", nonfinite=nonfinite)  # 1 bin: absmax is what we use
+    for index, feed in _feeds(runner, source, max_batches):
+        for chunk in runner.split(feed):
+            probe.observe(runner.run(chunk, index=index), batch=index)
+    return {n: probe.absmax(n) for n in probe}
+
+
+def choose_thresholds(
+    collector: HistogramCollector,
+    *,
+    preset: str = DEFAULT_PRESET,
+    method: str = "entropy",
+    **options: Any,
+) -> dict[str, ThresholdResult]:
+    """A threshold per collected tensor, in network order.
+
+    Parameters
+    ----------
+    collector : HistogramCollector
+        The histograms.
+    preset : str, default DEFAULT_PRESET
+        Entropy preset (``method="entropy"``), see :data:`kldiv.entropy.PRESETS`.
+    method : {"entropy", "minmax", "percentile", "mse"}
+        ``"minmax"`` uses the exact largest ``|x|`` seen (as TensorRT's MinMax calibrator),
+        not the histogram's range. The others go through
+        :func:`kldiv.entropy.search_threshold` / :func:`kldiv.thresholds.choose_threshold`.
+    **options
+        Options of the preset / method (e.g. ``percentile=99.99``).
+
+    Returns
+    -------
+    dict of str to ThresholdResult
+    """
+    if method not in METHODS:
+        raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
+    results: dict[str, ThresholdResult] = {}
+    for name, hist in collector.items():
+        if method == "minmax":
+            a = collector.absmax(name)
+            results[name] = ThresholdResult(
+                amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
+                options={"source": "largest |x| seen"}, histogram=hist,
+            )
+        elif method == "entropy":
+            from .entropy import search_threshold
+
+            results[name] = search_threshold(hist, preset, **options)
+        else:
+            from .thresholds import choose_threshold
+
+            results[name] = choose_threshold(hist, method, **options)
+    return results
+
+
+def build_table(
+    results: Mapping[str, ThresholdResult],
+    *,
+    trt_version: str = DEFAULT_TRT_VERSION,
+    algorithm: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> CalibrationTable:
+    """A :class:`CalibrationTable` from threshold results, with header and provenance.
+
+    Parameters
+    ----------
+    results : mapping of str to ThresholdResult
+        In network order; each result's ``scale`` is written as it is.
+    trt_version : str, default DEFAULT_TRT_VERSION
+        TensorRT version whose header is written (:func:`kldiv.cachefile.header_for`).
+    algorithm : str, optional
+        Header algorithm; default ``"minmax"`` for minmax results, else
+        :data:`~kldiv.defaults.DEFAULT_ALGORITHM` (``entropy2``) — TensorRT reads a cache only
+        with the header of the calibrator that uses it.
+    provenance : mapping, optional
+        Stored on the table.
+    """
+    from .cachefile import header_for
+
+    if algorithm is None:
+        methods = {r.method for r in results.values()}
+        algorithm = "minmax" if methods == {"minmax"} else DEFAULT_ALGORITHM
+    table = CalibrationTable(
+        ((n, r.scale) for n, r in results.items()),
+        header=header_for(trt_version, algorithm),
+        provenance=provenance,
+    )
+    return table
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def calibrate(
+    model: Any,
+    data: Any = None,
+    *,
+    preset: str = DEFAULT_PRESET,
+    method: str = "entropy",
+    options: Mapping[str, Any] | None = None,
+    trt_version: str = DEFAULT_TRT_VERSION,
+    algorithm: str | None = None,
+    num_bins: int = NUM_BINS,
+    range_policy: str = DEFAULT_RANGE_POLICY,
+    batch_size: int | None = None,
+    preprocess: Preprocess | None = None,
+    max_batches: int | None = None,
+    nonfinite: str = "raise",
+    histograms: HistogramCollector | str | os.PathLike[str] | None = None,
+    save_histograms: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    on_batch: ProgressCallback | None = None,
+) -> CalibrationTable:
+    """Calibrate an ONNX model: run it over data, histogram, search, return the table.
+
+    Parameters
+    ----------
+    model : path-like, bytes or onnx.ModelProto, or None
+        The ONNX model. May be ``None`` with ``histograms=``.
+    data : path-like, array, dict or iterable of batches
+        Calibration data (see :func:`kldiv.data.as_source`); ignored with ``histograms=``.
+    preset : str, default DEFAULT_PRESET
+        Entropy preset (``"tensorrt"``, ``"gtc2017"``, ``"modelopt"`` ...).
+    method : {"entropy", "minmax", "percentile", "mse"}, default "entropy"
+        Threshold method.
+    options : mapping, optional
+        Options for the preset / method.
+    trt_version : str, default DEFAULT_TRT_VERSION
+        TensorRT version whose cache header the table carries.
+    algorithm : str, optional
+        Header algorithm (default from ``method``; see :func:`build_table`).
+    num_bins, range_policy, batch_size, preprocess, max_batches, nonfinite
+        See :func:`collect_histograms`.
+    histograms : HistogramCollector or path-like, optional
+        Histograms collected before (a collector or a ``.npz`` file from ``save_histograms``):
+        the model is not run; only the thresholds are recomputed.
+    save_histograms : path-like, optional
+        Also write the histograms to this ``.npz`` file (atomically).
+    force : bool, optional
+        Overwrite ``save_histograms`` if it exists.
+    on_batch : callable, optional
+        Progress callback ``on_batch(index, samples)``.
+
+    Returns
+    -------
+    CalibrationTable
+        Scales in network order, the TensorRT header, and ``provenance``: ``model``,
+        ``model_sha256``, ``data_fingerprint``, ``batches``, ``samples``, ``preset``,
+        ``method``, ``options``, ``range_policy``, ``num_bins``, ``trt_version``,
+        ``kldiv_version``.
+
+    Examples
+    --------
+    >>> from kldiv.examples import lenet_model_path, lenet_calibration_data
+    >>> table = calibrate(lenet_model_path(), lenet_calibration_data())  # doctest: +SKIP
+    >>> kldiv.write_cache(table, "lenet.cache")                           # doctest: +SKIP
+    """
+    if save_histograms is not None:
+        from ._io import check_writable
+
+        check_writable(save_histograms, force=force)
+    if histograms is not None:
+        collector = (
+            histograms
+            if isinstance(histograms, HistogramCollector)
+            else HistogramCollector.load(histograms)
+        )
+    else:
+        if model is None or data is None:
+            raise DataSourceError(
+                "calibrate() needs a model and calibration data (or histograms=FILE.npz)"
+            )
+        collector = collect_histograms(
+            model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
+            preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
+            on_batch=on_batch,
+        )
+    results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
+    first = next(iter(results.values()), None)
+    provenance = {
+        **collector.meta,
+        "preset": preset if method == "entropy" else None,
+        "method": method,
+        "options": _jsonable(first.options if first is not None else dict(options or {})),
+        "range_policy": collector.range_policy,
+        "num_bins": collector.num_bins,
+        "trt_version": trt_version,
+        "kldiv_version": _kldiv_version(),
+        "tensors": len(results),
+    }
+    if histograms is not None and not isinstance(histograms, HistogramCollector):
+        provenance["histograms"] = str(histograms)
+    table = build_table(
+        results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
+    )
+    if save_histograms is not None:
+        collector.save(save_histograms, force=force)
+    return table
