@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FORMATS",
     "detect_format",
+    "format_table",
     "read_csv",
     "read_dynamic_range_text",
     "read_json",
@@ -623,9 +624,14 @@ def write_table(
     """
     if format == "ort":
         return write_ort_tables(table, path, force=force)
-    if format == "ort-flatbuffers":
-        raise CacheFormatError("calibration.flatbuffers is written with the other ORT files",
-                               hint="use format='ort' with a folder")
+    return [atomic_write_text(path, format_table(table, format, **options), force=force)]
+
+
+def format_table(table: CalibrationTable, format: str = "trt", **options: Any) -> str:
+    """Return ``table`` as text in ``format`` (any of :data:`FORMATS` but the ORT binary ones)."""
+    if format in ("ort", "ort-flatbuffers"):
+        raise CacheFormatError(f"{format!r} is not a text format",
+                               hint="write ONNX Runtime's files with write_table(format='ort')")
     writers = {
         "trt": lambda t: format_cache(t, **options),
         "dynamic-range": lambda t: to_dynamic_range_text(t, **options),
@@ -639,5 +645,4 @@ def write_table(
     if writer is None:
         raise CacheFormatError(f"unknown output format {format!r}",
                                hint=f"use one of {', '.join(FORMATS)}")
-    return [atomic_write_text(path, writer(table), force=force)]
-
+    return writer(table)

@@ -1,0 +1,197 @@
+"""``kldiv cache show``, ``kldiv cache convert`` and ``kldiv compare``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cachefile import header_for
+from ..defaults import DEFAULT_ALGORITHM, DEFAULT_TRT_VERSION
+from ..exports import FORMATS, format_table, read_table, write_table
+from ..scales import CacheHeader, CalibrationTable
+
+__all__ = ["register"]
+
+_FAIL_ON = ("any", "names", "bits", "ulp", "close", "header")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``cache`` group (``show``, ``convert``) and ``compare`` to the CLI."""
+    cache = subparsers.add_parser(
+        "cache", help="read, show and convert TensorRT calibration caches and relatives",
+        description="Read, show and convert TensorRT calibration caches and related tables.",
+    )
+    sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache.set_defaults(func=lambda args: (cache.print_help(), 2)[1])
+
+    show = sub.add_parser("show", help="header, versions, each tensor's amax and scale")
+    show.add_argument("file", help="a cache or any table kldiv reads (format auto-detected)")
+    _add_from(show)
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show.set_defaults(func=_show)
+
+    conv = sub.add_parser("convert", help="convert a table to another format")
+    conv.add_argument("file")
+    _add_from(conv)
+    conv.add_argument("--to", required=True, choices=[f for f in FORMATS if f != "ort-flatbuffers"],
+                      help="output format ('ort' writes ONNX Runtime's three files into a folder)")
+    conv.add_argument("-o", "--output", help="output file (folder for --to ort); default stdout")
+    conv.add_argument("--trt-version", help=f"TensorRT version for the header (--to trt), "
+                      f"e.g. 8.6.1 (default: the input's, else {DEFAULT_TRT_VERSION})")
+    conv.add_argument("--algorithm", help="entropy2, entropy, minmax or legacy (--to trt; "
+                      f"default: the input's, else {DEFAULT_ALGORITHM})")
+    conv.add_argument("--colon-replacement", help="rename ':' in names (--to dynamic-range)")
+    conv.add_argument("--force", action="store_true", help="overwrite existing output")
+    conv.set_defaults(func=_convert)
+
+    cmp_ = subparsers.add_parser(
+        "compare", help="compare two calibration tables tensor by tensor",
+        description="Compare two tables (any format kldiv reads). Exit 0, or 1 when "
+        "--fail-on finds differences, 2 on bad input.",
+    )
+    cmp_.add_argument("a")
+    cmp_.add_argument("b")
+    cmp_.add_argument("--match", choices=("name", "position"), default="name")
+    cmp_.add_argument("--normalize-colons", action="store_true",
+                      help="match names with ':' replaced by '_' on both sides")
+    cmp_.add_argument("--fail-on", choices=_FAIL_ON,
+                      help="exit 1 when differences of this kind exist")
+    cmp_.add_argument("--plot", metavar="PNG", help="write a ratio plot (needs kldiv[plot])")
+    cmp_.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
+    cmp_.add_argument("--json", action="store_true", help="print the full report as JSON")
+    cmp_.add_argument("--all", action="store_true",
+                      help="list every tensor (default: only those not bit-identical)")
+    cmp_.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
+    cmp_.set_defaults(func=_compare)
+
+
+def _add_from(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_format", default="auto",
+                   choices=("auto", *FORMATS), help="input format (default: detect)")
+    p.add_argument("--allow-unknown-header", action="store_true",
+                   help="read a TensorRT cache whose first line is no known header")
+
+
+def _read(path: str, args: argparse.Namespace) -> CalibrationTable:
+    return read_table(path, format=getattr(args, "from_format", "auto"),
+                      allow_unknown_header=getattr(args, "allow_unknown_header", False))
+
+
+def _flags(table: CalibrationTable, name: str) -> str:
+    x = float(table[name])
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return "zero" if x == 0 else ""
+
+
+def _show(args: argparse.Namespace) -> int:
+    table = _read(args.file, args)
+    h = table.header
+    if args.json:
+        from ..exports import to_json
+
+        sys.stdout.write(to_json(table))
+        return 0
+    out = [f"file: {args.file}"]
+    if h is None:
+        out.append("header: (none)")
+    else:
+        out.append(f"header: {h.text!r} ({h.kind})")
+        if h.kind == "trt":
+            out.append(f"TensorRT: {h.trt_version} (number {h.version_number}); "
+                       f"algorithm: {h.algorithm}")
+        elif h.kind == "legacy":
+            out.append(f"legacy calibrator: cutoff {h.cutoff!r}, quantile {h.quantile!r}")
+    flags = [_flags(table, n) for n in table]
+    out.append(f"tensors: {len(table)}; zero: {flags.count('zero')}; inf: {flags.count('inf')}; "
+               f"nan: {flags.count('nan')}")
+    if table.provenance.get("format"):
+        out.append(f"format: {table.provenance['format']}")
+    width = min(70, max([len(n) for n in table] + [6]))
+    out.append("")
+    out.append(f"{'tensor':<{width}}  {'hex':>8}  {'scale':>14}  {'amax':>14}  flag")
+    for n, f in zip(table, flags):
+        out.append(f"{n:<{width}}  {table.hex(n):>8}  {float(table[n]):>14.8g}  "
+                   f"{table.amax(n):>14.8g}  {f}".rstrip())
+    print("\n".join(out))
+    return 0
+
+
+def _target_header(table: CalibrationTable, args: argparse.Namespace) -> CacheHeader | None:
+    old = table.header
+    if args.trt_version is None and args.algorithm is None:
+        if old is not None and old.kind in ("trt", "legacy"):
+            return old
+        return header_for()
+    version: str | int = args.trt_version or (
+        old.version_number if old is not None and old.version_number is not None
+        else DEFAULT_TRT_VERSION
+    )
+    algorithm = args.algorithm or (
+        old.algorithm if old is not None and old.algorithm else DEFAULT_ALGORITHM
+    )
+    try:
+        return header_for(version, algorithm)
+    except ValueError as exc:
+        from ..errors import CacheFormatError
+
+        raise CacheFormatError(str(exc), hint="see kldiv cache convert --help") from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    table = _read(args.file, args)
+    options: dict[str, Any] = {}
+    if args.to == "trt":
+        options["header"] = _target_header(table, args)
+    elif args.trt_version or args.algorithm:
+        print("kldiv cache convert: error: --trt-version/--algorithm only apply to --to trt",
+              file=sys.stderr)
+        return 2
+    if args.to == "dynamic-range" and args.colon_replacement is not None:
+        options["colon_replacement"] = args.colon_replacement
+    if args.output is None:
+        if args.to == "ort":
+            print("kldiv cache convert: error: --to ort writes three files; give a folder "
+                  "with -o DIR", file=sys.stderr)
+            return 2
+        sys.stdout.write(format_table(table, args.to, **options))
+        return 0
+    try:
+        paths = write_table(table, args.output, format=args.to, force=args.force, **options)
+    except ImportError as exc:
+        print(f"kldiv cache convert: error: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..compare import compare
+
+    a, b = _read(args.a, args), _read(args.b, args)
+    report = compare(a, b, match=args.match,
+                     normalize={":": "_"} if args.normalize_colons else None)
+    if args.json:
+        sys.stdout.write(report.to_json())
+    else:
+        sys.stdout.write(report.to_text(max_rows=args.max_rows,
+                                        only_differences=not args.all))
+    if args.plot:
+        from ..plots import plot_comparison
+
+        try:
+            plot_comparison(report, args.plot, labels=(Path(args.a).name, Path(args.b).name), force=args.force)
+        except ImportError as exc:
+            print(f"kldiv compare: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.fail_on and report.differs(args.fail_on):
+        return 1
+    return 0
+
