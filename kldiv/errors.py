@@ -115,3 +115,8 @@ class ModelError(KldivError, ValueError):
 
 class OutputExistsError(KldivError, FileExistsError):
     """An output file exists and overwriting was not allowed (pass ``force=True`` / ``--force``)."""
+
+
+class QuantizationError(KldivError, ValueError):
+    """A calibration table cannot be turned into a quantized (Q/DQ) model: a scale that is
+    infinite, NaN or negative, or an unknown option."""
