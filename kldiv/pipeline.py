@@ -41,6 +41,7 @@ __all__ = [
     "METHODS",
     "build_table",
     "calibrate",
+    "calibrate_histograms",
     "choose_thresholds",
     "collect_histograms",
     "data_fingerprint",
@@ -305,6 +306,45 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def calibrate_histograms(
+    collector: HistogramCollector,
+    *,
+    preset: str = DEFAULT_PRESET,
+    method: str = "entropy",
+    options: Mapping[str, Any] | None = None,
+    trt_version: str = DEFAULT_TRT_VERSION,
+    algorithm: str | None = None,
+) -> tuple[dict[str, ThresholdResult], CalibrationTable]:
+    """Steps 2 and 3: thresholds of collected histograms, and the table with provenance.
+
+    Parameters are those of :func:`calibrate`.
+
+    Returns
+    -------
+    results : dict of str to ThresholdResult
+        Per tensor, in network order (bin index, divergence curve ...).
+    table : CalibrationTable
+        The scales, header and provenance.
+    """
+    results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
+    first = next(iter(results.values()), None)
+    provenance = {
+        **collector.meta,
+        "preset": preset if method == "entropy" else None,
+        "method": method,
+        "options": first.options if first is not None else dict(options or {}),
+        "range_policy": collector.range_policy,
+        "num_bins": collector.num_bins,
+        "trt_version": trt_version,
+        "kldiv_version": _kldiv_version(),
+        "tensors": len(results),
+    }
+    table = build_table(
+        results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
+    )
+    return results, table
+
+
 def calibrate(
     model: Any,
     data: Any = None,
@@ -389,24 +429,12 @@ def calibrate(
             preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
             on_batch=on_batch,
         )
-    results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
-    first = next(iter(results.values()), None)
-    provenance = {
-        **collector.meta,
-        "preset": preset if method == "entropy" else None,
-        "method": method,
-        "options": _jsonable(first.options if first is not None else dict(options or {})),
-        "range_policy": collector.range_policy,
-        "num_bins": collector.num_bins,
-        "trt_version": trt_version,
-        "kldiv_version": _kldiv_version(),
-        "tensors": len(results),
-    }
-    if histograms is not None and not isinstance(histograms, HistogramCollector):
-        provenance["histograms"] = str(histograms)
-    table = build_table(
-        results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
+    _, table = calibrate_histograms(
+        collector, preset=preset, method=method, options=options, trt_version=trt_version,
+        algorithm=algorithm,
     )
+    if histograms is not None and not isinstance(histograms, HistogramCollector):
+        table.provenance["histograms"] = str(histograms)
     if save_histograms is not None:
         collector.save(save_histograms, force=force)
     return table

@@ -1,0 +1,225 @@
+"""``kldiv calibrate``: ONNX model + calibration data → TensorRT calibration cache.
+
+A thin shell over :func:`kldiv.pipeline.collect_histograms`,
+:func:`~kldiv.pipeline.choose_thresholds` and :func:`~kldiv.pipeline.build_table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ..defaults import DEFAULT_PRESET, DEFAULT_RANGE_POLICY, DEFAULT_TRT_VERSION, NUM_BINS
+from ..errors import DataSourceError
+
+__all__ = ["add_table_options", "format_summary", "register", "run", "thresholds_and_table"]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+
+
+def add_table_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``calibrate`` and ``demo``: how thresholds and the header are made."""
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"entropy preset (default {DEFAULT_PRESET}; see kldiv.entropy.PRESETS)")
+    p.add_argument("--method", default="entropy",
+                   choices=("entropy", "minmax", "percentile", "mse"),
+                   help="threshold method (default entropy)")
+    p.add_argument("--percentile", type=float, default=None,
+                   help="percentile for --method percentile (default kldiv.defaults)")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help=f"TensorRT version whose cache header is written (default "
+                        f"{DEFAULT_TRT_VERSION})")
+    p.add_argument("--algorithm", default=None,
+                   help="header algorithm (entropy2, entropy, minmax; default from --method)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bar and no table; one line on success")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``kldiv calibrate`` to the CLI."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="calibrate an ONNX model with onnxruntime and write a TensorRT cache",
+        description=(
+            "Run MODEL with onnxruntime over calibration data, histogram every activation "
+            "TensorRT calibrates, choose thresholds and write a TensorRT calibration cache. "
+            "The output appears only when complete."
+        ),
+    )
+    p.add_argument("model", nargs="?", help="the .onnx model (not needed with --from-histograms)")
+    p.add_argument("--data", help="folder or file of .npy/.npz, images, or sampleINT8 batch files")
+    p.add_argument("--out", "-o", required=True, help="the calibration cache to write")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per batch (images per batch for image folders)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after N batches")
+    p.add_argument("--save-histograms", metavar="H.npz",
+                   help="also save the histograms (recompute later with --from-histograms)")
+    p.add_argument("--from-histograms", metavar="H.npz",
+                   help="skip the model: recompute thresholds from saved histograms")
+    p.add_argument("--provenance", metavar="FILE.json",
+                   help="also write the provenance (model hash, data fingerprint ...) as JSON")
+    p.add_argument("--range-policy", default=DEFAULT_RANGE_POLICY,
+                   choices=("pow2", "append", "global"),
+                   help=f"histogram range policy (default {DEFAULT_RANGE_POLICY})")
+    p.add_argument("--num-bins", type=int, default=NUM_BINS, help=f"bins (default {NUM_BINS})")
+    p.add_argument("--drop-nonfinite", action="store_true",
+                   help="skip NaN/Inf activations instead of stopping with an error")
+    g = p.add_argument_group("image preprocessing (image folders only)")
+    g.add_argument("--preprocess", metavar="FILE", help="JSON/TOML file with the keys below")
+    g.add_argument("--resize", type=_size, help="N (shorter side) or H,W")
+    g.add_argument("--crop", type=_size, help="center crop N or H,W")
+    g.add_argument("--color", choices=("RGB", "BGR", "L"), help="channel order (default RGB)")
+    g.add_argument("--scale", type=float, help="multiply pixels (0-255) by this first")
+    g.add_argument("--mean", type=_floats, help="subtract, per channel: 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, help="then divide, per channel")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default NCHW")
+    add_table_options(p)
+    p.set_defaults(func=run)
+
+
+def _preprocess(args: argparse.Namespace) -> Any:
+    from ..data import Preprocess
+
+    keys = {"resize": args.resize, "center_crop": args.crop, "color": args.color,
+            "scale": args.scale, "mean": args.mean, "std": args.std, "layout": args.layout}
+    given = {k: v for k, v in keys.items() if v is not None}
+    if args.preprocess:
+        base = Preprocess.from_file(args.preprocess).to_dict()
+        base.update(given)
+        return Preprocess.from_dict(base)
+    return Preprocess.from_dict(given) if given else None
+
+
+def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
+    """A tqdm bar on stderr (off when not a terminal or quiet) and its callback."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None
+    bar = tqdm(total=total, unit="batch", file=sys.stderr, desc="calibrating", leave=False)
+    last = [0]
+
+    def on_batch(index: int, samples: int) -> None:
+        bar.update(1)
+        bar.set_postfix(samples=samples, refresh=False)
+        last[0] = samples
+
+    return bar, on_batch
+
+
+def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
+    from ..pipeline import calibrate_histograms
+
+    options: dict[str, Any] = {}
+    if args.method == "percentile" and args.percentile is not None:
+        options["percentile"] = args.percentile
+    return calibrate_histograms(
+        collector, preset=args.preset, method=args.method, options=options,
+        trt_version=args.trt_version, algorithm=args.algorithm,
+    )
+
+
+def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> str:
+    """The summary table: tensor, histogram range, bin index, amax, scale and its hex."""
+    rows = [("tensor", "range R", "bin", "amax", "scale", "hex")]
+    for name, r in results.items():
+        rows.append((
+            name,
+            f"{collector[name].amax:.6g}",
+            "-" if r.bin_index is None else str(r.bin_index),
+            f"{r.amax:.6g}",
+            f"{float(r.scale):.6g}",
+            table.hex(name),
+        ))
+    width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(width[i]) if i == 0 else c.rjust(width[i]) for i, c in enumerate(row))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in width))
+    meta = collector.meta
+    foot = [f"{len(results)} tensors; header {table.header.text}"]
+    if "model_sha256" in meta:
+        foot.append(
+            f"model {meta.get('model')} (sha256 {str(meta['model_sha256'])[:12]}); "
+            f"{meta.get('batches')} batches, {meta.get('samples')} samples "
+            f"(fingerprint {str(meta.get('data_fingerprint'))[:12]}); {meta.get('seconds')} s"
+        )
+    return "\n".join([*lines, *foot])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kldiv calibrate``."""
+    from .._io import atomic_write_text, check_writable
+    from ..cachefile import write_cache
+    from ..collect import HistogramCollector
+    from ..data import as_source
+    from ..pipeline import collect_histograms
+
+    outputs = [args.out, args.save_histograms, args.provenance]
+    for path in outputs:
+        if path is not None:
+            check_writable(path, force=args.force)
+    if len({p for p in outputs if p is not None}) != sum(p is not None for p in outputs):
+        raise DataSourceError("--out, --save-histograms and --provenance must be different files")
+    if args.from_histograms:
+        collector = HistogramCollector.load(args.from_histograms)
+    else:
+        if not args.model or not args.data:
+            raise DataSourceError(
+                "give MODEL and --data PATH (or --from-histograms H.npz to skip the model)"
+            )
+        source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
+        total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+        if total is not None and args.max_batches is not None:
+            total = min(total, args.max_batches)
+        bar, on_batch = _progress(total, args.quiet)
+        try:
+            collector = collect_histograms(
+                args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
+                max_batches=args.max_batches,
+                nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    results, table = thresholds_and_table(collector, args)
+    if args.from_histograms:
+        table.provenance["histograms"] = str(args.from_histograms)
+    if args.save_histograms:
+        collector.save(args.save_histograms, force=args.force)
+    if args.provenance:
+        atomic_write_text(args.provenance,
+                          json.dumps(table.provenance, indent=2, sort_keys=True) + "\n",
+                          force=args.force)
+    write_cache(table, args.out, force=args.force)
+    if args.quiet:
+        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text})")
+    else:
+        print(format_summary(results, collector, table))
+        print(f"wrote {args.out}")
+    return 0
