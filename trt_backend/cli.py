@@ -1,0 +1,124 @@
+"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosscheck.crosscheck`
+and :func:`~trt_backend.engine.build_engine`.
+
+``kldiv-trt crosscheck MODEL --data PATH --out-dir D`` writes the comparison (text, JSON, plot)
+and both caches; ``kldiv-trt build MODEL --cache FILE --out model.engine`` builds an INT8 engine
+from a kldiv (or any TensorRT) cache, its header rewritten for the running TensorRT. Exit codes:
+0 success, 2 bad input or no TensorRT (one line on stderr, naming ``pip install "kldiv[trt]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from kldiv.errors import KldivError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def _crosscheck(args: argparse.Namespace) -> int:
+    from kldiv.data import as_source
+
+    from . import _tensorrt
+    from .crosscheck import crosscheck
+
+    _tensorrt.require_implicit(_tensorrt.version())  # no TensorRT: exit 2 with the install hint
+    data = cast(
+        "Iterable[Mapping[str, Any]]",
+        as_source(args.data, batch_size=args.batch_size, input_name=args.input_name),
+    )
+    result = crosscheck(args.model, data, preset=args.preset, workspace=args.workspace)
+    written = result.write(args.out_dir, force=args.force)
+    print(result.to_text(max_rows=args.max_rows))
+    for key, path in written.items():
+        print(f"wrote {key}: {path}")
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from kldiv._io import atomic_write_bytes, check_writable
+    from kldiv.cachefile import read_cache
+
+    from . import _tensorrt
+    from .engine import build_engine
+
+    _tensorrt.load()  # no TensorRT: exit 2 with the install hint, before reading anything
+    check_writable(args.out, force=args.force)
+    table = read_cache(args.cache, allow_unknown_header=True) if args.cache else None
+    precision = "int8" if (table is not None or args.qdq) else args.precision
+    plan = build_engine(
+        args.model,
+        precision,
+        table=table,
+        qdq=args.qdq,
+        workspace=args.workspace,
+        algorithm=args.algorithm,
+    )
+    atomic_write_bytes(args.out, plan, force=args.force)
+    print(f"wrote a {precision} engine ({len(plan)} bytes) to {args.out}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kldiv-trt`` argument parser."""
+    from .engine import DEFAULT_WORKSPACE, PRECISIONS
+
+    parser = argparse.ArgumentParser(
+        prog="kldiv-trt", description="Feed kldiv's scales to TensorRT and cross-check them."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("crosscheck", help="TensorRT's entropy2 calibration vs kldiv's, same data")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--data", required=True, help="calibration data (folder or file kldiv reads)")
+    p.add_argument("--out-dir", required=True, help="folder for the report and both caches")
+    p.add_argument("--preset", default="tensorrt", help="kldiv preset (default: tensorrt)")
+    p.add_argument("--batch-size", type=int, default=None, help="re-batch the data")
+    p.add_argument("--input-name", default=None, help="input fed by bare arrays")
+    p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
+    p.add_argument("--max-rows", type=int, default=40, help="rows of the printed table")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_crosscheck)
+
+    b = sub.add_parser("build", help="build a TensorRT engine (INT8 from a cache)")
+    b.add_argument("model", help="ONNX model")
+    b.add_argument("--cache", help="calibration cache (kldiv's or TensorRT's) for INT8")
+    b.add_argument("--out", required=True, help="engine file to write")
+    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="without --cache")
+    b.add_argument("--qdq", action="store_true", help="explicit Q/DQ path (TensorRT >= 10.1)")
+    b.add_argument("--algorithm", default="entropy2", help="calibrator named in the cache header")
+    b.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
+    b.add_argument("--force", action="store_true", help="overwrite --out")
+    b.set_defaults(func=_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kldiv-trt``; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(func(args))
+    except (KldivError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"kldiv-trt {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Cross-check kldiv's scales against TensorRT's own calibration, on the same batches.
+
+:func:`crosscheck` calibrates the model twice on one list of batches: with TensorRT's entropy2
+calibrator (building an INT8 engine and capturing the cache TensorRT writes) and with kldiv's
+``tensorrt`` preset (:func:`kldiv.pipeline.calibrate`), then compares the two tables with
+:func:`kldiv.compare.compare` (ratios are TensorRT / kldiv). :func:`assemble` does the
+comparison from a captured cache, so it is usable (and tested) without TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kldiv._io import atomic_write_bytes, atomic_write_text, check_writable
+from kldiv.cachefile import decode_cache_bytes, parse_cache
+from kldiv.compare import ComparisonReport, compare
+from kldiv.defaults import DEFAULT_PRESET
+from kldiv.scales import CalibrationTable
+
+from . import _tensorrt
+from .calibrators import replay_cache_bytes
+from .device import CudaBackend
+from .engine import DEFAULT_WORKSPACE
+from .errors import EngineBuildError
+
+__all__ = ["OUTPUT_FILES", "CrosscheckResult", "assemble", "crosscheck"]
+
+logger = logging.getLogger(__name__)
+
+#: Files :meth:`CrosscheckResult.write` creates in the output folder.
+OUTPUT_FILES = {
+    "report": "crosscheck.txt",
+    "json": "crosscheck.json",
+    "plot": "crosscheck.png",
+    "tensorrt_cache": "tensorrt.cache",
+    "kldiv_cache": "kldiv.cache",
+}
+
+
+@dataclass
+class CrosscheckResult:
+    """kldiv's table, TensorRT's table, and their comparison.
+
+    Attributes
+    ----------
+    ours : CalibrationTable
+        kldiv's scales.
+    theirs : CalibrationTable
+        TensorRT's scales, parsed from :attr:`trt_cache`.
+    trt_cache : bytes
+        The cache TensorRT wrote, byte for byte.
+    report : ComparisonReport
+        ``compare(ours, theirs)``: ratios are TensorRT / kldiv.
+    trt_version : str
+        The TensorRT that calibrated.
+    algorithm : str
+        TensorRT's calibrator (``entropy2``).
+    """
+
+    ours: CalibrationTable
+    theirs: CalibrationTable
+    trt_cache: bytes
+    report: ComparisonReport
+    trt_version: str
+    algorithm: str = "entropy2"
+
+    def to_text(self, *, max_rows: int | None = None) -> str:
+        """The report as text: what was compared, then the comparison table."""
+        head = [
+            f"kldiv vs TensorRT {self.trt_version} ({self.algorithm} calibrator)",
+            (
+                f"kldiv: {len(self.ours)} tensors; TensorRT cache: {len(self.theirs)} tensors "
+                f"(header {self.theirs.header.text if self.theirs.header else None!r})"
+            ),
+            "ratios are TensorRT / kldiv",
+            "",
+        ]
+        return "\n".join(head) + self.report.to_text(max_rows=max_rows)
+
+    def write(self, out_dir: str | os.PathLike[str], *, force: bool = False) -> dict[str, Path]:
+        """Write the report (text, JSON, plot when matplotlib is installed) and both caches.
+
+        ``tensorrt.cache`` holds TensorRT's bytes verbatim; ``kldiv.cache`` holds kldiv's scales
+        under the same TensorRT's header, ready to replay. Files are written atomically and
+        never overwritten without ``force``.
+
+        Returns
+        -------
+        dict of str -> Path
+            What was written, keyed as :data:`OUTPUT_FILES`.
+        """
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {key: folder / name for key, name in OUTPUT_FILES.items()}
+        for p in paths.values():
+            check_writable(p, force=force)
+        written: dict[str, Path] = {}
+        written["report"] = atomic_write_text(paths["report"], self.to_text() + "\n", force=force)
+        written["json"] = atomic_write_text(paths["json"], self.report.to_json() + "\n", force=force)
+        written["tensorrt_cache"] = atomic_write_bytes(
+            paths["tensorrt_cache"], self.trt_cache, force=force
+        )
+        ours = replay_cache_bytes(self.ours, self.trt_version, self.algorithm)
+        written["kldiv_cache"] = atomic_write_bytes(paths["kldiv_cache"], ours, force=force)
+        try:
+            from kldiv.plots import plot_comparison
+        except ImportError:  # pragma: no cover - plots are optional
+            logger.warning("matplotlib is not installed; no plot written (pip install \"kldiv[plot]\")")
+        else:
+            try:
+                plot_comparison(
+                    self.report, paths["plot"], labels=("kldiv", "TensorRT"), force=force
+                )
+            except ImportError:
+                logger.warning("matplotlib is not installed; no plot written")
+            else:
+                written["plot"] = paths["plot"]
+        return written
+
+
+def assemble(
+    ours: CalibrationTable,
+    trt_cache: bytes,
+    *,
+    trt_version: str,
+    algorithm: str = "entropy2",
+    histograms: Mapping[str, Any] | Any | None = None,
+) -> CrosscheckResult:
+    """Parse TensorRT's cache and compare it with kldiv's table (no TensorRT needed).
+
+    Parameters
+    ----------
+    ours : CalibrationTable
+        kldiv's table.
+    trt_cache : bytes
+        The cache TensorRT wrote (``calibrator.captured``).
+    trt_version : str
+        The TensorRT that wrote it.
+    algorithm : str, optional
+        The calibrator used.
+    histograms : optional
+        Passed to :func:`kldiv.compare.compare` for differences in bins.
+    """
+    theirs = parse_cache(decode_cache_bytes(trt_cache))
+    report = compare(ours, theirs, histograms=histograms)
+    return CrosscheckResult(ours, theirs, bytes(trt_cache), report, str(trt_version), algorithm)
+
+
+def crosscheck(
+    model: str | os.PathLike[str],
+    data: Iterable[Mapping[str, Any]],
+    *,
+    preset: str = DEFAULT_PRESET,
+    workspace: int = DEFAULT_WORKSPACE,
+    backend: str | CudaBackend = "cuda-python",
+) -> CrosscheckResult:
+    """Calibrate with TensorRT's entropy2 calibrator and with kldiv on the same batches; compare.
+
+    Parameters
+    ----------
+    model : path
+        ONNX model.
+    data : iterable of {input_name: array}
+        Calibration batches; materialized once so both calibrations see the same batches.
+    preset : str, optional
+        kldiv's preset (default ``"tensorrt"``).
+    workspace : int, optional
+        TensorRT workspace limit, bytes.
+    backend : str or CudaBackend, optional
+        CUDA binding for staging.
+
+    Returns
+    -------
+    CrosscheckResult
+
+    Raises
+    ------
+    TensorRTUnavailableError, TensorRTVersionError
+        Without TensorRT, or on TensorRT 11 (no calibrators to cross-check against).
+    """
+    from kldiv.pipeline import calibrate
+
+    from .calibrators import make_calibrator
+    from .engine import build_engine
+
+    v = _tensorrt.version()
+    _tensorrt.require_implicit(v)
+    batches = list(data)
+    calibrator = make_calibrator(batches, "entropy2", backend=backend)
+    build_engine(model, "int8", calibrator=calibrator, workspace=workspace)
+    captured = calibrator.captured
+    if captured is None:
+        raise EngineBuildError(
+            "TensorRT built the engine without writing a calibration cache; this should not "
+            "happen with a fresh calibrator - please report it with TensorRT's log"
+        )
+    ours = calibrate(os.fspath(model), batches, preset=preset)
+    return assemble(ours, captured, trt_version=str(v))
