@@ -544,7 +544,14 @@ def detect_format(data: bytes, *, path: str | None = None) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return "ort-flatbuffers" if data[4:8] != b"" else "trt"
+        text = None
+    if text is None or "\x00" in text:  # binary: ONNX Runtime's flatbuffers, or garbage
+        try:
+            if len(read_ort_flatbuffers(data)) > 0:
+                return "ort-flatbuffers"
+        except (CacheFormatError, ImportError):
+            pass
+        return "trt"  # the cache reader then says what is wrong with the bytes
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped.startswith("{"):
         try:
