@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,15 @@ def evaluate(
     top_q: list[np.ndarray] = []
     n = 0
     max_diff = 0.0
+    inputs = [i.name for i in s32.get_inputs()]
     for i, batch in enumerate(data):
+        if not isinstance(batch, Mapping):
+            if len(inputs) != 1:
+                raise DataSourceError(
+                    f"batch {i} is a bare array but the model has inputs {inputs}; give "
+                    "batches as {input_name: array}"
+                )
+            batch = {inputs[0]: batch}
         try:
             a = s32.run([out_name], batch)[0]
             b = sq.run([out_name], batch)[0]
