@@ -33,7 +33,7 @@ from ._jit import jit
 if TYPE_CHECKING:  # pragma: no cover
     from ..entropy import EntropyOptions
 
-__all__ = ["divergences", "search", "BAND_ATOL", "BAND_RTOL"]
+__all__ = ["BAND_ATOL", "BAND_RTOL", "divergences", "search"]
 
 #: Kernel values within ``BAND_ATOL + BAND_RTOL * |min|`` of the kernel minimum are re-checked
 #: with the reference (far above the kernel's error, measured ~1e-14 absolute).
@@ -137,7 +137,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
             if use_memo:
                 key = a * max_width + (b - a)
                 t = memo[key]
-                if t != t:  # NaN: not computed yet
+                if math.isnan(t):  # not computed yet
                     t = _group_term(c, nz, cl_hi, cl_lo, a, b)
                     memo[key] = t
             else:
