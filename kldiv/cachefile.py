@@ -61,6 +61,8 @@ _TRT_HEADER = re.compile(r"TRT-([0-9]+)-([A-Za-z0-9_]+)")
 _LEGACY_SPACED = re.compile(r"0 ([0-9a-fA-F]{1,16}) ([0-9a-fA-F]{1,16})")
 _LEGACY_RUN_TOGETHER = re.compile(r"0([0-9a-fA-F]{16})([0-9a-fA-F]{16})")
 _HEX = re.compile(r"[0-9a-fA-F]{1,8}")
+# One well-formed entry line; the greedy name makes the split fall at the line's last ": ".
+_ENTRY_LINE = re.compile(r"^(.+): ([0-9a-fA-F]{1,8})\r?$", re.MULTILINE)
 _DECIMAL = re.compile(r"\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*")
 _VERSION = re.compile(r"\s*v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(?:\.[0-9]+)*\s*")
 
@@ -272,7 +274,7 @@ def decode_cache_bytes(data: bytes, *, path: str | None = None) -> str:
 
 def _looks_like(line: str) -> str:
     """A hint naming the format a line that is not a cache entry seems to come from."""
-    name, sep, value = line.rpartition(":")
+    _name, sep, value = line.rpartition(":")
     if sep and _DECIMAL.fullmatch(value):
         return (
             "this looks like dynamic-range text (name:amax); read it with "
@@ -367,10 +369,48 @@ def parse_cache(
             header = CacheHeader(text=first, kind="unknown")
         else:
             raise
+    provenance: dict[str, object] = {"format": "tensorrt-cache"}
+    if path is not None:
+        provenance["source"] = str(path)
+    body = lines[first_entry - 1 :]
+    bits = _parse_body_fast(body)
+    if bits is None:
+        bits, crlf_body = _parse_body(body, first_entry, path)
+    else:
+        crlf_body = bool(body) and body[0].endswith("\r")
+    if crlf or crlf_body:
+        provenance["line_endings"] = "crlf"
+    table = CalibrationTable(header=header, provenance=provenance)
+    # The values were checked to be 1-8 hex digits (< 2**32) and the names to hold no line
+    # break, which is all CalibrationTable.set_bits validates; filling its dict directly makes
+    # parsing 10,000 entries several times faster (benchmarks/cache_io.py).
+    table._bits = bits
+    return table
+
+
+def _parse_body_fast(body: list[str]) -> dict[str, int] | None:
+    """All entries at once when every line is well formed and names are unique; else None."""
+    if not body:
+        return {}
+    text = "\n".join(body)
+    pairs = _ENTRY_LINE.findall(text)
+    if len(pairs) != len(body):
+        return None
+    bits = {name: int(value, 16) for name, value in pairs}
+    if len(bits) != len(pairs) or any("\r" in name for name in bits):
+        return None
+    return bits
+
+
+def _parse_body(
+    body: list[str], first_entry: int, path: str | None
+) -> tuple[dict[str, int], bool]:
+    """Line by line, naming the first bad line."""
+    crlf = False
     bits: dict[str, int] = {}
     where: dict[str, int] = {}
     hexmatch = _HEX.fullmatch
-    for lineno, line in enumerate(lines[first_entry - 1 :], start=first_entry):
+    for lineno, line in enumerate(body, start=first_entry):
         if line.endswith("\r"):
             line, crlf = line[:-1], True
         if not line or line.isspace():
@@ -392,15 +432,7 @@ def parse_cache(
             )
         bits[name] = int(value, 16)
         where[name] = lineno
-    provenance: dict[str, object] = {"format": "tensorrt-cache"}
-    if path is not None:
-        provenance["source"] = str(path)
-    if crlf:
-        provenance["line_endings"] = "crlf"
-    table = CalibrationTable(header=header, provenance=provenance)
-    for name, b in bits.items():
-        table.set_bits(name, b)
-    return table
+    return bits, crlf
 
 
 def _entry_like(line: str) -> bool:
