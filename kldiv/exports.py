@@ -185,17 +185,24 @@ def read_dynamic_range_text(text: str | bytes, *, path: str | None = None) -> Ca
 
     Lines split at their *last* ``:`` (the value never holds one); blank lines are skipped.
     """
+    return _read_name_amax_lines(text, path=path, sep=":", fmt="dynamic-range")
+
+
+def _read_name_amax_lines(
+    text: str | bytes, *, path: str | None, sep: str, fmt: str
+) -> CalibrationTable:
+    """``<name><sep><decimal amax>`` lines, split at the last ``sep``; blank lines skipped."""
     def pairs() -> Iterable[tuple[int, str, float]]:
         for i, line in enumerate(_text_lines(text, path), start=1):
             if not line.strip():
                 continue
-            name, sep, value = line.rpartition(":")
-            if not sep:
-                raise CacheFormatError(f"no ':' in {line[:60]!r}", path=path, line=i,
-                                       hint="each line must be '<name>:<amax>'")
+            name, found, value = line.rpartition(sep)
+            if not found:
+                raise CacheFormatError(f"no {sep!r} in {line[:60]!r}", path=path, line=i,
+                                       hint=f"each line must be '<name>{sep}<amax>'")
             yield i, name, _decimal(value, path=path, line=i, what="amax")
 
-    return _table_from_pairs(pairs(), path=path, fmt="dynamic-range")
+    return _table_from_pairs(pairs(), path=path, fmt=fmt)
 
 
 # -- NVDLA calibration JSON (nvdla/sw umd/utils/calibdata/calib_txt_to_json.py) -----------------
@@ -266,17 +273,7 @@ def to_ort_text(table: CalibrationTable) -> str:
 
 def read_ort_text(text: str | bytes, *, path: str | None = None) -> CalibrationTable:
     """Read ONNX Runtime's text ``calibration.cache`` (``name amax``; split at the last space)."""
-    def pairs() -> Iterable[tuple[int, str, float]]:
-        for i, line in enumerate(_text_lines(text, path), start=1):
-            if not line.strip():
-                continue
-            name, sep, value = line.rpartition(" ")
-            if not sep:
-                raise CacheFormatError(f"no space in {line[:60]!r}", path=path, line=i,
-                                       hint="each line must be '<name> <amax>'")
-            yield i, name, _decimal(value, path=path, line=i, what="amax")
-
-    return _table_from_pairs(pairs(), path=path, fmt="ort-text")
+    return _read_name_amax_lines(text, path=path, sep=" ", fmt="ort-text")
 
 
 def to_ort_json(table: CalibrationTable) -> str:
