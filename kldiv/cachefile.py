@@ -380,12 +380,10 @@ def parse_cache(
         crlf_body = bool(body) and body[0].endswith("\r")
     if crlf or crlf_body:
         provenance["line_endings"] = "crlf"
-    table = CalibrationTable(header=header, provenance=provenance)
     # The values were checked to be 1-8 hex digits (< 2**32) and the names to hold no line
-    # break, which is all CalibrationTable.set_bits validates; filling its dict directly makes
+    # break, which is all CalibrationTable.set_bits validates; adopting the dict directly makes
     # parsing 10,000 entries several times faster (benchmarks/cache_io.py).
-    table._bits = bits
-    return table
+    return CalibrationTable._from_validated_bits(bits, header=header, provenance=provenance)
 
 
 def _parse_body_fast(body: list[str]) -> dict[str, int] | None:

@@ -231,6 +231,23 @@ class CalibrationTable(MutableMapping[str, np.float32]):
             table.set_bits(name, b)
         return table
 
+    @classmethod
+    def _from_validated_bits(
+        cls,
+        bits: dict[str, int],
+        *,
+        header: CacheHeader | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> CalibrationTable:
+        """Adopt ``bits`` without per-entry checks (fast path for codecs).
+
+        The caller guarantees every key is a str without line breaks and every value an int in
+        ``[0, 2**32)``; :mod:`kldiv.cachefile` validates while parsing. Not public API.
+        """
+        table = cls(header=header, provenance=provenance)
+        table._bits = bits
+        return table
+
     # -- mapping protocol ---------------------------------------------------------------
     def __getitem__(self, name: str) -> np.float32:
         return bits_to_scale(self._bits[name])
