@@ -35,6 +35,8 @@ _LAZY: dict[str, str] = {
     "read_cache": "cachefile",
     "write_cache": "cachefile",
     "header_for": "cachefile",
+    "read_table": "exports",
+    "write_table": "exports",
     "compare": "compare",
     "ComparisonReport": "compare",
     # end to end
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cachefile import format_cache, header_for, parse_cache, read_cache, write_cache
     from .collect import HistogramCollector
     from .compare import ComparisonReport, compare
+    from .exports import read_table, write_table
     from .entropy import PRESETS, EntropyOptions, search_threshold
     from .errors import (
         CacheFormatError,
