@@ -86,7 +86,10 @@ class EntropyOptions:
         #6. First candidate ``i`` (``None``: ``num_levels``, or ``num_levels // 2`` signed).
     stop_bin : int or None
         #6. Last candidate, **inclusive** (``None``: ``num_bins``, or ``num_bins // 2`` signed).
-        The slide's ``range(128, 2048)`` is ``stop_bin=2047``.
+    include_last : bool
+        #6. Whether keeping every bin (``i = num_bins``, no outliers) is a candidate when
+        ``stop_bin`` is None: yes for TensorRT (softmax and constant-tensor caches need it) and
+        ModelOpt; no for the slide's ``range(128, 2048)``.
     stride : int
         #6. Step between candidates (ModelOpt's ``stride``).
     grouping : {'proportional', 'floor'}
@@ -126,6 +129,7 @@ class EntropyOptions:
     zeros: Literal["keep", "bin1", "drop"] = "keep"
     start_bin: int | None = None
     stop_bin: int | None = None
+    include_last: bool = True
     stride: int = 1
     grouping: Literal["proportional", "floor"] = "proportional"
     empty: Literal["histogram", "p"] = "histogram"
@@ -205,7 +209,7 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # The slide, literally: range(128, 2048), (m + 0.5) * w, plain KL. It does not say how
         # to group when 128 does not divide i; we take the widespread floor width with the
         # remainder in the last group (which the MNIST golden shows TensorRT does not use).
-        "gtc2017": EntropyOptions(stop_bin=2047, grouping="floor"),
+        "gtc2017": EntropyOptions(include_last=False, grouping="floor"),
         # ModelOpt / pytorch-quantization _compute_amax_entropy: bins[0] = bins[1]; candidates
         # start_bin..len(bins) inclusive; digitize over linspace(0, i, 129) = proportional
         # grouping; emptiness from the (modified) histogram; scipy entropy (inf when Q = 0 < P);
@@ -335,7 +339,10 @@ def candidate_bins(num_bins: int, opts: EntropyOptions) -> np.ndarray:
     else:
         first, last = opts.num_levels, num_bins
     start = first if opts.start_bin is None else int(opts.start_bin)
-    stop = last if opts.stop_bin is None else int(opts.stop_bin)
+    if opts.stop_bin is not None:
+        stop = int(opts.stop_bin)
+    else:
+        stop = last if opts.include_last else last - 1
     if stop > last:
         raise PresetError(
             f"stop_bin={stop} is beyond the histogram ({last} is the largest candidate for "

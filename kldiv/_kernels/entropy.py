@@ -134,7 +134,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
             b = lo + bounds[k + 1]
             if a >= b:
                 continue
-            if use_memo:
+            if use_memo and b - a < max_width:  # (floor's wide last group: not memoized)
                 key = a * max_width + (b - a)
                 t = memo[key]
                 if math.isnan(t):  # not computed yet
