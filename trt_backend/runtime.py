@@ -265,11 +265,12 @@ def summarize_precisions(
         raise ValueError("no results to summarize; run at least one engine")
     first = next(iter(results.values()))
     name = output if output is not None else next(iter(first.outputs))
-    reference = results["fp32"].outputs[name] if "fp32" in results else None
-    rows = []
     for prec, res in results.items():
         if name not in res.outputs:
             raise ValueError(f"{prec} engine has no output {name!r}; it has {sorted(res.outputs)}")
+    reference = results["fp32"].outputs[name] if "fp32" in results else None
+    rows = []
+    for prec, res in results.items():
         logits = res.outputs[name]
         n = int(np.shape(logits)[0]) if np.ndim(logits) else 0
         top1 = topk_accuracy(logits, labels, 1) if labels is not None else math.nan
