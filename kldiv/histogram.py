@@ -5,12 +5,16 @@ over ``[0, amax]``. It is filled from float16/32/64 arrays of any shape and stri
 with ``+``, compared exactly with ``==`` and approximately with :meth:`allclose`.
 
 The bin-edge rule (the same in the NumPy reference and the Numba kernel)
-    ``edges[k] = amax * (k / num_bins)`` in float64, so ``edges[0] == 0`` and
-    ``edges[num_bins] == amax`` exactly. A finite value lands in bin ``k`` when
-    ``edges[k] <= |x| < edges[k + 1]``; the last bin also holds ``|x| == amax`` (as
-    ``np.histogram`` does). ``|x|`` is taken in float64 (float16/float32 inputs are widened
-    exactly first), so the rule is the same for every input dtype. When ``amax == 0`` (an
-    all-zero tensor), every count is in bin 0.
+    A finite value goes to bin ``k = min(floor(|x| * (num_bins / amax)), num_bins - 1)``,
+    with ``|x|`` widened exactly to float64 first and both operations rounded in float64
+    (``num_bins / amax`` once, then the product). Equivalently, bin ``k`` holds
+    ``edges[k] <= |x| < edges[k+1]`` and the last bin also holds ``|x| == amax`` (as
+    ``np.histogram`` does), where :func:`bin_edges` gives ``edges[0] = 0``,
+    ``edges[num_bins] = amax`` and, for the inner edges, the smallest float64 that the
+    expression puts in bin ``k`` — that is ``amax * k / num_bins`` moved by at most a few ulps
+    (the documented correction that makes the edge array and the index expression agree
+    exactly). Values above ``amax`` are *over* (see ``overflow``). When ``amax == 0`` (an
+    all-zero tensor) every count is in bin 0.
 
 Range policies (how a histogram meets a batch that exceeds its range)
     ``"fixed"``  the range is given; values above it are an error, or with
@@ -97,7 +101,12 @@ def _check_amax(amax: Any, num_bins: int) -> float:
 
 
 def bin_edges(amax: float, num_bins: int = NUM_BINS) -> np.ndarray:
-    """The float64 bin edges of the documented rule: ``edges[k] = amax * (k / num_bins)``.
+    """The float64 bin edges of the documented rule (see the module docstring).
+
+    ``edges[0] = 0``, ``edges[num_bins] = amax``, and ``edges[k]`` is the smallest float64
+    ``a`` with ``floor(a * (num_bins / amax)) >= k``: the nominal ``amax * k / num_bins``
+    corrected by a few ulps so that ``np.histogram(|x|, bins=edges)`` and the fill agree
+    bin for bin. With ``amax == 0`` all edges are 0 (and all mass goes to bin 0).
 
     Parameters
     ----------
@@ -109,11 +118,28 @@ def bin_edges(amax: float, num_bins: int = NUM_BINS) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``num_bins + 1`` non-decreasing float64 edges starting at 0.
+        ``num_bins + 1`` float64 edges, strictly increasing when ``amax > 0``.
     """
     num_bins = _check_num_bins(num_bins)
     amax = _check_amax(amax, num_bins)
-    return amax * (np.arange(num_bins + 1, dtype=np.float64) / num_bins)
+    k = np.arange(num_bins + 1, dtype=np.float64)
+    if amax == 0.0:
+        return np.zeros(num_bins + 1)
+    inv_w = num_bins / amax
+    edges = amax * (k / num_bins)
+    inner = slice(1, num_bins)
+    for _ in range(64):  # each pass moves every edge by one ulp; 1-3 passes in practice
+        e = edges[inner]
+        below = np.floor(e * inv_w) < k[inner]  # e is not yet in bin k: move up
+        prev = np.nextafter(e, 0.0)
+        above = np.floor(prev * inv_w) >= k[inner]  # a smaller value is already in bin k
+        if not (below.any() or above.any()):
+            break
+        edges[inner] = np.where(below, np.nextafter(e, np.inf), np.where(above, prev, e))
+    else:  # pragma: no cover - cannot happen for finite amax and sane num_bins
+        raise HistogramError(f"could not derive bin edges for amax={amax!r}, {num_bins} bins")
+    edges[0], edges[num_bins] = 0.0, amax
+    return edges
 
 
 def _as_array(values: ArrayLike) -> np.ndarray:
@@ -148,28 +174,24 @@ def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
 class FillStats:
     """What one fill pass saw besides the counts (shared by both backends)."""
 
-    __slots__ = ("counts", "max_abs", "n_finite", "n_nonfinite", "n_over")
+    __slots__ = ("counts", "max_over", "n_nonfinite", "n_over")
 
-    def __init__(
-        self, counts: np.ndarray, n_nonfinite: int, n_over: int, n_finite: int, max_abs: float
-    ) -> None:
-        self.counts = counts
-        self.n_nonfinite = n_nonfinite
-        self.n_over = n_over
-        self.n_finite = n_finite
-        self.max_abs = max_abs
+    def __init__(self, counts: np.ndarray, n_nonfinite: int, n_over: int, max_over: float) -> None:
+        self.counts = counts  # int64, shape (num_bins,)
+        self.n_nonfinite = n_nonfinite  # NaN / +Inf / -Inf seen (never binned)
+        self.n_over = n_over  # finite values with |x| > amax
+        self.max_over = max_over  # largest finite |x| above amax (0.0 when none)
 
 
 def fill_counts_reference(
     values: ArrayLike, amax: float, num_bins: int = NUM_BINS, *, clip: bool = False
 ) -> FillStats:
-    """The NumPy reference fill: counts of ``|values|`` under the documented bin-edge rule.
+    """The NumPy reference fill: counts of ``|values|`` under the documented bin rule.
 
-    Reads like the rule: bin ``k`` of a finite ``a = |float64(x)|`` is the ``k`` with
-    ``edges[k] <= a < edges[k+1]`` (``np.searchsorted(edges, a, side="right") - 1``), the last
-    bin also taking ``a == amax``; with ``amax == 0`` all of it goes to bin 0. NaN/±Inf are
-    counted and skipped; finite ``a > amax`` are counted as over (and, with ``clip``, put in
-    the last bin). Works a bounded block at a time.
+    For finite ``a = |float64(x)|`` with ``a <= amax`` the bin is
+    ``min(floor(a * (num_bins / amax)), num_bins - 1)`` (bin 0 when ``amax == 0``). NaN/±Inf
+    are counted and skipped; finite ``a > amax`` are counted as over (and, with ``clip``, put
+    in the last bin). Works a bounded block at a time (never a full-size temporary).
 
     Parameters
     ----------
@@ -185,32 +207,29 @@ def fill_counts_reference(
     Returns
     -------
     FillStats
-        ``counts`` (int64) plus ``n_nonfinite``, ``n_over``, ``n_finite``, ``max_abs``.
+        ``counts`` (int64) plus ``n_nonfinite``, ``n_over``, ``max_over``.
     """
     arr = _as_array(values)
-    edges = bin_edges(amax, num_bins)
+    num_bins = _check_num_bins(num_bins)
+    amax = _check_amax(amax, num_bins)
+    inv_w = num_bins / amax if amax > 0 else 0.0
     counts = np.zeros(num_bins, dtype=np.int64)
-    n_nonfinite = n_over = n_finite = 0
-    max_abs = 0.0
+    n_nonfinite = n_over = 0
+    max_over = 0.0
     for a in _reference_blocks(arr):
         finite = np.isfinite(a)
         n_nonfinite += int(a.size - np.count_nonzero(finite))
         a = a[finite]
-        n_finite += int(a.size)
-        if a.size:
-            max_abs = max(max_abs, float(a.max()))
         over = a > amax
-        n_over += int(np.count_nonzero(over))
+        if over.any():
+            n_over += int(np.count_nonzero(over))
+            max_over = max(max_over, float(a[over].max()))
         inside = a[~over]
-        if amax == 0:
-            idx = np.zeros(inside.size, dtype=np.int64)
-        else:
-            idx = np.searchsorted(edges, inside, side="right") - 1
-            idx[idx == num_bins] = num_bins - 1  # |x| == amax closes the last bin
+        idx = np.minimum(np.floor(inside * inv_w).astype(np.int64), num_bins - 1)
         counts += np.bincount(idx, minlength=num_bins)
         if clip:
             counts[-1] += int(np.count_nonzero(over))
-    return FillStats(counts, n_nonfinite, n_over, n_finite, max_abs)
+    return FillStats(counts, n_nonfinite, n_over, max_over)
 
 
 def _resolve_backend(backend: str) -> str:
@@ -232,8 +251,8 @@ def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend
         return fill_counts_reference(arr, amax, num_bins, clip=clip)
     from ._kernels.fill import fill_counts
 
-    res = fill_counts(arr, amax, num_bins, bin_edges(amax, num_bins), clip=clip)
-    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.n_finite, res.max_abs)
+    res = fill_counts(arr, amax, num_bins, clip=clip)
+    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.max_over)
 
 
 def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:
@@ -309,10 +328,13 @@ def absmax(
 class ActivationHistogram:
     """Int64 counts of ``|x|`` in ``num_bins`` equal bins over ``[0, amax]``.
 
-    Bin-edge rule: ``edges[k] = amax * (k / num_bins)`` (float64); bin ``k`` holds finite
-    ``|x|`` with ``edges[k] <= |x| < edges[k+1]``, and the last bin also holds ``|x| == amax``
-    (like ``np.histogram``). ``|x|`` is computed in float64 for every input dtype. With
-    ``amax == 0`` (an all-zero tensor) all counts are in bin 0.
+    Bin-edge rule: a finite ``|x|`` (widened to float64) goes to bin
+    ``min(floor(|x| * (num_bins / amax)), num_bins - 1)`` in float64 arithmetic; equivalently
+    bin ``k`` holds ``edges[k] <= |x| < edges[k+1]`` and the last bin also holds
+    ``|x| == amax`` (like ``np.histogram``), where :attr:`edges` are the nominal
+    ``amax * k / num_bins`` corrected by a few ulps to agree exactly with that expression
+    (:func:`bin_edges`). With ``amax == 0`` (an all-zero tensor) all counts are in bin 0.
+    Values above ``amax`` follow the fill's ``range_policy`` / ``overflow``.
 
     Parameters
     ----------
@@ -523,7 +545,7 @@ class ActivationHistogram:
             raise _nonfinite_error(arr, where)
         if stats.n_over:
             if grows:
-                grown = self.copy().grow_to(stats.max_abs, policy=range_policy)
+                grown = self.copy().grow_to(stats.max_over, policy=range_policy)
                 stats = _fill_stats(arr, grown._amax, grown._num_bins, False, backend)
                 self._amax, self._num_bins, self._counts = (
                     grown._amax,
@@ -539,7 +561,7 @@ class ActivationHistogram:
                 )
                 raise HistogramRangeError(
                     f"{stats.n_over} value(s){place} exceed the histogram range "
-                    f"amax={self._amax!r} (largest |x| = {stats.max_abs!r}); {hint}"
+                    f"amax={self._amax!r} (largest |x| = {stats.max_over!r}); {hint}"
                 )
         self._counts += stats.counts
         return self

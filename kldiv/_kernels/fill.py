@@ -1,15 +1,14 @@
 """Numba histogram fill: the fast twin of the NumPy reference in :mod:`kldiv.histogram`.
 
 Contract (identical to :func:`kldiv.histogram.fill_counts_reference`): for every finite value
-``a = |float64(x)|`` with ``a <= amax``, bin ``k`` is the one with
-``edges[k] <= a < edges[k + 1]`` (the last bin also holds ``a == amax``; with ``amax == 0``
-everything lands in bin 0). Values with ``a > amax`` are counted as *over*; with ``clip`` they
-also go into the last bin. NaN and ±Inf are counted as *non-finite* and never binned.
+``a = |float64(x)|`` with ``a <= amax``, the bin is ``min(int(a * (num_bins / amax)),
+num_bins - 1)`` computed in float64 (the bin-edge rule of :mod:`kldiv.histogram`, whose
+edges are derived from this very expression, so the two always agree). With ``amax == 0``
+everything lands in bin 0. Values with ``a > amax`` are counted as *over* (and their largest
+value kept, for range growth); with ``clip`` they also go into the last bin. NaN and ±Inf are
+counted as *non-finite* and never binned.
 
 How it is fast without changing the answer
-    The bin is first guessed as ``int(a * (num_bins / amax))`` and then moved by whole bins
-    until the edge-array rule above holds (usually zero moves, at most one), so the result is
-    the edge rule exactly, whatever the rounding of the guess.
     The input is split into one chunk per thread (``prange``); each chunk fills a private
     partial histogram; the partials are added at the end (no atomics, no shared writes).
     float16 arrays are read as their uint16 bits and decoded exactly to float64 in the loop,
@@ -42,8 +41,7 @@ class FillResult(NamedTuple):
     counts: np.ndarray  # int64, shape (num_bins,)
     n_nonfinite: int  # NaN, +Inf, -Inf (never binned)
     n_over: int  # finite values with |x| > amax
-    n_finite: int  # finite values seen (binned or over)
-    max_abs: float  # largest finite |x| seen (0.0 when none)
+    max_over: float  # largest finite |x| above amax (0.0 when none)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -76,33 +74,24 @@ def _abs_f64_impl(v):
 
 # --------------------------------------------------------------------------- kernels
 @jit(parallel=True)
-def _fill_kernel(x, amax, edges, num_bins, clip, n_chunks):  # pragma: no cover - compiled
+def _fill_kernel(x, amax, num_bins, clip, n_chunks):  # pragma: no cover - compiled
     n = x.size
     last = num_bins - 1
     inv_w = num_bins / amax if amax > 0.0 else 0.0
     partial = np.zeros((n_chunks, num_bins), np.int64)
-    stats = np.zeros((n_chunks, 3), np.int64)  # nonfinite, over, finite
-    maxes = np.zeros(n_chunks, np.float64)
+    stats = np.zeros((n_chunks, 2), np.int64)  # nonfinite, over
+    maxes = np.zeros(n_chunks, np.float64)  # largest finite |x| above amax
     step = (n + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
         h = partial[c]
-        start = c * step
-        stop = min(n, start + step)
         n_nonfinite = 0
         n_over = 0
         mx = 0.0
-        for i in range(start, stop):
+        for i in range(c * step, min(n, c * step + step)):
             a = _abs_f64(x[i])
             if a <= amax:
-                mx = max(mx, a)
-                k = int(a * inv_w)
-                k = min(k, last)
-                while k > 0 and a < edges[k]:
-                    k -= 1
-                while k < last and a >= edges[k + 1]:
-                    k += 1
-                h[k] += 1
-            elif np.isfinite(a):  # finite, above the range
+                h[min(int(a * inv_w), last)] += 1
+            elif np.isfinite(a):
                 n_over += 1
                 mx = max(mx, a)
                 if clip:
@@ -111,7 +100,6 @@ def _fill_kernel(x, amax, edges, num_bins, clip, n_chunks):  # pragma: no cover 
                 n_nonfinite += 1
         stats[c, 0] = n_nonfinite
         stats[c, 1] = n_over
-        stats[c, 2] = (stop - start) - n_nonfinite if stop > start else 0
         maxes[c] = mx
     counts = np.zeros(num_bins, np.int64)
     for c in range(n_chunks):
@@ -186,9 +174,7 @@ def _chunks_for(size: int) -> int:
     return 1 if size < _SERIAL_BELOW else max(1, int(numba.get_num_threads()))
 
 
-def fill_counts(
-    values: np.ndarray, amax: float, num_bins: int, edges: np.ndarray, *, clip: bool
-) -> FillResult:
+def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -> FillResult:
     """Count ``|values|`` into ``num_bins`` bins over ``[0, amax]`` (see the module contract).
 
     Parameters
@@ -196,11 +182,9 @@ def fill_counts(
     values : numpy.ndarray
         float16/32/64 (or integer) array of any shape and strides; never copied whole.
     amax : float
-        Upper edge of the range (``edges[-1]``); 0 means "all mass in bin 0".
+        Upper edge of the range; 0 means "all mass in bin 0".
     num_bins : int
         Number of bins.
-    edges : numpy.ndarray
-        float64 bin edges, ``num_bins + 1`` of them, as :func:`kldiv.histogram.bin_edges`.
     clip : bool
         Put values above ``amax`` into the last bin (they are counted as over either way).
 
@@ -209,26 +193,19 @@ def fill_counts(
     FillResult
     """
     counts = np.zeros(num_bins, np.int64)
-    n_nonfinite = n_over = n_finite = 0
-    max_abs = 0.0
-    edges = np.ascontiguousarray(edges, dtype=np.float64)
+    n_nonfinite = n_over = 0
+    max_over = 0.0
     for block in _blocks(values):
         if block.size == 0:
             continue
         part, stats, mx = _fill_kernel(
-            _kernel_view(block),
-            float(amax),
-            edges,
-            int(num_bins),
-            bool(clip),
-            _chunks_for(block.size),
+            _kernel_view(block), float(amax), int(num_bins), bool(clip), _chunks_for(block.size)
         )
         counts += part
         n_nonfinite += int(stats[0])
         n_over += int(stats[1])
-        n_finite += int(stats[2])
-        max_abs = max(max_abs, float(mx))
-    return FillResult(counts, n_nonfinite, n_over, n_finite, max_abs)
+        max_over = max(max_over, float(mx))
+    return FillResult(counts, n_nonfinite, n_over, max_over)
 
 
 def absmax_stats(values: np.ndarray) -> tuple[float, int]:
