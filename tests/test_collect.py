@@ -1,0 +1,140 @@
+"""HistogramCollector: same counts as ActivationHistogram filled by hand, files, merging, NaN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kldiv.collect import HistogramCollector
+from kldiv.errors import HistogramError, HistogramRangeError, NonFiniteError
+from kldiv.histogram import ActivationHistogram
+
+
+def _batches(seed: int, n: int, scales: list[float]) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "a": (rng.standard_normal((3, 50)) * scales[i % len(scales)]).astype(np.float32),
+            "relu": np.maximum(rng.standard_normal(40), 0).astype(np.float16),
+            "zero": np.zeros(5, np.float32),
+        }
+        for i in range(n)
+    ]
+
+
+def _by_hand(batches, name, policy, num_bins):
+    """The reference: ActivationHistogram's own growth, batch by batch."""
+    h = ActivationHistogram.from_values(batches[0][name], num_bins=num_bins, backend="numpy")
+    for b in batches[1:]:
+        h.fill(b[name], range_policy=policy, backend="numpy")
+    return h
+
+
+@settings(max_examples=25)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 6),
+    scales=st.lists(st.floats(0.01, 100), min_size=1, max_size=4),
+    policy=st.sampled_from(["pow2", "append"]),
+    num_bins=st.sampled_from([16, 128, 2048]),
+)
+def test_matches_histograms_filled_by_hand(seed, n, scales, policy, num_bins):
+    batches = _batches(seed, n, scales)
+    c = HistogramCollector(num_bins, policy)
+    for i, b in enumerate(batches):
+        c.observe(b, batch=i)
+    assert c.names == ["a", "relu", "zero"] and c.batches == n
+    for name in c:
+        assert c[name] == _by_hand(batches, name, policy, num_bins), name
+        everything = np.concatenate([b[name].ravel().astype(np.float64) for b in batches])
+        assert c.absmax(name) == np.abs(everything).max()
+    assert c["zero"].amax == 0.0 and c["zero"].counts[0] == 5 * n
+
+
+def test_global_policy_and_merging_shards():
+    batches = _batches(1, 6, [1, 5, 0.5])
+    names = ["a", "relu", "zero"]
+    ranges = {n: max(float(np.abs(b[n]).max()) for b in batches) for n in names}
+    whole = HistogramCollector(64, "global", ranges=ranges)
+    s1 = HistogramCollector(64, "global", ranges=ranges)
+    s2 = HistogramCollector(64, "global", ranges=ranges)
+    for i, b in enumerate(batches):
+        whole.observe(b)
+        (s1 if i % 2 else s2).observe(b)
+    merged = s1 + s2
+    for n in names:
+        assert merged[n] == whole[n]
+        assert merged.absmax(n) == whole.absmax(n)
+    assert merged.batches == 6
+    with pytest.raises(HistogramRangeError, match="exceed"):
+        whole.observe({"a": np.array([ranges["a"] * 2], np.float32)})
+    with pytest.raises(HistogramError, match="needs ranges"):
+        HistogramCollector(64, "global")
+
+
+def test_pow2_shards_merge_when_ranges_grow_to_each_other():
+    a = HistogramCollector(8)
+    b = HistogramCollector(8)
+    a.observe({"t": np.array([1.0, 0.1])})
+    b.observe({"t": np.array([4.0, 3.0])})
+    m = a + b
+    assert m["t"].amax == 4.0
+    assert m["t"] == ActivationHistogram(1.0, 8).fill([1.0, 0.1]).grow_to(4.0) + b["t"]
+    c = HistogramCollector(8)
+    c.observe({"t": np.array([3.0])})
+    with pytest.raises(HistogramRangeError, match="'t'.*global"):
+        a + c
+
+
+def test_nonfinite_names_tensor_and_batch():
+    c = HistogramCollector(16)
+    c.observe({"ok": np.ones(3)})
+    bad = np.array([1.0, np.nan, np.inf, 2.0], np.float32)
+    with pytest.raises(NonFiniteError, match=r"tensor 'conv\(3\)', batch 7.*NaN: 1, \+Inf: 1") as e:
+        c.observe({"conv(3)": bad}, batch=7)
+    assert e.value.n_nan == 1 and e.value.where == "tensor 'conv(3)', batch 7"
+    d = HistogramCollector(16, nonfinite="drop")
+    d.observe({"t": bad})
+    assert d["t"].total == 2 and d.absmax("t") == 2.0
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    c = HistogramCollector(32, "append")
+    c.observe({"x": np.array([0.5, 1.0]), "name with: colon [1]": np.array([2.0])})
+    c.observe({"x": np.array([3.0, 7.0]), "name with: colon [1]": np.array([1.0])})
+    assert c["x"].num_bins > 32  # append grew one of them
+    c.meta["model_sha256"] = "abc"
+    path = c.save(tmp_path / "h.npz", meta={"note": "hi"})
+    loaded = HistogramCollector.load(path)
+    assert loaded.names == c.names and loaded.batches == 2
+    for n in c:
+        assert loaded[n] == c[n] and loaded.absmax(n) == c.absmax(n)
+    assert loaded.meta == {"model_sha256": "abc", "note": "hi"}
+    assert loaded.range_policy == "append"
+    # the documented layout, read with plain numpy and no pickle
+    with np.load(path, allow_pickle=False) as z:
+        assert str(z["format"]) == "kldiv-histograms" and int(z["version"]) == 1
+        assert z["counts"].dtype == np.int64 and z["counts"].shape[0] == 2
+        t = list(z["names"]).index("x")
+        k = int(z["num_bins"][t])
+        assert ActivationHistogram.from_counts(z["counts"][t, :k], float(z["amax"][t])) == c["x"]
+        assert json.loads(str(z["meta"]))["note"] == "hi"
+    with pytest.raises(FileExistsError):
+        c.save(path)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(HistogramError, match="not found"):
+        HistogramCollector.load(tmp_path / "nope.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(HistogramError, match="junk.npz"):
+        HistogramCollector.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
+    with pytest.raises(HistogramError, match="other.npz.*missing key"):
+        HistogramCollector.load(tmp_path / "other.npz")
+    with pytest.raises(HistogramError, match="observe"):
+        HistogramCollector().save(tmp_path / "empty.npz")
