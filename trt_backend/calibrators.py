@@ -32,7 +32,7 @@ from kldiv.scales import CalibrationTable
 
 from . import _tensorrt
 from ._tensorrt import CALIBRATOR_CLASSES, TrtVersion
-from .device import CudaBackend, StagingBuffers, TensorSpec, as_specs, check_batch
+from .device import CudaBackend, SpecsLike, StagingBuffers, TensorSpec, as_specs, check_batch
 
 __all__ = [
     "ALGORITHMS",
@@ -192,8 +192,7 @@ class CalibrationFeed:
         trt_version: str | TrtVersion,
         cache: str | os.PathLike[str] | None = None,
         replay: CalibrationTable | str | os.PathLike[str] | None = None,
-        input_specs: Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]]
-        | None = None,
+        input_specs: SpecsLike | None = None,
         backend: str | CudaBackend = "cuda-python",
         force: bool = False,
         cutoff: float = DEFAULT_LEGACY_CUTOFF,
@@ -260,7 +259,7 @@ class CalibrationFeed:
         return 1 if batch is None else _first_dim(batch)
 
     def bind_inputs(
-        self, specs: Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]]
+        self, specs: SpecsLike
     ) -> None:
         """Set the network's inputs and check the first batch against them now.
 
@@ -371,8 +370,7 @@ def make_calibrator(
     cache: str | os.PathLike[str] | None = None,
     replay: CalibrationTable | str | os.PathLike[str] | None = None,
     *,
-    input_specs: Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]]
-    | None = None,
+    input_specs: SpecsLike | None = None,
     backend: str | CudaBackend = "cuda-python",
     force: bool = False,
     cutoff: float = DEFAULT_LEGACY_CUTOFF,

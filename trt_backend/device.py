@@ -33,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "CudaBackend",
     "DeviceBuffer",
+    "SpecsLike",
     "StagingBuffers",
     "TensorSpec",
     "as_specs",
@@ -53,6 +54,10 @@ class TensorSpec(NamedTuple):
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype[Any]
+
+
+#: Input specs as accepted everywhere: TensorSpec objects, or ``{name: (shape, dtype)}``.
+SpecsLike = Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]]
 
 
 class CudaBackend(Protocol):
@@ -280,9 +285,8 @@ class DeviceBuffer:
         return f"DeviceBuffer({self.nbytes} bytes, {state}, backend={self.backend.name!r})"
 
 
-def as_specs(
-    specs: Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]],
-) -> list[TensorSpec]:
+def as_specs(specs: SpecsLike) -> list[TensorSpec]:
+    """Normalize :data:`SpecsLike` to a list of :class:`TensorSpec` (negative dims -> None)."""
     if isinstance(specs, Mapping):
         items: Iterable[Any] = ((n, s, d) for n, (s, d) in specs.items())
     else:
@@ -377,7 +381,7 @@ class StagingBuffers:
 
     def __init__(
         self,
-        specs: Sequence[TensorSpec] | Mapping[str, tuple[Sequence[int | None], Any]],
+        specs: SpecsLike,
         *,
         backend: str | CudaBackend = "cuda-python",
     ) -> None:
