@@ -107,6 +107,10 @@ class EntropyOptions:
         ``smoothing_eps``, the non-zeros give that mass back evenly) before normalizing.
     smoothing_eps : float
         #9. The ``eps`` of ``'eps'`` smoothing (1e-4 in MXNet and ONNX Runtime).
+    empty_q : {'inf', 'nan'}
+        #9. A candidate whose kept bins are all empty (``Q`` is all zero): ``'inf'`` (never
+        chosen unless every candidate is), or ``'nan'``, which wins the argmin the way NumPy's
+        ``argmin`` picks the first NaN (ModelOpt, through scipy's ``entropy``).
     log_base : float
         #10. Base of the logarithm (``math.e``: nats). Does not move the argmin. Arithmetic is
         float64 throughout (TVM's float32 is not reproduced).
@@ -135,6 +139,7 @@ class EntropyOptions:
     empty: Literal["histogram", "p"] = "histogram"
     smoothing: Literal["none", "eps"] = "none"
     smoothing_eps: float = 1e-4
+    empty_q: Literal["inf", "nan"] = "inf"
     log_base: float = math.e
     ties: Literal["first", "last"] = "first"
     threshold_offset: float = 0.5
@@ -148,6 +153,7 @@ class EntropyOptions:
             "empty": ("histogram", "p"),
             "smoothing": ("none", "eps"),
             "ties": ("first", "last"),
+            "empty_q": ("inf", "nan"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -214,7 +220,7 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # start_bin..len(bins) inclusive; digitize over linspace(0, i, 129) = proportional
         # grouping; emptiness from the (modified) histogram; scipy entropy (inf when Q = 0 < P);
         # last minimum; amax = bin_edges[m] = m * w.
-        "modelopt": EntropyOptions(zeros="bin1", ties="last", threshold_offset=0.0),
+        "modelopt": EntropyOptions(zeros="bin1", ties="last", threshold_offset=0.0, empty_q="nan"),
         # MXNet contrib.quantization._get_optimal_threshold: signed histogram (8001 bins),
         # 255 levels, half-widths 127..z, floor grouping, emptiness from P, q[p == 0] = 0,
         # eps = 1e-4 smoothing, first minimum, threshold = edge z+i+1 = (i + 0.5) * w.
@@ -430,6 +436,8 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, opts: EntropyOptions) -> float:
             return math.inf
         p, q = ps, qs
     p_sum, q_sum = p.sum(), q.sum()
+    if q_sum <= 0 and opts.empty_q == "nan":
+        return math.nan
     if p_sum <= 0 or q_sum <= 0:
         return math.inf
     p = p / p_sum
@@ -456,6 +464,7 @@ def pick_minimum(divergence: np.ndarray, opts: EntropyOptions) -> int:
     """Position of the minimum divergence; exact ties resolved by ``opts.ties`` (#11).
 
     When every candidate is infinite the same rule applies (the first, or the last, candidate).
+    A NaN (``empty_q='nan'``) wins, the first one in the tie rule's direction, as in NumPy.
     """
     if opts.ties == "last":
         return int(divergence.size - 1 - np.argmin(divergence[::-1]))

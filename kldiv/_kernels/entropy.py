@@ -305,6 +305,11 @@ def divergences(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, n
         div = _curve_smoothed(
             h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps)
         )
+    if opts.empty_q == "nan":  # candidates whose kept bins are all empty
+        csum = np.concatenate(([0], np.cumsum(h)))
+        z = h.size // 2
+        lo, hi = (z - candidates, z + candidates + 1) if signed else (0 * candidates, candidates)
+        div = np.where(csum[hi] - csum[lo] == 0, np.nan, div)
     if opts.log_base != math.e:
         div = div / math.log(opts.log_base)
     return candidates, div
@@ -316,6 +321,8 @@ def search(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.nda
     from .. import entropy as ref
 
     candidates, div = divergences(counts, opts)
+    if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
+        return candidates, div, ref.pick_minimum(div, opts)
     best = float(div.min())
     if not math.isfinite(best):  # every candidate infinite: decided by the tie rule alone
         return candidates, div, ref.pick_minimum(div, opts)
