@@ -1,0 +1,272 @@
+"""End-to-end calibration: kldiv vs plain inference vs onnxruntime's entropy calibrator.
+
+Same model, same inputs, same machine, one run. Each contender runs in its own fresh
+subprocess; its wall time (after imports) and peak RSS (``ru_maxrss``) are measured there.
+
+- ``plain``: onnxruntime inference of the inputs (default session options), outputs dropped.
+- ``kldiv``: ``OnnxRuntimeRunner`` + ``HistogramCollector`` + the ``tensorrt`` entropy search,
+  i.e. what ``kldiv calibrate`` does (the time is split into model run / histograms / search).
+- ``ort-entropy``: ``onnxruntime.quantization.calibrate.create_calibrator(...,
+  CalibrationMethod.Entropy, extra_options={"num_bins": 2048})``, ``collect_data``,
+  ``compute_data``.
+- ``kldiv`` again with 64 and with 1,024 batches: peak memory must not depend on the count.
+
+The model is a CIFAR-style ResNet (3x32x32 input; stages of 32/64/128 channels, two basic
+blocks each; batch-norm folded into the convolutions, as in deployed models) built with
+``onnx.helper`` from seeded weights, so nothing is downloaded. Inputs are seeded normal noise
+generated batch by batch (no contender holds the data set).
+
+Run::
+
+    python benchmarks/calibrate_e2e.py                 # 1,024 inputs, batches of 8
+    python benchmarks/calibrate_e2e.py --quick         # 128 inputs, no long run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+INPUT = "input"
+SHAPE = (3, 32, 32)
+
+
+# --------------------------------------------------------------------------- the model
+def build_resnet(path: Path, seed: int = 0) -> Path:
+    """Write a small deterministic ResNet (opset 13) to ``path``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    counter = [0]
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, relu: bool) -> str:
+        counter[0] += 1
+        i = counter[0]
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(
+            np.float32
+        )
+        b = (rng.standard_normal(cout) * 0.05).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")])
+        out = f"conv{i}"
+        nodes.append(helper.make_node(
+            "Conv", [x, f"w{i}", f"b{i}"], [out], kernel_shape=[k, k], strides=[stride] * 2,
+            pads=[k // 2] * 4,
+        ))
+        if relu:
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            out = f"relu{i}"
+        return out
+
+    x = conv(INPUT, 3, 32, 3, 1, True)
+    cin = 32
+    for stage, cout in enumerate((32, 64, 128)):
+        for block in range(2):
+            stride = 2 if (stage > 0 and block == 0) else 1
+            y = conv(x, cin, cout, 3, stride, True)
+            y = conv(y, cout, cout, 3, 1, False)
+            short = x if (stride == 1 and cin == cout) else conv(x, cin, cout, 1, stride, False)
+            name = f"add_s{stage}b{block}"
+            nodes.append(helper.make_node("Add", [y, short], [name]))
+            nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"]))
+            x, cin = f"{name}_relu", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+    wf = (rng.standard_normal((10, cin)) * 0.1).astype(np.float32)
+    inits.extend([numpy_helper.from_array(wf, "wf"),
+                  numpy_helper.from_array(np.zeros(10, np.float32), "bf")])
+    nodes.append(helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1))
+    graph = helper.make_graph(
+        nodes, "small_resnet",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", *SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+class Batches:
+    """Seeded inputs, generated one batch at a time (re-iterable, sized)."""
+
+    def __init__(self, n_batches: int, batch_size: int, seed: int = 1) -> None:
+        self.n_batches, self.batch_size, self.seed = n_batches, batch_size, seed
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.n_batches):
+            yield {INPUT: rng.standard_normal((self.batch_size, *SHAPE)).astype(np.float32)}
+
+
+# --------------------------------------------------------------------------- contenders
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child_plain(model: str, data: Batches) -> dict:
+    import onnxruntime as ort
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for feed in data:
+        sess.run(None, feed)
+    return {"seconds": time.perf_counter() - t0, "import_mb": imported}
+
+
+def child_kldiv(model: str, data: Batches) -> dict:
+    import onnxruntime  # noqa: F401  (imports counted before the clock starts, as for plain)
+
+    from kldiv.collect import HistogramCollector
+    from kldiv.pipeline import calibrate_histograms
+    from kldiv.runners import OnnxRuntimeRunner
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    runner = OnnxRuntimeRunner(model)
+    collector = HistogramCollector()
+    t_run = t_hist = 0.0
+    for index, batch in enumerate(data):
+        a = time.perf_counter()
+        acts = runner.run(runner.prepare(batch, index=index), index=index)
+        b = time.perf_counter()
+        collector.observe(acts, batch=index)
+        t_hist += time.perf_counter() - b
+        t_run += b - a
+        del acts
+    s = time.perf_counter()
+    _, table = calibrate_histograms(collector)
+    t_search = time.perf_counter() - s
+    total = time.perf_counter() - t0
+    return {"seconds": total, "run": t_run, "hist": t_hist, "search": t_search,
+            "tensors": len(table), "import_mb": imported}
+
+
+def child_ort_entropy(model: str, data: Batches) -> dict:
+    from onnxruntime.quantization.calibrate import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        create_calibrator,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cal = create_calibrator(
+            model, augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 2048},
+        )
+        cal.collect_data(Reader())
+        ranges = cal.compute_data()
+    return {"seconds": time.perf_counter() - t0, "tensors": len(ranges.data),
+            "import_mb": imported}
+
+
+CHILDREN = {"plain": child_plain, "kldiv": child_kldiv, "ort-entropy": child_ort_entropy}
+
+
+def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
+    """Run one contender in a fresh subprocess; return its report plus peak RSS."""
+    cmd = [sys.executable, __file__, "--child", mode, "--model", str(model),
+           "--batches", str(n_batches), "--batch-size", str(batch_size)]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report["process_seconds"] = time.perf_counter() - start
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--inputs", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--long-batches", type=int, default=1024,
+                    help="batches of the long kldiv run (memory must not grow); 0 to skip")
+    ap.add_argument("--quick", action="store_true", help="128 inputs, no long run")
+    ap.add_argument("--skip-ort", action="store_true", help="skip onnxruntime's calibrator")
+    ap.add_argument("--child", choices=sorted(CHILDREN))
+    ap.add_argument("--model")
+    ap.add_argument("--batches", type=int)
+    args = ap.parse_args()
+
+    if args.child:
+        report = CHILDREN[args.child](args.model, Batches(args.batches, args.batch_size))
+        report["peak_mb"] = _peak_mb()
+        print(json.dumps(report))
+        return
+
+    if args.quick:
+        args.inputs, args.long_batches = 128, 0
+    n_batches = args.inputs // args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_resnet(Path(tmp) / "small_resnet.onnx")
+        print(f"# small ResNet (3x32x32, 32/64/128 channels), {args.inputs} inputs in "
+              f"{n_batches} batches of {args.batch_size}; {os.cpu_count()} CPUs; "
+              f"python {sys.version.split()[0]}")
+        rows = {}
+        for mode in ("plain", "kldiv", "ort-entropy"):
+            if mode == "ort-entropy" and args.skip_ort:
+                continue
+            rows[mode] = measure(mode, model, n_batches, args.batch_size)
+            print(f"  measured {mode}: {rows[mode]['seconds']:.2f} s", flush=True)
+        mem_rows = {}
+        if args.long_batches:
+            for nb in (64, args.long_batches):
+                mem_rows[nb] = measure("kldiv", model, nb, args.batch_size)
+                print(f"  measured kldiv, {nb} batches: {mem_rows[nb]['peak_mb']:.0f} MB",
+                      flush=True)
+
+    plain, kl = rows["plain"], rows["kldiv"]
+    print()
+    print(f"{'contender':<34}{'seconds':>9}{'peak MB':>9}{'x time':>8}{'x mem':>8}")
+    for mode, r in rows.items():
+        print(f"{mode:<34}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}"
+              f"{r['seconds'] / plain['seconds']:>8.2f}{r['peak_mb'] / plain['peak_mb']:>8.2f}")
+    print()
+    added = kl["seconds"] - plain["seconds"]
+    print(f"kldiv breakdown: model run with every tensor as output {kl['run']:.2f} s, "
+          f"histograms {kl['hist']:.2f} s, threshold search {kl['search']:.2f} s "
+          f"({kl['tensors']} tensors)")
+    print(f"time kldiv adds on top of plain inference: {added:.2f} s = "
+          f"{100 * added / plain['seconds']:.0f}% of inference (target <= 10%)")
+    print(f"  of which histograms + search: {kl['hist'] + kl['search']:.2f} s = "
+          f"{100 * (kl['hist'] + kl['search']) / plain['seconds']:.0f}%; extra model-run time "
+          f"(every tensor an output): {kl['run'] - plain['seconds']:.2f} s")
+    print(f"peak memory kldiv / plain: {kl['peak_mb'] / plain['peak_mb']:.2f}x (target <= 1.2x); "
+          f"after imports: plain {plain['import_mb']:.0f} MB, kldiv {kl['import_mb']:.0f} MB "
+          f"(numba/LLVM load later, with the first kernel)")
+    if "ort-entropy" in rows:
+        o = rows["ort-entropy"]
+        print(f"vs onnxruntime entropy (2048 bins): {o['seconds'] / kl['seconds']:.1f}x faster "
+              f"(target >= 10x), {o['peak_mb'] / kl['peak_mb']:.1f}x less memory (target >= 20x)")
+    if mem_rows:
+        (n1, r1), (n2, r2) = sorted(mem_rows.items())
+        print(f"kldiv peak memory: {n1} batches {r1['peak_mb']:.0f} MB, {n2} batches "
+              f"{r2['peak_mb']:.0f} MB (ratio {r2['peak_mb'] / r1['peak_mb']:.2f}; "
+              f"{r1['seconds']:.1f} s / {r2['seconds']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
