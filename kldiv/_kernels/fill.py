@@ -11,8 +11,9 @@ counted as *non-finite* and never binned.
 How it is fast without changing the answer
     The input is split into one chunk per thread (``prange``); each chunk fills a private
     partial histogram; the partials are added at the end (no atomics, no shared writes).
-    float16 arrays are read as their uint16 bits and decoded exactly to float64 in the loop,
-    so no float32/float64 copy of the tensor is ever made. Non-contiguous arrays are fed in
+    float16 arrays are read as their uint16 bits: the bin code of each of the 2**15 magnitude
+    patterns is computed once per fill by the same rule (a 256 KiB table), and the loop looks
+    codes up, so no float32/float64 copy of the tensor is ever made. Non-contiguous arrays are fed in
     bounded blocks by the Python wrapper (at most :data:`BLOCK_ELEMENTS` copied at a time).
 """
 
@@ -27,7 +28,14 @@ from numba.extending import overload
 
 from ._jit import jit
 
-__all__ = ["BLOCK_ELEMENTS", "FillResult", "absmax_stats", "dense_view", "fill_counts"]
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "F16_ABS_TABLE",
+    "FillResult",
+    "absmax_stats",
+    "dense_view",
+    "fill_counts",
+]
 
 #: Elements copied at a time when the input is not one dense block of memory.
 BLOCK_ELEMENTS = 1 << 20
@@ -44,37 +52,64 @@ class FillResult(NamedTuple):
     max_over: float  # largest finite |x| above amax (0.0 when none)
 
 
-# --------------------------------------------------------------------------- decoding
-def _abs_f64(v):  # pragma: no cover - replaced by the overload below inside kernels
+# --------------------------------------------------------------------------- per-element rules
+#: |float16| as float64 for each of the 2**15 magnitude bit patterns (exact widening).
+F16_ABS_TABLE = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float64)
+_NO_TABLE_F = np.zeros(1, np.float64)
+_NO_TABLE_I = np.zeros(1, np.int64)
+_OVER = -1  # bin code: finite, above amax
+_NONFINITE = -2  # bin code: NaN or +-Inf
+
+
+@jit
+def _bin_code(a, amax, inv_w, last):  # pragma: no cover - compiled
+    """Bin of ``a = |x|`` (float64): the documented rule, or _OVER / _NONFINITE."""
+    if a <= amax:
+        return min(int(a * inv_w), last)
+    if np.isfinite(a):
+        return _OVER
+    return _NONFINITE
+
+
+@jit
+def _codes_kernel(values, amax, inv_w, last):  # pragma: no cover - compiled
+    codes = np.empty(values.size, np.int64)
+    for i in range(values.size):
+        codes[i] = _bin_code(values[i], amax, inv_w, last)
+    return codes
+
+
+def _is_f16_bits(v):
+    return isinstance(v, types.Integer) and v.bitwidth == 16 and not v.signed
+
+
+def _abs_f64(v, table):  # pragma: no cover - replaced by the overload inside kernels
+    raise NotImplementedError
+
+
+def _code_of(v, codes, amax, inv_w, last):  # pragma: no cover - replaced by the overload
     raise NotImplementedError
 
 
 @overload(_abs_f64, jit_options={"cache": True})
-def _abs_f64_impl(v):
-    """|v| as float64; uint16 means 'the bits of a float16' and is decoded exactly."""
-    if isinstance(v, types.Integer) and v.bitwidth == 16 and not v.signed:
+def _abs_f64_impl(v, table):
+    """|v| as float64; uint16 means 'the bits of a float16', looked up in F16_ABS_TABLE."""
+    if _is_f16_bits(v):
+        return lambda v, table: table[v & 0x7FFF]
+    return lambda v, table: abs(np.float64(v))
 
-        def decode(v):
-            bits = np.int64(v) & 0x7FFF
-            exp = bits >> 10
-            mant = bits & 0x3FF
-            if exp == 0x1F:  # Inf (mant == 0) or NaN
-                return np.inf if mant == 0 else np.nan
-            if exp == 0:  # zero or subnormal: mant * 2**-24
-                return np.float64(mant) * 5.9604644775390625e-08
-            return np.float64(mant + 1024) * (2.0 ** (exp - 25))
 
-        return decode
-
-    def plain(v):
-        return abs(np.float64(v))
-
-    return plain
+@overload(_code_of, jit_options={"cache": True})
+def _code_of_impl(v, codes, amax, inv_w, last):
+    """Bin code of one element; float16 bits use the per-fill table of all 2**15 codes."""
+    if _is_f16_bits(v):
+        return lambda v, codes, amax, inv_w, last: codes[v & 0x7FFF]
+    return lambda v, codes, amax, inv_w, last: _bin_code(abs(np.float64(v)), amax, inv_w, last)
 
 
 # --------------------------------------------------------------------------- kernels
 @jit(parallel=True)
-def _fill_kernel(x, amax, num_bins, clip, n_chunks):  # pragma: no cover - compiled
+def _fill_kernel(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no cover
     n = x.size
     last = num_bins - 1
     inv_w = num_bins / amax if amax > 0.0 else 0.0
@@ -88,12 +123,12 @@ def _fill_kernel(x, amax, num_bins, clip, n_chunks):  # pragma: no cover - compi
         n_over = 0
         mx = 0.0
         for i in range(c * step, min(n, c * step + step)):
-            a = _abs_f64(x[i])
-            if a <= amax:
-                h[min(int(a * inv_w), last)] += 1
-            elif np.isfinite(a):
+            k = _code_of(x[i], codes, amax, inv_w, last)
+            if k >= 0:
+                h[k] += 1
+            elif k == _OVER:
                 n_over += 1
-                mx = max(mx, a)
+                mx = max(mx, _abs_f64(x[i], table))
                 if clip:
                     h[last] += 1
             else:
@@ -108,7 +143,7 @@ def _fill_kernel(x, amax, num_bins, clip, n_chunks):  # pragma: no cover - compi
 
 
 @jit(parallel=True)
-def _absmax_kernel(x, n_chunks):  # pragma: no cover - compiled
+def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
     n = x.size
     maxes = np.zeros(n_chunks, np.float64)
     nonfinite = np.zeros(n_chunks, np.int64)
@@ -117,7 +152,7 @@ def _absmax_kernel(x, n_chunks):  # pragma: no cover - compiled
         mx = 0.0
         bad = 0
         for i in range(c * step, min(n, c * step + step)):
-            a = _abs_f64(x[i])
+            a = _abs_f64(x[i], table)
             if np.isfinite(a):
                 mx = max(mx, a)
             else:
@@ -133,6 +168,14 @@ def _kernel_view(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.float16:
         return x.view(np.uint16)
     return x
+
+
+def _tables(dtype: np.dtype, amax: float, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(|value| table, bin-code table) for float16 input; dummies for other dtypes."""
+    if dtype != np.float16:
+        return _NO_TABLE_F, _NO_TABLE_I
+    inv_w = num_bins / amax if amax > 0.0 else 0.0
+    return F16_ABS_TABLE, _codes_kernel(F16_ABS_TABLE, amax, inv_w, num_bins - 1)
 
 
 def dense_view(values: np.ndarray) -> np.ndarray | None:
@@ -195,11 +238,13 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
     counts = np.zeros(num_bins, np.int64)
     n_nonfinite = n_over = 0
     max_over = 0.0
+    amax, num_bins = float(amax), int(num_bins)
+    table, codes = _tables(values.dtype, amax, num_bins)
     for block in _blocks(values):
         if block.size == 0:
             continue
         part, stats, mx = _fill_kernel(
-            _kernel_view(block), float(amax), int(num_bins), bool(clip), _chunks_for(block.size)
+            _kernel_view(block), table, codes, amax, num_bins, bool(clip), _chunks_for(block.size)
         )
         counts += part
         n_nonfinite += int(stats[0])
@@ -215,7 +260,8 @@ def absmax_stats(values: np.ndarray) -> tuple[float, int]:
     for block in _blocks(values):
         if block.size == 0:
             continue
-        mx, bad = _absmax_kernel(_kernel_view(block), _chunks_for(block.size))
+        table = F16_ABS_TABLE if block.dtype == np.float16 else _NO_TABLE_F
+        mx, bad = _absmax_kernel(_kernel_view(block), table, _chunks_for(block.size))
         max_abs = max(max_abs, float(mx))
         n_nonfinite += int(bad)
     return max_abs, n_nonfinite
