@@ -274,6 +274,24 @@ def to_qdq_onnx(
     dq_of: dict[str, str] = {}  # activation -> its dequantized name
     act_scale: dict[str, np.float32] = {}
 
+    def dequantize(
+        base: str, q_name: str, scale: np.ndarray, zero_type: Any, axis: int | None = None
+    ) -> tuple[str, str, str]:
+        """Add scale / zero-point initializers and a DequantizeLinear reading ``q_name``."""
+        s_name = namer(f"{base}_scale")
+        z_name = namer(f"{base}_zero_point")
+        d_name = namer(f"{base}_dequantized")
+        new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
+        new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, zero_type), z_name))
+        attrs = {"axis": axis} if axis is not None else {}
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [q_name, s_name, z_name], [d_name],
+                name=namer(f"{base}_DequantizeLinear"), **attrs,
+            )
+        )  # fmt: skip
+        return d_name, s_name, z_name
+
     def activation_dq(tensor: str, scale_of: str | None = None) -> str | None:
         if tensor in dq_of:
             return dq_of[tensor]
@@ -289,28 +307,14 @@ def to_qdq_onnx(
         if why is not None:
             summary.skipped[tensor] = why
             return None
-        s_name = namer(f"{tensor}_scale")
-        z_name = namer(f"{tensor}_zero_point")
         q_name = namer(f"{tensor}_quantized")
-        d_name = namer(f"{tensor}_dequantized")
-        new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
-        new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), z_name))
+        d_name, s_name, z_name = dequantize(tensor, q_name, np.array(scale), np.int8)
         new_nodes.append(
             helper.make_node(
-                "QuantizeLinear",
-                [tensor, s_name, z_name],
-                [q_name],
+                "QuantizeLinear", [tensor, s_name, z_name], [q_name],
                 name=namer(f"{tensor}_QuantizeLinear"),
             )
-        )
-        new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [q_name, s_name, z_name],
-                [d_name],
-                name=namer(f"{tensor}_DequantizeLinear"),
-            )
-        )
+        )  # fmt: skip
         dq_of[tensor] = d_name
         act_scale[tensor] = scale
         summary.activations.append(tensor)
@@ -324,22 +328,8 @@ def to_qdq_onnx(
         scales = _per_channel_scales(w, axis)
         q = _quantize_weight(w, scales, axis)
         q_name = namer(f"{name}_quantized")
-        s_name = namer(f"{name}_scale")
-        z_name = namer(f"{name}_zero_point")
-        d_name = namer(f"{name}_dequantized")
         new_inits.append(numpy_helper.from_array(q, q_name))
-        new_inits.append(numpy_helper.from_array(scales, s_name))
-        new_inits.append(numpy_helper.from_array(np.zeros(scales.shape, np.int8), z_name))
-        attrs = {"axis": axis} if axis is not None else {}
-        new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [q_name, s_name, z_name],
-                [d_name],
-                name=namer(f"{name}_DequantizeLinear"),
-                **attrs,
-            )
-        )
+        d_name = dequantize(name, q_name, scales, np.int8, axis)[0]
         summary.weights.append(name)
         return d_name, scales
 
@@ -373,28 +363,13 @@ def to_qdq_onnx(
                     x_orig = next((k for k, v in dq_of.items() if v == x), None)
                     b = constant(node.input[2])
                     if x_orig is not None and b is not None:
-                        b_scale = (np.float32(act_scale[x_orig]) * res[1]).astype(np.float32)
+                        b_scale = np.broadcast_to(
+                            np.float32(act_scale[x_orig]) * res[1], b.shape
+                        ).astype(np.float32)
                         b_q = np.rint(b / b_scale).astype(np.int32)
                         bq_name = namer(f"{node.input[2]}_quantized")
-                        bs_name = namer(f"{node.input[2]}_scale")
-                        bz_name = namer(f"{node.input[2]}_zero_point")
-                        bd_name = namer(f"{node.input[2]}_dequantized")
                         new_inits.append(numpy_helper.from_array(b_q, bq_name))
-                        new_inits.append(numpy_helper.from_array(np.atleast_1d(b_scale), bs_name))
-                        new_inits.append(
-                            numpy_helper.from_array(
-                                np.zeros(np.atleast_1d(b_scale).shape, np.int32), bz_name
-                            )
-                        )
-                        new_nodes.append(
-                            helper.make_node(
-                                "DequantizeLinear",
-                                [bq_name, bs_name, bz_name],
-                                [bd_name],
-                                name=namer(f"{bq_name}_Dequantize"),
-                                axis=0,
-                            )
-                        )
+                        bd_name = dequantize(node.input[2], bq_name, b_scale, np.int32, 0)[0]
                         node.input[2] = bd_name
 
     if placement == "all":

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from kldiv.errors import DataSourceError, ModelError
+from kldiv.evaluate import _topk_hits, evaluate
 from kldiv.examples import INPUT_NAME, lenet_eval_data, lenet_model_path
 from kldiv.scales import CalibrationTable
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper
-
-from kldiv.evaluate import _topk_hits, evaluate
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 
 def _scaled_identity(scale_vec, name="scaled"):
@@ -113,7 +112,10 @@ def test_cli_evaluate(tmp_path, capsys):
         "--json",
     ]  # fmt: skip
     assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in reports] == ["INT8 Q/DQ (inputs)", "INT8 Q/DQ (all)"]
+    assert reports[1]["integer_ops"].get("QLinearConv") == 2
+    report = reports[0]
     assert report["n"] == 360 and report["agreement"]["1"] > 0.9
     assert report["fp32_accuracy"]["1"] >= 0.95
     onnx.checker.check_model(onnx.load(str(out)))

@@ -16,13 +16,12 @@ from kldiv.examples import (
     lenet_eval_data,
     lenet_model_path,
 )
+from kldiv.qdq import to_qdq_onnx
 from kldiv.scales import CalibrationTable, scale_to_bits
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import helper, numpy_helper
-
-from kldiv.qdq import to_qdq_onnx
+helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
 
 def _with_all_outputs(model):
@@ -130,11 +129,19 @@ def test_weights_are_symmetric_per_channel_int8(lenet, minmax_table):
         assert (np.abs(deq - w) <= s.reshape(deq.shape[:1] + (1,) * (w.ndim - 1)) / 2 + 1e-7).all()
 
 
-def test_per_tensor_weights(lenet, minmax_table):
-    q = to_qdq_onnx(lenet, minmax_table, weights="per_tensor")
-    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    assert inits["conv1.weight_scale"].shape == ()
-    onnx.checker.check_model(q)
+def test_per_tensor_weights_and_int32_bias(lenet, minmax_table, eval_x):
+    x, _ = eval_x
+    ref = _run(lenet, x).argmax(1)
+    for weights in ("per_tensor", "per_channel"):
+        q = to_qdq_onnx(lenet, minmax_table, weights=weights, bias="int32")
+        onnx.checker.check_model(q)
+        inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+        assert inits["conv1.weight_scale"].shape == (() if weights == "per_tensor" else (6,))
+        bias, b_scale = inits["conv1.bias_quantized"], inits["conv1.bias_scale"]
+        assert bias.dtype == np.int32 and b_scale.shape == (6,)
+        expected = np.float32(minmax_table["input"]) * inits["conv1.weight_scale"]
+        np.testing.assert_array_equal(b_scale, np.broadcast_to(expected, (6,)))
+        assert (_run(q, x).argmax(1) == ref).mean() >= 0.98
 
 
 def test_quantize_nodes_compute_rint_clip_of_activation(lenet, minmax_table, eval_x):

@@ -33,10 +33,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="re-cut the data into batches")
     p.add_argument("--output", help="model output holding class scores (default: the first)")
     p.add_argument("--topk", type=int, nargs="+", default=[1, 5], help="k values (default 1 5)")
-    p.add_argument("--placement", choices=("inputs", "all"), default="inputs")
+    p.add_argument(
+        "--placement",
+        choices=("inputs", "all", "both"),
+        default="both",
+        help="Q/DQ on the inputs of weighted ops only (TensorRT's explicit-quantization "
+        "placement), on every calibrated tensor (like implicit INT8; onnxruntime then runs "
+        "QLinearConv/QGemm), or both, one table each (default)",
+    )
     p.add_argument("--weights", choices=("per_channel", "per_tensor"), default="per_channel")
     p.add_argument("--bias", choices=("float", "int32"), default="float")
-    p.add_argument("--save-qdq", type=Path, help="also write the Q/DQ model here (atomic)")
+    p.add_argument(
+        "--save-qdq",
+        type=Path,
+        help="also write the Q/DQ model here (atomic; the first placement evaluated)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite --save-qdq if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -101,12 +112,25 @@ def run(args: argparse.Namespace) -> int:
         labels = _labels(args.labels)
 
     fp32 = load_onnx(model_path)
-    qdq = to_qdq_onnx(fp32, table, weights=args.weights, placement=args.placement, bias=args.bias)
-    report = evaluate(fp32, qdq, data, labels, topk=args.topk, output=args.output)
-    if args.save_qdq is not None:
-        atomic_write_bytes(args.save_qdq, qdq.SerializeToString(), force=args.force)
+    placements = ("inputs", "all") if args.placement == "both" else (args.placement,)
+    reports = []
+    for placement in placements:
+        qdq = to_qdq_onnx(fp32, table, weights=args.weights, placement=placement, bias=args.bias)
+        name = f"INT8 Q/DQ ({placement})"
+        reports.append(evaluate(fp32, qdq, data, labels, topk=args.topk, output=args.output,
+                                name=name))  # fmt: skip
+        if args.save_qdq is not None and placement == placements[0]:
+            atomic_write_bytes(args.save_qdq, qdq.SerializeToString(), force=args.force)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
-        print(report.to_text())
+        for r in reports:
+            print(f"{r.name}: {_PLACEMENT_TEXT[r.name.split('(')[1].rstrip(')')]}")
+            print(r.to_text() + "\n")
     return 0
+
+
+_PLACEMENT_TEXT = {
+    "inputs": "Q/DQ on the inputs of Conv/Gemm/MatMul, as TensorRT >= 10.1 expects them",
+    "all": "Q/DQ on every calibrated tensor, like implicit INT8 (op+ReLU fused)",
+}
