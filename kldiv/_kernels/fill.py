@@ -197,8 +197,13 @@ def dense_view(values: np.ndarray) -> np.ndarray | None:
 
 
 def _blocks(values: np.ndarray):
-    """Yield one 1-D view (dense input) or bounded contiguous copies (strided input)."""
-    flat = dense_view(values)
+    """Yield one 1-D view (dense float input) or bounded contiguous blocks.
+
+    Strided float arrays are copied a block at a time; integer arrays are widened to float64
+    a block at a time (so the kernels are compiled for float16/32/64 only).
+    """
+    native = values.dtype in (np.float16, np.float32, np.float64)
+    flat = dense_view(values) if native else None
     if flat is not None:
         yield flat
         return
@@ -206,6 +211,8 @@ def _blocks(values: np.ndarray):
         values,
         flags=["external_loop", "buffered", "zerosize_ok"],
         op_flags=[["readonly"]],
+        op_dtypes=[values.dtype if native else np.dtype(np.float64)],
+        casting="unsafe",
         order="K",
         buffersize=BLOCK_ELEMENTS,
     )
@@ -239,7 +246,7 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
     n_nonfinite = n_over = 0
     max_over = 0.0
     amax, num_bins = float(amax), int(num_bins)
-    table, codes = _tables(values.dtype, amax, num_bins)
+    table, codes = _tables(values.dtype, amax, num_bins)  # float16 only
     for block in _blocks(values):
         if block.size == 0:
             continue
