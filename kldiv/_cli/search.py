@@ -1,0 +1,166 @@
+"""``kldiv search``: thresholds from saved histograms, under one or several presets.
+
+For researchers who want to see how a threshold was chosen and what changes when one
+ambiguity of the pseudocode is resolved differently, without running the model again.
+A thin shell over :func:`kldiv.thresholds.choose_threshold`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+from typing import Any
+
+from ..defaults import DEFAULT_PRESET
+from ..errors import PresetError
+
+__all__ = ["register", "run", "parse_option"]
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (VALUE as a Python literal when it is one, else a string).
+
+    Examples
+    --------
+    >>> parse_option("grouping=floor")
+    ('grouping', 'floor')
+    >>> parse_option("threshold_offset=0")
+    ('threshold_offset', 0)
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as grouping=floor, got {text!r}")
+    try:
+        value: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``kldiv search`` to the CLI."""
+    p = subparsers.add_parser(
+        "search",
+        help="thresholds from saved histograms, for one or several presets",
+        description=(
+            "Recompute thresholds from histograms saved by `kldiv calibrate --save-histograms` "
+            "and print, per tensor and per preset, the chosen bin, amax, scale and its "
+            "TensorRT hex. Override any single option of the search with --option KEY=VALUE "
+            "(see kldiv.entropy.EntropyOptions)."
+        ),
+    )
+    p.add_argument("histograms", metavar="H.npz", help="histogram file from --save-histograms")
+    p.add_argument(
+        "--preset",
+        action="append",
+        dest="presets",
+        metavar="NAME",
+        help=f"entropy preset; repeat to compare several (default {DEFAULT_PRESET})",
+    )
+    p.add_argument(
+        "--method",
+        default="entropy",
+        choices=("entropy", "minmax", "percentile", "mse"),
+        help="threshold method (default entropy; presets apply to entropy only)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=parse_option,
+        metavar="KEY=VALUE",
+        help="override one option, e.g. grouping=floor, ties=last, threshold_offset=0",
+    )
+    p.add_argument(
+        "--tensor", action="append", dest="tensors", metavar="NAME", help="only these tensors"
+    )
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="also print each divergence curve's minimum neighbourhood",
+    )
+    p.set_defaults(func=run)
+
+
+def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
+    best = "-"
+    if result.bin_index is not None and len(result.divergence):
+        best = f"{result.divergence_at(result.bin_index):.6g}"
+    return (
+        name,
+        label,
+        "-" if result.bin_index is None else str(result.bin_index),
+        f"{result.amax:.7g}",
+        f"{float(result.scale):.7g}",
+        result.scale_hex,
+        best,
+    )
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL")
+    allrows = [head, *rows]
+    width = [max(len(r[i]) for r in allrows) for i in range(len(head))]
+    lines = [
+        "  ".join(c.ljust(width[i]) if i < 2 else c.rjust(width[i]) for i, c in enumerate(r))
+        for r in allrows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in width))
+    return "\n".join(lines)
+
+
+def _neighbourhood(result: Any, span: int = 3) -> str:
+    cands = list(result.candidates)
+    if result.bin_index is None or result.bin_index not in cands:
+        return ""
+    k = cands.index(result.bin_index)
+    parts = []
+    for j in range(max(0, k - span), min(len(cands), k + span + 1)):
+        d = float(result.divergence[j])
+        mark = "*" if j == k else " "
+        parts.append(
+            f"{mark}i={cands[j]}: {d:.6g}" if math.isfinite(d) else f"{mark}i={cands[j]}: {d}"
+        )
+    return "    " + "  ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kldiv search``."""
+    from ..collect import HistogramCollector
+    from ..thresholds import choose_threshold
+
+    collector = HistogramCollector.load(args.histograms)
+    names = list(collector.names)
+    if args.tensors:
+        missing = [t for t in args.tensors if t not in names]
+        if missing:
+            raise PresetError(
+                f"tensor(s) not in {args.histograms}: {', '.join(missing)}; "
+                f"it holds {len(names)} tensors, e.g. {', '.join(names[:3])}"
+            )
+        names = args.tensors
+    presets = args.presets or [DEFAULT_PRESET]
+    if args.method != "entropy" and args.presets:
+        raise PresetError("--preset applies to --method entropy only; drop --preset or the method")
+    overrides = dict(args.option)
+    rows: list[tuple[str, ...]] = []
+    curves: list[str] = []
+    for name in names:
+        hist = collector[name]
+        for preset in presets if args.method == "entropy" else [args.method]:
+            if args.method == "entropy":
+                result = choose_threshold(hist, "entropy", preset=preset, **overrides)
+            else:
+                result = choose_threshold(hist, args.method, **overrides)
+            label = preset + (
+                "+" + ",".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
+            )
+            rows.append(_row(name, label, result))
+            if args.curve and args.method == "entropy":
+                curves.append(f"{name} [{label}]\n{_neighbourhood(result)}")
+    print(_table(rows))
+    if curves:
+        print("\nKL around the chosen candidate (* = chosen):")
+        print("\n".join(curves))
+    return 0
