@@ -160,7 +160,7 @@ def _as_array(values: ArrayLike) -> np.ndarray:
 
 def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
     """|x| as float64, a bounded block at a time (never a full-size temporary)."""
-    it = np.nditer(
+    it = np.nditer(  # type: ignore[call-overload]
         arr,
         flags=["external_loop", "buffered", "zerosize_ok"],
         op_flags=[["readonly"]],

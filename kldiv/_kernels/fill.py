@@ -91,7 +91,7 @@ def _code_of(v, codes, amax, inv_w, last):  # pragma: no cover - replaced by the
     raise NotImplementedError
 
 
-@overload(_abs_f64, jit_options={"cache": True})
+@overload(_abs_f64, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
 def _abs_f64_impl(v, table):
     """|v| as float64; uint16 means 'the bits of a float16', looked up in F16_ABS_TABLE."""
     if _is_f16_bits(v):
@@ -99,7 +99,7 @@ def _abs_f64_impl(v, table):
     return lambda v, table: abs(np.float64(v))
 
 
-@overload(_code_of, jit_options={"cache": True})
+@overload(_code_of, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
 def _code_of_impl(v, codes, amax, inv_w, last):
     """Bin code of one element; float16 bits use the per-fill table of all 2**15 codes."""
     if _is_f16_bits(v):
@@ -207,7 +207,7 @@ def _blocks(values: np.ndarray):
     if flat is not None:
         yield flat
         return
-    it = np.nditer(
+    it = np.nditer(  # type: ignore[call-overload]
         values,
         flags=["external_loop", "buffered", "zerosize_ok"],
         op_flags=[["readonly"]],
