@@ -92,6 +92,17 @@ def test_read_only_views():
     assert h.counts[0] == 1
 
 
+def test_pickle_and_copy_roundtrip():
+    import copy
+    import pickle
+
+    h = ActivationHistogram.from_values(np.arange(10.0), num_bins=8)
+    for clone in (pickle.loads(pickle.dumps(h)), copy.deepcopy(h), h.copy()):
+        assert clone == h and clone is not h
+        clone.fill(np.ones(3))
+        assert clone != h  # independent counts
+
+
 # --------------------------------------------------------------------------- merge / compare
 def test_merge_add_iadd_sum():
     rng = _rng(1)
