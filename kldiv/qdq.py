@@ -31,10 +31,8 @@ naming the tensor. Tensors inside ``If``/``Loop``/``Scan`` subgraphs are left in
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,34 +76,22 @@ class QdqSummary:
 
 
 def load_onnx(model: Any) -> Any:
-    """Return an ``onnx.ModelProto`` from a path, bytes or a ModelProto (copied).
+    """Return a copy of the ``onnx.ModelProto`` given as a path, bytes or a ModelProto.
 
     Raises
     ------
     ModelError
-        If the file does not exist or is not an ONNX model.
+        If the file does not exist or is not an ONNX model
+        (see :func:`kldiv.runners.load_model`).
     """
     import onnx
 
-    if isinstance(model, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
-    if isinstance(model, (bytes, bytearray)):
-        try:
-            return onnx.load_from_string(bytes(model))
-        except Exception as exc:
-            raise ModelError(f"the bytes given are not an ONNX model ({exc})") from exc
-    path = Path(os.fspath(model))
-    if not path.is_file():
-        raise ModelError(f"ONNX model {path} does not exist; check the path")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:
-        raise ModelError(
-            f"could not load ONNX model {path}: {exc}; is it an .onnx file (not a TensorRT "
-            "engine or a cache)?"
-        ) from exc
+    from .runners import load_model
+
+    proto = load_model(model)[0]
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def _opset(model: Any) -> int:
