@@ -53,3 +53,11 @@ __all__ += ["DEFAULT_FILL_BACKEND", "DEFAULT_RANGE_POLICY"]
 COMPARE_ULP_TOLERANCE: Final[int] = 4
 #: ``kldiv.compare``: amaxes within this relative difference count as "close".
 COMPARE_RTOL: Final[float] = 0.01
+
+# --- end-to-end calibration (appended by helper PIPE) ---
+#: onnxruntime graph optimization level of the calibration runner. Requested outputs are never
+#: fused away, so every level yields the same activations; "all" is the fastest
+#: (benchmarks/calibrate_e2e.py).
+DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
+
+__all__ += ["DEFAULT_ORT_OPTIMIZATION"]

@@ -29,6 +29,7 @@ from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
     DEFAULT_TRT_VERSION,
@@ -102,7 +103,7 @@ def collect_histograms(
     max_batches: int | None = None,
     nonfinite: str = "raise",
     include_constants: bool = False,
-    graph_optimization_level: str = "basic",
+    graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
@@ -128,7 +129,7 @@ def collect_histograms(
         NaN/±Inf in an activation raise an error naming tensor and batch, or are skipped.
     include_constants : bool, optional
         Also collect tensors computed only from weights.
-    graph_optimization_level : str, default "basic"
+    graph_optimization_level : str, default DEFAULT_ORT_OPTIMIZATION ("all")
         onnxruntime's optimization level (the activations are the same at every level).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).

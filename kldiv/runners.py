@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .defaults import DEFAULT_ORT_OPTIMIZATION
 from .errors import DataSourceError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,10 +282,11 @@ class OnnxRuntimeRunner:
     model : path-like, bytes or onnx.ModelProto
         The model (opsets 11–21 tested; dynamic batch supported; a fixed batch size B takes
         any multiple of B, run B samples at a time).
-    graph_optimization_level : {'basic', 'disable', 'extended', 'all'}
-        onnxruntime's optimizations. Fusions never remove a tensor that is requested as an
-        output, so every level gives the same activations; ``'basic'`` (default) folds
-        constants and is the fastest in ``benchmarks/calibrate_e2e.py``.
+    graph_optimization_level : {'all', 'extended', 'basic', 'disable'}
+        onnxruntime's optimizations (default :data:`~kldiv.defaults.DEFAULT_ORT_OPTIMIZATION`,
+        ``'all'``). Fusions never remove a tensor that is requested as an output, so every
+        level gives the same activations; ``'all'`` is the fastest in
+        ``benchmarks/calibrate_e2e.py`` (its layout optimizations still apply).
     include_constants : bool, optional
         Also collect floating tensors computed only from weights (default ``False``).
     intra_op_num_threads : int, optional
@@ -313,7 +315,7 @@ class OnnxRuntimeRunner:
         self,
         model: Any,
         *,
-        graph_optimization_level: str = "basic",
+        graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
         include_constants: bool = False,
         intra_op_num_threads: int | None = None,
         providers: Iterable[str] | None = None,
