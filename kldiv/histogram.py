@@ -63,6 +63,8 @@ RANGE_POLICIES: tuple[str, ...] = ("fixed", "global", "pow2", "append")
 _NONFINITE = ("raise", "drop")
 _OVERFLOW = ("raise", "clip")
 _BACKENDS = ("auto", "numpy", "numba")
+#: Most bins "append" growth may create (64 Mi bins = 512 MiB of counts per histogram).
+MAX_APPEND_BINS = 1 << 26
 #: Elements the NumPy reference widens to float64 at a time (bounded temporaries).
 _REFERENCE_BLOCK = 1 << 18
 
@@ -615,6 +617,12 @@ class ActivationHistogram:
             new_bins = max(self._num_bins, math.ceil(target / width))
             while new_bins * width < target:  # rounding: make sure the range covers amax
                 new_bins += 1
+            if new_bins > MAX_APPEND_BINS:
+                raise HistogramError(
+                    f"append growth from amax={self._amax!r} to {target!r} would need "
+                    f"{new_bins:,} bins (limit {MAX_APPEND_BINS:,}); use range_policy='pow2', "
+                    "or a 'global' range from a first pass over the data"
+                )
             counts = np.zeros(new_bins, dtype=np.int64)
             counts[: self._num_bins] = self._counts
             self._amax, self._num_bins, self._counts = new_bins * width, new_bins, counts

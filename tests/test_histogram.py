@@ -297,6 +297,8 @@ def test_grow_to_pow2_and_append_counts():
     assert h.counts.tolist() == [*counts.tolist(), 0, 0, 0]
     same = ActivationHistogram(1.0, 8, counts=counts)
     assert same.grow_to(0.5) == ActivationHistogram(1.0, 8, counts=counts)  # never shrinks
+    with pytest.raises(HistogramError, match="append growth"):
+        ActivationHistogram(1.0, 8, counts=counts).grow_to(1e9, policy="append")
     odd = ActivationHistogram(1.0, 5, counts=[1, 2, 3, 4, 5]).grow_to(2.0, policy="pow2")
     assert odd.counts.tolist() == [3, 7, 5, 0, 0]
 
