@@ -56,7 +56,8 @@ COMPARE_RTOL: Final[float] = 0.01
 
 # --- end-to-end calibration (appended by helper PIPE) ---
 #: onnxruntime graph optimization level of the calibration runner. Requested outputs are never
-#: fused away, so every level yields the same activations; "all" is the fastest
+#: fused away, so every level yields the same tensors (values equal to float rounding); "all" is
+#: the fastest
 #: (benchmarks/calibrate_e2e.py).
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
 

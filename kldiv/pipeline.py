@@ -130,7 +130,8 @@ def collect_histograms(
     include_constants : bool, optional
         Also collect tensors computed only from weights.
     graph_optimization_level : str, default DEFAULT_ORT_OPTIMIZATION ("all")
-        onnxruntime's optimization level (the activations are the same at every level).
+        onnxruntime's optimization level (same tensors at every level, values equal to
+        float rounding; see :class:`~kldiv.runners.OnnxRuntimeRunner`).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).
 

@@ -285,8 +285,10 @@ class OnnxRuntimeRunner:
     graph_optimization_level : {'all', 'extended', 'basic', 'disable'}
         onnxruntime's optimizations (default :data:`~kldiv.defaults.DEFAULT_ORT_OPTIMIZATION`,
         ``'all'``). Fusions never remove a tensor that is requested as an output, so every
-        level gives the same activations; ``'all'`` is the fastest in
-        ``benchmarks/calibrate_e2e.py`` (its layout optimizations still apply).
+        level yields the same tensors; values agree to float rounding (optimized convolution
+        kernels round differently, by a few ulp). ``'all'`` is the fastest in
+        ``benchmarks/calibrate_e2e.py``; ``'disable'`` reproduces onnxruntime's own calibrators
+        bit for bit.
     include_constants : bool, optional
         Also collect floating tensors computed only from weights (default ``False``).
     intra_op_num_threads : int, optional
