@@ -39,8 +39,10 @@ _LAZY: dict[str, str] = {
     "write_table": "exports",
     "compare": "compare",
     "ComparisonReport": "compare",
-    # end to end
+    # end to end, explicit quantization
     "calibrate": "pipeline",
+    "to_qdq_onnx": "qdq",
+    "EvaluationReport": "evaluate",
     # errors
     "KldivError": "errors",
     "HistogramError": "errors",
@@ -51,6 +53,7 @@ _LAZY: dict[str, str] = {
     "DataSourceError": "errors",
     "ModelError": "errors",
     "OutputExistsError": "errors",
+    "QuantizationError": "errors",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -85,9 +88,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         NonFiniteError,
         OutputExistsError,
         PresetError,
+        QuantizationError,
     )
     from .histogram import ActivationHistogram
+    from .evaluate import EvaluationReport
     from .pipeline import calibrate
+    from .qdq import to_qdq_onnx
     from .scales import (
         CacheHeader,
         CalibrationTable,

@@ -11,6 +11,12 @@ from .errors import OutputExistsError
 __all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | os.PathLike[str], *, force: bool) -> Path:
     """Refuse early when ``path`` exists and ``force`` is false.
 
@@ -70,6 +76,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool
         raise FileNotFoundError(f"cannot write {p}: folder {folder} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -17,6 +17,7 @@ __all__ = [
     "DataSourceError",
     "ModelError",
     "OutputExistsError",
+    "QuantizationError",
 ]
 
 

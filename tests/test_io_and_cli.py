@@ -75,3 +75,12 @@ def test_import_kldiv_is_light() -> None:
         f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
     )
     assert loaded == "", f"import kldiv / trt_backend loaded heavy modules: {loaded}"
+
+
+def test_atomic_write_uses_the_usual_file_mode(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "t.cache", "x\n")
+    finally:
+        os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o644
