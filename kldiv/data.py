@@ -19,6 +19,7 @@ Sources offered here
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -267,13 +268,19 @@ class Preprocess:
         try:
             raw = p.read_bytes()
             if p.suffix.lower() == ".toml":
-                import tomllib
-
+                try:
+                    tomllib = importlib.import_module("tomllib")
+                except ImportError:
+                    raise DataSourceError(
+                        f"{p}: reading TOML needs Python 3.11 or later; write the config as JSON"
+                    ) from None
                 config = tomllib.loads(raw.decode("utf-8"))
             else:
                 config = json.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise DataSourceError(f"{p}: preprocessing config file not found") from None
+        except DataSourceError:
+            raise
         except Exception as exc:
             raise DataSourceError(f"{p}: cannot parse the preprocessing config ({exc})") from exc
         if not isinstance(config, dict):
@@ -313,7 +320,7 @@ class Preprocess:
             if (nw, nh) != (w, h):
                 img = img.resize((max(nw, 1), max(nh, 1)), Image.Resampling.BILINEAR)
         if self.center_crop is not None:
-            ch, cw = self.center_crop
+            ch, cw = _pair(self.center_crop, "center_crop") or (0, 0)
             w, h = img.size
             if ch > h or cw > w:
                 raise DataSourceError(
@@ -708,14 +715,18 @@ def rebatch(source: DataSource, batch_size: int) -> Iterator[Batch]:
             bare = is_bare
         elif bare != is_bare:
             raise DataSourceError(f"batch {i}: mixes bare arrays and dicts; use one kind")
-        d = {None: np.asarray(item)} if is_bare else {k: np.asarray(v) for k, v in item.items()}
+        d = (
+            {None: np.asarray(item)}
+            if is_bare
+            else {k: np.asarray(v) for k, v in dict(item).items()}  # type: ignore[arg-type]
+        )
         sizes = {k: (v.shape[0] if v.ndim else None) for k, v in d.items()}
         if None in sizes.values() or len(set(sizes.values())) != 1:
             raise DataSourceError(
                 f"batch {i}: cannot re-batch inputs with sample counts {sizes}; every input "
                 "needs the same leading batch dimension"
             )
-        n = next(iter(sizes.values()))
+        n = int(next(iter(sizes.values())) or 0)
         pending.append(d)
         have += n
         while have >= batch_size:

@@ -69,7 +69,7 @@ class _Fingerprint:
         for name in sorted(feed):
             arr = np.ascontiguousarray(feed[name])
             self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            self._h.update(memoryview(arr).cast("B"))
+            self._h.update(arr.data.cast("B"))
         self.batches += 1
         first = next(iter(feed.values()), None)
         self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
