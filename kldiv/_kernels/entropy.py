@@ -194,6 +194,118 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
     return out
 
 
+_SIG_PROP = "float64[:](int64[:], int64[:], int64, int64, int64)"
+
+
+@jit(_SIG_PROP)
+def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: no cover - compiled
+    """The closed form for ``domain='abs'`` with proportional grouping (TensorRT, ModelOpt).
+
+    The same terms as :func:`_curve_closed_form`, organized for speed on one core:
+
+    * candidate ``i`` has groups of two widths only, ``i // levels`` and one more, starting
+      before ``i``; so the term of every group any candidate can use is computed up front,
+      branch-free, into ``memo[width, start]`` (~22k terms for 2048 bins, against ~246k group
+      visits);
+    * the walk over a candidate's groups is then one load per group, the bounds computed by
+      a shift when ``levels`` is a power of two (``shift >= 0``, e.g. 128), summed in two
+      accumulators to halve the floating-point dependency chain.
+    """
+    n_bins = h.size
+    c = np.zeros(n_bins + 1, dtype=np.int64)
+    nz = np.zeros(n_bins + 1, dtype=np.int64)
+    cl_hi = np.zeros(n_bins + 1, dtype=np.float64)
+    cl_lo = np.zeros(n_bins + 1, dtype=np.float64)
+    for j in range(n_bins):
+        c[j + 1] = c[j] + h[j]
+        nz[j + 1] = nz[j] + (1 if h[j] != 0 else 0)
+        a = cl_hi[j]
+        b = _xlogx(h[j])
+        s = a + b
+        bb = s - a
+        err = (a - (s - bb)) + (b - bb)
+        cl_hi[j + 1] = s
+        cl_lo[j + 1] = cl_lo[j] + err
+    total = c[n_bins]
+    s_total = float(total)
+    max_width = 1
+    for ci in range(candidates.size):
+        max_width = max(max_width, candidates[ci] // levels + 1)
+    memo = np.empty((max_width + 1, n_bins + 1), dtype=np.float64)
+    memo[0, :] = 0.0  # empty groups (candidates below `levels` bins)
+    for wd in range(1, max_width + 1):
+        # a group of width wd starts before a candidate i < levels * (wd + 1)
+        a_end = min(n_bins - wd, levels * (wd + 1))
+        for a in range(a_end + 1):
+            memo[wd, a] = _group_term(c, nz, cl_hi, cl_lo, a, a + wd)
+    out = np.empty(candidates.size, dtype=np.float64)
+    for ci in range(candidates.size):
+        i = candidates[ci]
+        right_out = total - c[i]
+        s_q = c[i]
+        if s_q == 0:
+            out[ci] = np.inf
+            continue
+        width = i // levels
+        rem = i - width * levels
+        k_last = levels - 1 if right_out > 0 else levels
+        acc0 = 0.0
+        acc1 = 0.0
+        a = 0
+        k = 0
+        if shift >= 0:
+            # levels = 2**shift: bound k = ceil(k * i / levels) by a shift, each bound
+            # independent of the last (no dependency chain between groups)
+            bias = levels - 1
+            while k + 1 < k_last:
+                b = ((k + 1) * i + bias) >> shift
+                e = ((k + 2) * i + bias) >> shift
+                acc0 += memo[b - a, a]
+                acc1 += memo[e - b, b]
+                a = e
+                k += 2
+            if k < k_last:
+                b = ((k + 1) * i + bias) >> shift
+                acc0 += memo[b - a, a]
+                a = b
+        else:
+            # any other level count: bounds advanced as quotient and remainder, the carry
+            # branch-free (its pattern is irregular and would defeat branch prediction)
+            quo = 0
+            res = levels - 1
+            while k < k_last:
+                res += rem
+                carry = np.int64(res >= levels)
+                quo += width + carry
+                res -= carry * levels
+                if k & 1:
+                    acc1 += memo[quo - a, a]
+                else:
+                    acc0 += memo[quo - a, a]
+                a = quo
+                k += 1
+        acc = acc0 + acc1
+        if right_out > 0 and a < i:
+            # the last group [a, i) holds P[i-1] = H[i-1] + outliers
+            g = c[i] - c[a]
+            n = nz[i] - nz[a]
+            sum_hlogh = (cl_hi[i] - cl_hi[a]) + (cl_lo[i] - cl_lo[a])
+            hb = h[i - 1]
+            if hb == 0:
+                if empty_p:
+                    n += 1
+                else:
+                    out[ci] = np.inf
+                    continue
+            if g == 0:
+                out[ci] = np.inf
+                continue
+            sum_hlogh += _xlogx(hb + right_out) - _xlogx(hb)
+            acc += sum_hlogh - float(g + right_out) * math.log(float(g) / float(n))
+        out[ci] = acc / s_total + math.log(float(s_q) / s_total)
+    return out
+
+
 @jit("boolean(float64[:], float64)")
 def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
     """MXNet smoothing; False when it cannot make every entry positive."""
@@ -294,7 +406,11 @@ def divergences(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, n
     candidates = ref.candidate_bins(h.size, opts)
     signed = opts.domain == "signed"
     grouping = 0 if opts.grouping == "proportional" else 1
-    if opts.smoothing == "none":
+    if opts.smoothing == "none" and not signed and grouping == 0:
+        levels = opts.num_levels
+        shift = levels.bit_length() - 1 if levels & (levels - 1) == 0 else -1
+        div = _curve_abs_proportional(h, candidates, levels, shift, int(opts.empty == "p"))
+    elif opts.smoothing == "none":
         div = _curve_closed_form(
             h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p")
         )
