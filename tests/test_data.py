@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 
@@ -23,9 +24,7 @@ from kldiv.data import (
 from kldiv.errors import DataSourceError, OutputExistsError
 
 PIL = pytest.importorskip("PIL")
-import itertools
-
-from PIL import Image
+from PIL import Image  # noqa: E402
 
 
 def _struct_batch(data: np.ndarray, labels: np.ndarray | None) -> bytes:

@@ -9,10 +9,10 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from kldiv.errors import DataSourceError, ModelError
-from kldiv.runners import OnnxRuntimeRunner, calibration_tensor_names
+from kldiv.errors import DataSourceError, ModelError  # noqa: E402
+from kldiv.runners import OnnxRuntimeRunner, calibration_tensor_names  # noqa: E402
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((4, 5)).astype(np.float32)

@@ -22,14 +22,16 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
 
 
 def _size(text: str) -> int | tuple[int, int]:
     try:
         parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}") from None
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
