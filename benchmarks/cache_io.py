@@ -18,12 +18,20 @@ from kldiv.scales import CalibrationTable
 def make_table(n: int, seed: int = 0) -> CalibrationTable:
     """n tensors with realistic ONNX-style names (some with ':' and ': ') and random scales."""
     rng = random.Random(seed)
-    kinds = ["/model/layer{i}/Conv_output_0", "(Unnamed Layer* {i}) [Shuffle]_output",
-             "input_tensor:{i}", "%x.{i} : Tensor = aten::relu(%y)", "onnx::Mul_{i}"]
+    kinds = [
+        "/model/layer{i}/Conv_output_0",
+        "(Unnamed Layer* {i}) [Shuffle]_output",
+        "input_tensor:{i}",
+        "%x.{i} : Tensor = aten::relu(%y)",
+        "onnx::Mul_{i}",
+    ]
     entries = []
     for i in range(n):
-        bits = rng.choice([0, 0x7F800000]) if rng.random() < 0.01 else rng.randrange(
-            0x3A000000, 0x3F000000)
+        bits = (
+            rng.choice([0, 0x7F800000])
+            if rng.random() < 0.01
+            else rng.randrange(0x3A000000, 0x3F000000)
+        )
         entries.append((kinds[i % len(kinds)].format(i=i), bits))
     return CalibrationTable.from_bits(entries, header=header_for("10.9.0"))
 

@@ -41,6 +41,10 @@ _LAZY: dict[str, str] = {
     "ComparisonReport": "compare",
     # end to end, explicit quantization
     "calibrate": "pipeline",
+    "collect_histograms": "pipeline",
+    "calibrate_histograms": "pipeline",
+    "OnnxRuntimeRunner": "runners",
+    "Preprocess": "data",
     "to_qdq_onnx": "qdq",
     "EvaluationReport": "evaluate",
     # errors
@@ -92,7 +96,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .histogram import ActivationHistogram
     from .evaluate import EvaluationReport
-    from .pipeline import calibrate
+    from .data import Preprocess
+    from .pipeline import calibrate, calibrate_histograms, collect_histograms
+    from .runners import OnnxRuntimeRunner
     from .qdq import to_qdq_onnx
     from .scales import (
         CacheHeader,
