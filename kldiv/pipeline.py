@@ -146,7 +146,7 @@ def collect_histograms(
     ModelError, DataSourceError, NonFiniteError
         With the file, batch or tensor named.
     """
-    from .runners import OnnxRuntimeRunner
+    from .runners import OnnxRuntimeRunner, load_model
 
     if range_policy == "fixed":
         raise PresetError(
@@ -178,6 +178,12 @@ def collect_histograms(
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
+    from .runners import activation_bounds
+
+    bounds = activation_bounds(load_model(model)[0]) if runner.tensor_names else {}
+    collector.meta["activation_bounds"] = {
+        n: b for n, b in bounds.items() if n in set(collector.names)
+    }
     collector.meta.update(
         model=runner.label,
         model_sha256=runner.model_sha256,
@@ -219,6 +225,7 @@ def choose_thresholds(
     *,
     preset: str = DEFAULT_PRESET,
     method: str = "entropy",
+    activation_bounds: bool | None = None,
     **options: Any,
 ) -> dict[str, ThresholdResult]:
     """A threshold per collected tensor, in network order.
@@ -233,6 +240,12 @@ def choose_thresholds(
         ``"minmax"`` uses the exact largest ``|x|`` seen (as TensorRT's MinMax calibrator),
         not the histogram's range. The others go through
         :func:`kldiv.entropy.search_threshold` / :func:`kldiv.thresholds.choose_threshold`.
+    activation_bounds : bool, optional
+        Give tensors whose range the graph bounds (``Clip`` with constant limits, i.e. ReLU6;
+        recorded by :func:`collect_histograms` in ``collector.meta["activation_bounds"]``)
+        that bound as threshold, as TensorRT does (all 35 ReLU6 outputs of the MLPerf
+        SSD-MobileNet cache are exactly ``6/127``). Default: on for the ``tensorrt`` entropy
+        preset, off otherwise.
     **options
         Options of the preset / method (e.g. ``percentile=99.99``).
 
@@ -242,9 +255,22 @@ def choose_thresholds(
     """
     if method not in METHODS:
         raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
+    if activation_bounds is None:
+        activation_bounds = method == "entropy" and preset == "tensorrt"
+    bounds: Mapping[str, float] = (
+        collector.meta.get("activation_bounds", {}) if activation_bounds else {}
+    )
     results: dict[str, ThresholdResult] = {}
     for name, hist in collector.items():
-        if method == "minmax":
+        bound = bounds.get(name)
+        if bound is not None and collector.absmax(name) <= bound:
+            results[name] = ThresholdResult(
+                amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
+                method="activation-bound", preset=preset if method == "entropy" else None,
+                options={"source": "Clip limits in the graph", "bound": float(bound)},
+                histogram=hist,
+            )
+        elif method == "minmax":
             a = collector.absmax(name)
             results[name] = ThresholdResult(
                 amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
@@ -329,12 +355,15 @@ def calibrate_histograms(
         The scales, header and provenance.
     """
     results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
-    first = next(iter(results.values()), None)
+    searched = [r for r in results.values() if r.method != "activation-bound"]
+    first = searched[0] if searched else None
+    bounded = [n for n, r in results.items() if r.method == "activation-bound"]
     provenance = {
         **collector.meta,
         "preset": preset if method == "entropy" else None,
         "method": method,
         "options": first.options if first is not None else dict(options or {}),
+        "thresholds_from_activation_bounds": bounded,
         "range_policy": collector.range_policy,
         "num_bins": collector.num_bins,
         "trt_version": trt_version,

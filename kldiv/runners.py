@@ -45,7 +45,13 @@ from .errors import DataSourceError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["InputSpec", "OnnxRuntimeRunner", "calibration_tensor_names", "load_model"]
+__all__ = [
+    "InputSpec",
+    "OnnxRuntimeRunner",
+    "activation_bounds",
+    "calibration_tensor_names",
+    "load_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +156,64 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
         if t:
             types[vi.name] = t
     return types
+
+
+
+def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
+    """Outputs whose range the graph itself bounds: ``Clip`` with constant limits.
+
+    TensorRT writes such tensors with the activation's bound, not a searched threshold: in the
+    MLPerf SSD-MobileNet cache (TensorRT 7.2) all 35 ``Relu6`` outputs hold exactly ``6/127``
+    (algorithm.md §4). ReLU6 reaches ONNX as ``Clip(0, 6)``.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model (main graph only; subgraphs are not collected anyway).
+
+    Returns
+    -------
+    dict of str to float
+        Tensor name -> ``max(|min|, |max|)`` for each ``Clip`` whose limits are constants
+        (attributes before opset 11; initializers or ``Constant`` outputs from opset 11) and
+        finite.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    g = model.graph
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+                elif a.name in ("value_float", "value_floats"):
+                    consts[node.output[0]] = np.asarray(
+                        onnx.helper.get_attribute_value(a), dtype=np.float64
+                    )
+    bounds: dict[str, float] = {}
+    for node in g.node:
+        if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        limits: list[float] = []
+        if "min" in attrs or "max" in attrs:  # opset < 11
+            limits = [float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))]
+        else:
+            for name in list(node.input[1:3]) + [""] * (3 - len(node.input)):
+                if not name:
+                    limits.append(np.inf)  # an absent limit: unbounded on that side
+                elif name in consts and consts[name].size == 1:
+                    limits.append(float(consts[name].reshape(())))
+                else:
+                    limits = []  # computed at run time: no static bound
+                    break
+        if len(limits) == 2:
+            bound = max(abs(limits[0]), abs(limits[1]))
+            if np.isfinite(bound) and bound > 0:
+                bounds[node.output[0]] = bound
+    return bounds
 
 
 def calibration_tensor_names(

@@ -53,6 +53,9 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_TRT_VERSION})")
     p.add_argument("--algorithm", default=None,
                    help="header algorithm (entropy2, entropy, minmax; default from --method)")
+    p.add_argument("--no-activation-bounds", action="store_true",
+                   help="search Clip/ReLU6 outputs too, instead of writing their bound as "
+                        "TensorRT does (tensorrt preset)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bar and no table; one line on success")
@@ -139,6 +142,8 @@ def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any,
     options: dict[str, Any] = {}
     if args.method == "percentile" and args.percentile is not None:
         options["percentile"] = args.percentile
+    if getattr(args, "no_activation_bounds", False):
+        options["activation_bounds"] = False
     return calibrate_histograms(
         collector, preset=args.preset, method=args.method, options=options,
         trt_version=args.trt_version, algorithm=args.algorithm,
