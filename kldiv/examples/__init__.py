@@ -6,7 +6,8 @@ Shipped as package data (well under 1 MB), made by :mod:`kldiv.examples.train_le
   values ``/16`` so in [0, 1]), output :data:`OUTPUT_NAME` (``N×10`` logits), dynamic batch,
   every tensor named after its layer (``conv1``, ``relu1``, ``pool1`` ... ``fc3``).
   Held-out accuracy is in the model's metadata (:func:`lenet_heldout_accuracy`).
-- ``digits_calibration.npz``: 256 training images (key ``x``).
+- ``digits_calibration.npz``: 256 training images under the model's input name (``input``), so
+  ``kldiv calibrate lenet5_digits.onnx --data digits_calibration.npz`` works as it is.
 - ``digits_eval.npz``: the 360 held-out images (``x``) and their labels (``y``).
 
 Examples
@@ -80,7 +81,7 @@ def lenet_calibration_data(batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[st
         Each ``{INPUT_NAME: float32 array of shape (b, 1, 8, 8)}``.
     """
     with np.load(_file(_CALIBRATION), allow_pickle=False) as f:
-        x = f["x"]
+        x = f[INPUT_NAME]
     return _batches(x, batch_size)
 
 

@@ -259,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RuntimeError(f"onnxruntime accuracy {ort_acc} != torch accuracy {result.accuracy}")
 
     atomic_write_bytes(out / MODEL_FILE, model.SerializeToString(), force=args.force)
-    atomic_write_bytes(out / CALIBRATION_FILE, _npz_bytes(x=split["x_cal"]), force=args.force)
+    atomic_write_bytes(
+        out / CALIBRATION_FILE, _npz_bytes(**{INPUT_NAME: split["x_cal"]}), force=args.force
+    )
     atomic_write_bytes(
         out / EVAL_FILE, _npz_bytes(x=split["x_eval"], y=split["y_eval"]), force=args.force
     )
