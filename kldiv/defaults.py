@@ -8,14 +8,22 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "COMPARE_RTOL",
+    "COMPARE_ULP_TOLERANCE",
+    "DEFAULT_ALGORITHM",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FILL_BACKEND",
+    "DEFAULT_LEGACY_CUTOFF",
+    "DEFAULT_LEGACY_QUANTILE",
+    "DEFAULT_ORT_OPTIMIZATION",
+    "DEFAULT_PERCENTILE",
+    "DEFAULT_PRESET",
+    "DEFAULT_RANGE_POLICY",
+    "DEFAULT_TRT_VERSION",
+    "DEFAULT_WORKSPACE",
+    "INT8_MAX",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
-    "INT8_MAX",
-    "DEFAULT_PRESET",
-    "DEFAULT_TRT_VERSION",
-    "DEFAULT_ALGORITHM",
-    "DEFAULT_PERCENTILE",
-    "DEFAULT_BATCH_SIZE",
 ]
 
 #: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
@@ -48,7 +56,6 @@ DEFAULT_FILL_BACKEND: Final[str] = "auto"
 #: "first batch's absmax, grown by powers of two" (see kldiv.histogram).
 DEFAULT_RANGE_POLICY: Final[str] = "pow2"
 
-__all__ += ["DEFAULT_FILL_BACKEND", "DEFAULT_RANGE_POLICY"]
 #: ``kldiv.compare``: scales within this many float32 ULPs count as agreeing to rounding ("ulp").
 COMPARE_ULP_TOLERANCE: Final[int] = 4
 #: ``kldiv.compare``: amaxes within this relative difference count as "close".
@@ -60,5 +67,5 @@ COMPARE_RTOL: Final[float] = 0.01
 #: the fastest
 #: (benchmarks/calibrate_e2e.py).
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
-
-__all__ += ["DEFAULT_ORT_OPTIMIZATION"]
+#: TensorRT builder workspace (memory-pool limit, bytes) when none is named (trt_backend).
+DEFAULT_WORKSPACE: Final[int] = 1 << 30

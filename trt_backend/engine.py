@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kldiv.defaults import DEFAULT_WORKSPACE
 from kldiv.errors import DataSourceError, ModelError
 from kldiv.scales import CalibrationTable
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 #: Precisions :func:`build_engine` accepts.
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Default limit of TensorRT's workspace memory pool, bytes (1 GiB).
-DEFAULT_WORKSPACE = 1 << 30
 
 _PARSER_HINT = (
     "fold constants and simplify the model (`polygraphy surgeon sanitize --fold-constants` or "
