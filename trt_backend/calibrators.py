@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kldiv.cachefile import decode_cache_bytes, format_cache, header_for, parse_cache, read_cache
-from kldiv.defaults import DEFAULT_LEGACY_CUTOFF, DEFAULT_LEGACY_QUANTILE
+from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_LEGACY_CUTOFF, DEFAULT_LEGACY_QUANTILE
 from kldiv.errors import CacheFormatError, DataSourceError
 from kldiv.scales import CalibrationTable
 
@@ -80,7 +80,7 @@ def normalize_algorithm(algorithm: str) -> str:
 def replay_cache_bytes(
     table: CalibrationTable,
     trt_version: str | TrtVersion,
-    algorithm: str = "entropy2",
+    algorithm: str = DEFAULT_ALGORITHM,
     *,
     cutoff: float = DEFAULT_LEGACY_CUTOFF,
     quantile: float = DEFAULT_LEGACY_QUANTILE,
@@ -114,7 +114,7 @@ def replay_cache_bytes(
 def check_cache_header(
     data: bytes,
     trt_version: str | TrtVersion,
-    algorithm: str = "entropy2",
+    algorithm: str = DEFAULT_ALGORITHM,
     *,
     path: str | None = None,
     cutoff: float = DEFAULT_LEGACY_CUTOFF,
@@ -366,7 +366,7 @@ def _specs_of(batch: Mapping[str, Any]) -> list[TensorSpec]:
 
 def make_calibrator(
     data: Iterable[Mapping[str, Any]] | None = None,
-    algorithm: str = "entropy2",
+    algorithm: str = DEFAULT_ALGORITHM,
     cache: str | os.PathLike[str] | None = None,
     replay: CalibrationTable | str | os.PathLike[str] | None = None,
     *,

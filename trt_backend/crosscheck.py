@@ -19,7 +19,7 @@ from typing import Any
 from kldiv._io import atomic_write_bytes, atomic_write_text, check_writable
 from kldiv.cachefile import decode_cache_bytes, parse_cache
 from kldiv.compare import ComparisonReport, compare
-from kldiv.defaults import DEFAULT_PRESET
+from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_PRESET
 from kldiv.scales import CalibrationTable
 
 from . import _tensorrt
@@ -67,7 +67,7 @@ class CrosscheckResult:
     trt_cache: bytes
     report: ComparisonReport
     trt_version: str
-    algorithm: str = "entropy2"
+    algorithm: str = DEFAULT_ALGORITHM
 
     def to_text(self, *, max_rows: int | None = None) -> str:
         """The report as text: what was compared, then the comparison table."""
@@ -128,7 +128,7 @@ def assemble(
     trt_cache: bytes,
     *,
     trt_version: str,
-    algorithm: str = "entropy2",
+    algorithm: str = DEFAULT_ALGORITHM,
     histograms: Mapping[str, Any] | Any | None = None,
 ) -> CrosscheckResult:
     """Parse TensorRT's cache and compare it with kldiv's table (no TensorRT needed).

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kldiv.defaults import DEFAULT_WORKSPACE
+from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_WORKSPACE
 from kldiv.errors import DataSourceError, ModelError
 from kldiv.scales import CalibrationTable
 
@@ -156,7 +156,7 @@ def build_engine(
     table: CalibrationTable | None = None,
     qdq: bool = False,
     workspace: int = DEFAULT_WORKSPACE,
-    algorithm: str = "entropy2",
+    algorithm: str = DEFAULT_ALGORITHM,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> bytes:
     """Build a serialized TensorRT engine from an ONNX model.

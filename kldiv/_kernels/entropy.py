@@ -52,21 +52,11 @@ def _xlogx(h):  # pragma: no cover - compiled
     return x * math.log(x)
 
 
-@jit("float64(int64[:], int64[:], float64[:], float64[:], int64, int64)")
-def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
-    """sum_{j in [lo, hi)} h_j log h_j  -  g log(g / n): a group without outliers."""
-    g = c[hi] - c[lo]
-    if g == 0:
-        return 0.0
-    n = nz[hi] - nz[lo]
-    sum_hlogh = (cl_hi[hi] - cl_hi[lo]) + (cl_lo[hi] - cl_lo[lo])
-    return sum_hlogh - float(g) * math.log(float(g) / float(n))
-
-
-@jit(_SIG_CLOSED)
-def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pragma: no cover
+@jit("Tuple((int64[:], int64[:], float64[:], float64[:]))(int64[:])")
+def _prefix_sums(h):  # pragma: no cover - compiled
+    """Prefix sums over the bins: counts (exact), non-empty bins, and ``h log h`` kept as a
+    double-double (hi, lo) so that differences of large prefixes stay accurate."""
     n_bins = h.size
-    # prefix sums: counts (exact), non-empty bins, h log h as double-double (hi, lo)
     c = np.zeros(n_bins + 1, dtype=np.int64)
     nz = np.zeros(n_bins + 1, dtype=np.int64)
     cl_hi = np.zeros(n_bins + 1, dtype=np.float64)
@@ -81,6 +71,24 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
         err = (a - (s - bb)) + (b - bb)
         cl_hi[j + 1] = s
         cl_lo[j + 1] = cl_lo[j] + err
+    return c, nz, cl_hi, cl_lo
+
+
+@jit("float64(int64[:], int64[:], float64[:], float64[:], int64, int64)")
+def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
+    """sum_{j in [lo, hi)} h_j log h_j  -  g log(g / n): a group without outliers."""
+    g = c[hi] - c[lo]
+    if g == 0:
+        return 0.0
+    n = nz[hi] - nz[lo]
+    sum_hlogh = (cl_hi[hi] - cl_hi[lo]) + (cl_lo[hi] - cl_lo[lo])
+    return sum_hlogh - float(g) * math.log(float(g) / float(n))
+
+
+@jit(_SIG_CLOSED)
+def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pragma: no cover
+    n_bins = h.size
+    c, nz, cl_hi, cl_lo = _prefix_sums(h)
     total = c[n_bins]
     s_total = float(total)
     z = n_bins // 2
@@ -212,20 +220,7 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
       accumulators to halve the floating-point dependency chain.
     """
     n_bins = h.size
-    c = np.zeros(n_bins + 1, dtype=np.int64)
-    nz = np.zeros(n_bins + 1, dtype=np.int64)
-    cl_hi = np.zeros(n_bins + 1, dtype=np.float64)
-    cl_lo = np.zeros(n_bins + 1, dtype=np.float64)
-    for j in range(n_bins):
-        c[j + 1] = c[j] + h[j]
-        nz[j + 1] = nz[j] + (1 if h[j] != 0 else 0)
-        a = cl_hi[j]
-        b = _xlogx(h[j])
-        s = a + b
-        bb = s - a
-        err = (a - (s - bb)) + (b - bb)
-        cl_hi[j + 1] = s
-        cl_lo[j + 1] = cl_lo[j] + err
+    c, nz, cl_hi, cl_lo = _prefix_sums(h)
     total = c[n_bins]
     s_total = float(total)
     max_width = 1
