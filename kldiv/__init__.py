@@ -60,7 +60,48 @@ _LAZY: dict[str, str] = {
     "QuantizationError": "errors",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "ActivationHistogram",
+    "CacheFormatError",
+    "CacheHeader",
+    "CalibrationTable",
+    "ComparisonReport",
+    "DataSourceError",
+    "EntropyOptions",
+    "EvaluationReport",
+    "HistogramCollector",
+    "HistogramError",
+    "HistogramRangeError",
+    "KldivError",
+    "ModelError",
+    "NonFiniteError",
+    "OnnxRuntimeRunner",
+    "OutputExistsError",
+    "PRESETS",
+    "Preprocess",
+    "PresetError",
+    "QuantizationError",
+    "ThresholdResult",
+    "__version__",
+    "amax_to_scale",
+    "calibrate",
+    "calibrate_histograms",
+    "choose_threshold",
+    "collect_histograms",
+    "compare",
+    "format_cache",
+    "header_for",
+    "hex_to_scale",
+    "parse_cache",
+    "read_cache",
+    "read_table",
+    "scale_to_amax",
+    "scale_to_hex",
+    "search_threshold",
+    "to_qdq_onnx",
+    "write_cache",
+    "write_table",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -80,7 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cachefile import format_cache, header_for, parse_cache, read_cache, write_cache
     from .collect import HistogramCollector
     from .compare import ComparisonReport, compare
-    from .exports import read_table, write_table
+    from .data import Preprocess
     from .entropy import PRESETS, EntropyOptions, search_threshold
     from .errors import (
         CacheFormatError,
@@ -94,12 +135,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PresetError,
         QuantizationError,
     )
-    from .histogram import ActivationHistogram
     from .evaluate import EvaluationReport
-    from .data import Preprocess
+    from .exports import read_table, write_table
+    from .histogram import ActivationHistogram
     from .pipeline import calibrate, calibrate_histograms, collect_histograms
-    from .runners import OnnxRuntimeRunner
     from .qdq import to_qdq_onnx
+    from .runners import OnnxRuntimeRunner
     from .scales import (
         CacheHeader,
         CalibrationTable,

@@ -338,7 +338,9 @@ def _ort_modules() -> tuple[Any, Any]:
         from onnxruntime.quantization.calibrate import TensorData
         from onnxruntime.quantization.quant_utils import write_calibration_table
     except ImportError as exc:
-        raise ImportError(f"writing ONNX Runtime tables needs onnxruntime ({exc}); {_ORT_HINT}")
+        raise ImportError(
+            f"writing ONNX Runtime tables needs onnxruntime ({exc}); {_ORT_HINT}"
+        ) from exc
     return TensorData, write_calibration_table
 
 

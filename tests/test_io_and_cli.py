@@ -84,3 +84,7 @@ def test_atomic_write_uses_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_all_lists_exactly_the_lazy_names() -> None:
+    assert kldiv.__all__ == sorted([*kldiv._LAZY, "__version__"])
