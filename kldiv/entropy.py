@@ -115,7 +115,12 @@ class EntropyOptions:
         #10. Base of the logarithm (``math.e``: nats). Does not move the argmin. Arithmetic is
         float64 throughout (TVM's float32 is not reproduced).
     ties : {'first', 'last'}
-        #11. Which candidate wins when several share the minimum divergence exactly.
+        #11. Which candidate wins when several share the minimum divergence.
+    tie_tolerance : float
+        #11. Divergences within this (absolute) amount of the minimum count as tied. 0.0: only
+        bit-equal values tie. Mathematically equal divergences rarely come out bit-equal in
+        floating point (a candidate whose Q reproduces P exactly gives KL = 0 up to ~1e-16),
+        so a rule for ties needs a tolerance to act at all.
     threshold_offset : float
         #12. ``threshold = (m + threshold_offset) * bin_width``: 0.5 puts it in the middle of
         bin ``m`` (slide, TensorRT, MXNet), 0.0 on its lower edge (ModelOpt, PPQ).
@@ -142,6 +147,7 @@ class EntropyOptions:
     empty_q: Literal["inf", "nan"] = "inf"
     log_base: float = math.e
     ties: Literal["first", "last"] = "first"
+    tie_tolerance: float = 0.0
     threshold_offset: float = 0.5
     divisor: int = INT8_MAX
 
@@ -177,6 +183,11 @@ class EntropyOptions:
             )
         if not (self.log_base > 0 and self.log_base != 1 and math.isfinite(self.log_base)):
             raise PresetError(f"option log_base={self.log_base!r} must be positive and not 1")
+        if not (0.0 <= self.tie_tolerance < 1e-6):
+            raise PresetError(
+                f"option tie_tolerance={self.tie_tolerance!r} must lie in [0, 1e-6); it absorbs "
+                "rounding (e.g. 1e-12), it is not a smoothing of the curve"
+            )
         if not (0.0 <= self.threshold_offset <= 1.0):
             raise PresetError(
                 f"option threshold_offset={self.threshold_offset!r} must lie in [0, 1] "
@@ -217,7 +228,10 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # which real caches contradict: in the NVDLA ResNet-50 cache (TRT 5.1) post-ReLU amaxes
         # are 0.55-1.16x (median 0.9) of the pre-ReLU ones, where keeping zeros predicts ~0.4x;
         # and EfficientNet-Lite0 falls to 0% top-1 agreement (docs/threshold-search.md).
-        "tensorrt": EntropyOptions(zeros="bin1"),
+        # Ties (#11, unknown): divergences within 1e-12 of the minimum are ties and the last
+        # (widest) candidate wins, as in ModelOpt. Without it, sparse discrete data (pixels
+        # k/16) has exact KL = 0 ties that rounding resolves to the first: amax 1/16 for [0, 1].
+        "tensorrt": EntropyOptions(zeros="bin1", ties="last", tie_tolerance=1e-12),
         # The slide, literally: range(128, 2048), (m + 0.5) * w, plain KL. It does not say how
         # to group when 128 does not divide i; we take the widespread floor width with the
         # remainder in the last group (which the MNIST golden shows TensorRT does not use).
@@ -467,11 +481,19 @@ def divergence_curve(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarr
 
 
 def pick_minimum(divergence: np.ndarray, opts: EntropyOptions) -> int:
-    """Position of the minimum divergence; exact ties resolved by ``opts.ties`` (#11).
+    """Position of the minimum divergence; ties resolved by ``opts.ties`` (#11).
+
+    With ``opts.tie_tolerance > 0``, every finite divergence within that amount of the minimum
+    is a tie.
 
     When every candidate is infinite the same rule applies (the first, or the last, candidate).
     A NaN (``empty_q='nan'``) wins, the first one in the tie rule's direction, as in NumPy.
     """
+    if opts.tie_tolerance > 0 and divergence.size and not np.isnan(divergence).any():
+        best = float(divergence.min())
+        if math.isfinite(best):
+            tied = np.flatnonzero(divergence <= best + opts.tie_tolerance)
+            return int(tied[-1] if opts.ties == "last" else tied[0])
     if opts.ties == "last":
         return int(divergence.size - 1 - np.argmin(divergence[::-1]))
     return int(np.argmin(divergence))

@@ -437,7 +437,7 @@ def search(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.nda
     best = float(div.min())
     if not math.isfinite(best):  # every candidate infinite: decided by the tie rule alone
         return candidates, div, ref.pick_minimum(div, opts)
-    band = np.flatnonzero(div <= best + BAND_ATOL + BAND_RTOL * abs(best))
+    band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
     if band.size == 1:
         return candidates, div, int(band[0])
     hist = ref.apply_zero_policy(counts, opts)
