@@ -160,17 +160,18 @@ class HistogramCollector:
         arr = np.asarray(values)
         if arr.size == 0:
             return  # an empty tensor (e.g. zero detections) adds nothing
-        try:
-            a = _fast_absmax(arr)
-            if not np.isfinite(a):  # NaN/Inf somewhere: the detailed check (or drop them)
-                a = absmax(arr, nonfinite=self.nonfinite, backend=self.backend)  # type: ignore[arg-type]
-        except NonFiniteError as exc:
-            raise NonFiniteError(
-                f"{where}: {exc}", n_nan=exc.n_nan, n_posinf=exc.n_posinf,
-                n_neginf=exc.n_neginf, first_index=exc.first_index, where=where,
-            ) from None
         hist = self._hists.get(name)
         if hist is None:
+            # the first batch sets the range: its absmax is needed before the fill
+            try:
+                a = _fast_absmax(arr)
+                if not np.isfinite(a):  # NaN/Inf somewhere: the detailed check (or drop them)
+                    a = absmax(arr, nonfinite=self.nonfinite, backend=self.backend)  # type: ignore[arg-type]
+            except NonFiniteError as exc:
+                raise NonFiniteError(
+                    f"{where}: {exc}", n_nan=exc.n_nan, n_posinf=exc.n_posinf,
+                    n_neginf=exc.n_neginf, first_index=exc.first_index, where=where,
+                ) from None
             if self.range_policy in ("global", "fixed"):
                 assert self.ranges is not None
                 if name not in self.ranges:
@@ -183,10 +184,10 @@ class HistogramCollector:
                 hist = ActivationHistogram(a, self.num_bins)
             self._hists[name] = hist
             self._absmax[name] = a
-        elif a > hist.amax and self.range_policy in ("pow2", "append"):
-            hist.grow_to(a, policy=self.range_policy)  # type: ignore[arg-type]
-        policy = "global" if self.range_policy == "global" else "fixed"
-        hist.fill(
+        # One pass: the fill grows the range when the policy allows (pow2/append) and returns
+        # the batch's largest finite |x|, exact, for the MinMax method.
+        policy = self.range_policy if self.range_policy in ("pow2", "append", "global") else "fixed"
+        a = hist.observe(
             arr, nonfinite=self.nonfinite, range_policy=policy,  # type: ignore[arg-type]
             backend=self.backend, where=where,  # type: ignore[arg-type]
         )

@@ -176,13 +176,21 @@ def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
 class FillStats:
     """What one fill pass saw besides the counts (shared by both backends)."""
 
-    __slots__ = ("counts", "max_over", "n_nonfinite", "n_over")
+    __slots__ = ("counts", "max_abs", "max_over", "n_nonfinite", "n_over")
 
-    def __init__(self, counts: np.ndarray, n_nonfinite: int, n_over: int, max_over: float) -> None:
+    def __init__(
+        self,
+        counts: np.ndarray,
+        n_nonfinite: int,
+        n_over: int,
+        max_over: float,
+        max_abs: float,
+    ) -> None:
         self.counts = counts  # int64, shape (num_bins,)
         self.n_nonfinite = n_nonfinite  # NaN / +Inf / -Inf seen (never binned)
         self.n_over = n_over  # finite values with |x| > amax
         self.max_over = max_over  # largest finite |x| above amax (0.0 when none)
+        self.max_abs = max_abs  # largest finite |x| of all (0.0 when none)
 
 
 def fill_counts_reference(
@@ -209,7 +217,7 @@ def fill_counts_reference(
     Returns
     -------
     FillStats
-        ``counts`` (int64) plus ``n_nonfinite``, ``n_over``, ``max_over``.
+        ``counts`` (int64) plus ``n_nonfinite``, ``n_over``, ``max_over``, ``max_abs``.
     """
     arr = _as_array(values)
     num_bins = _check_num_bins(num_bins)
@@ -217,7 +225,7 @@ def fill_counts_reference(
     inv_w = num_bins / amax if amax > 0 else 0.0
     counts = np.zeros(num_bins, dtype=np.int64)
     n_nonfinite = n_over = 0
-    max_over = 0.0
+    max_over = max_abs = 0.0
     for a in _reference_blocks(arr):
         finite = np.isfinite(a)
         n_nonfinite += int(a.size - np.count_nonzero(finite))
@@ -226,12 +234,14 @@ def fill_counts_reference(
         if over.any():
             n_over += int(np.count_nonzero(over))
             max_over = max(max_over, float(a[over].max()))
+        if a.size:
+            max_abs = max(max_abs, float(a.max()))
         inside = a[~over]
         idx = np.minimum(np.floor(inside * inv_w).astype(np.int64), num_bins - 1)
         counts += np.bincount(idx, minlength=num_bins)
         if clip:
             counts[-1] += int(np.count_nonzero(over))
-    return FillStats(counts, n_nonfinite, n_over, max_over)
+    return FillStats(counts, n_nonfinite, n_over, max_over, max_abs)
 
 
 def _resolve_backend(backend: str) -> str:
@@ -254,7 +264,7 @@ def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend
     from ._kernels.fill import fill_counts
 
     res = fill_counts(arr, amax, num_bins, clip=clip)
-    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.max_over)
+    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.max_over, res.max_abs)
 
 
 def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:
@@ -532,13 +542,46 @@ class ActivationHistogram:
         ActivationHistogram
             ``self``. On error, ``self`` is unchanged.
         """
+        self.observe(
+            values,
+            nonfinite=nonfinite,
+            range_policy=range_policy,
+            overflow=overflow,
+            allow_empty=allow_empty,
+            backend=backend,
+            where=where,
+        )
+        return self
+
+    def observe(
+        self,
+        values: ArrayLike,
+        *,
+        nonfinite: NonFinitePolicy = "raise",
+        range_policy: RangePolicy = "fixed",
+        overflow: OverflowPolicy = "raise",
+        allow_empty: bool = False,
+        backend: Backend = "auto",
+        where: str = "",
+    ) -> float:
+        """Fill like :meth:`fill`, and return the largest finite ``|x|`` of ``values``.
+
+        One pass over the data gives both (the collector uses it: no separate max pass).
+        Parameters, errors and the growth rules are those of :meth:`fill`.
+
+        Returns
+        -------
+        float
+            The largest finite ``|x|`` seen (0.0 for an empty array). On error, ``self`` is
+            unchanged.
+        """
         _check_choice("nonfinite", nonfinite, _NONFINITE)
         _check_choice("range_policy", range_policy, RANGE_POLICIES)
         _check_choice("overflow", overflow, _OVERFLOW)
         arr = _as_array(values)
         if arr.size == 0:
             if allow_empty:
-                return self
+                return 0.0
             raise _empty_error(where)
         grows = range_policy in ("pow2", "append")
         clip = overflow == "clip" and not grows
@@ -566,7 +609,7 @@ class ActivationHistogram:
                     f"amax={self._amax!r} (largest |x| = {stats.max_over!r}); {hint}"
                 )
         self._counts += stats.counts
-        return self
+        return stats.max_abs
 
     def grow_to(self, amax: float, policy: RangePolicy = "pow2") -> ActivationHistogram:
         """Grow the range in place so that it covers ``amax``; returns ``self``.

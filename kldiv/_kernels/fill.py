@@ -50,6 +50,7 @@ class FillResult(NamedTuple):
     n_nonfinite: int  # NaN, +Inf, -Inf (never binned)
     n_over: int  # finite values with |x| > amax
     max_over: float  # largest finite |x| above amax (0.0 when none)
+    max_abs: float  # largest finite |x| of all values (0.0 when none)
 
 
 # --------------------------------------------------------------------------- per-element rules
@@ -116,16 +117,19 @@ def _fill_kernel(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no
     partial = np.zeros((n_chunks, num_bins), np.int64)
     stats = np.zeros((n_chunks, 2), np.int64)  # nonfinite, over
     maxes = np.zeros(n_chunks, np.float64)  # largest finite |x| above amax
+    maxes_in = np.zeros(n_chunks, np.float64)  # largest |x| inside the range
     step = (n + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
         h = partial[c]
         n_nonfinite = 0
         n_over = 0
         mx = 0.0
+        mx_in = 0.0
         for i in range(c * step, min(n, c * step + step)):
             k = _code_of(x[i], codes, amax, inv_w, last)
             if k >= 0:
                 h[k] += 1
+                mx_in = max(mx_in, _abs_f64(x[i], table))
             elif k == _OVER:
                 n_over += 1
                 mx = max(mx, _abs_f64(x[i], table))
@@ -136,10 +140,11 @@ def _fill_kernel(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no
         stats[c, 0] = n_nonfinite
         stats[c, 1] = n_over
         maxes[c] = mx
+        maxes_in[c] = mx_in
     counts = np.zeros(num_bins, np.int64)
     for c in range(n_chunks):
         counts += partial[c]
-    return counts, stats.sum(axis=0), maxes.max()
+    return counts, stats.sum(axis=0), maxes.max(), maxes_in.max()
 
 
 @jit(parallel=True)
@@ -244,20 +249,21 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
     """
     counts = np.zeros(num_bins, np.int64)
     n_nonfinite = n_over = 0
-    max_over = 0.0
+    max_over = max_in = 0.0
     amax, num_bins = float(amax), int(num_bins)
     table, codes = _tables(values.dtype, amax, num_bins)  # float16 only
     for block in _blocks(values):
         if block.size == 0:
             continue
-        part, stats, mx = _fill_kernel(
+        part, stats, mx, mx_in = _fill_kernel(
             _kernel_view(block), table, codes, amax, num_bins, bool(clip), _chunks_for(block.size)
         )
         counts += part
         n_nonfinite += int(stats[0])
         n_over += int(stats[1])
         max_over = max(max_over, float(mx))
-    return FillResult(counts, n_nonfinite, n_over, max_over)
+        max_in = max(max_in, float(mx_in))
+    return FillResult(counts, n_nonfinite, n_over, max_over, max(max_over, max_in))
 
 
 def absmax_stats(values: np.ndarray) -> tuple[float, int]:
