@@ -30,6 +30,7 @@ Range policies (how a histogram meets a batch that exceeds its range)
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import numbers
@@ -249,10 +250,9 @@ def _resolve_backend(backend: str) -> str:
         backend = DEFAULT_FILL_BACKEND
     _check_choice("backend", backend, _BACKENDS)
     if backend == "auto":
-        try:
-            import numba  # noqa: F401
-        except ImportError:  # pragma: no cover - numba is a dependency
-            logger.debug("numba is not importable; using the NumPy reference fill")
+        # only kldiv._kernels imports numba; here we just ask whether it is installed
+        if importlib.util.find_spec("numba") is None:  # pragma: no cover - a dependency
+            logger.debug("numba is not installed; using the NumPy reference fill")
             return "numpy"
         return "numba"
     return backend

@@ -16,6 +16,8 @@ from kldiv._io import atomic_write_bytes, atomic_write_text
 from kldiv.cli import main
 from kldiv.errors import OutputExistsError
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def test_atomic_write_refuses_overwrite_without_force(tmp_path: Path) -> None:
     p = tmp_path / "out.cache"
@@ -88,3 +90,20 @@ def test_atomic_write_uses_the_usual_file_mode(tmp_path: Path) -> None:
 
 def test_all_lists_exactly_the_lazy_names() -> None:
     assert kldiv.__all__ == sorted([*kldiv._LAZY, "__version__"])
+
+
+def test_numba_and_tensorrt_are_imported_only_where_allowed() -> None:
+    """Numba only under kldiv/_kernels/, `import tensorrt` only in trt_backend/_tensorrt.py."""
+    import re
+
+    pattern = re.compile(r"^\s*(import|from)\s+(numba|tensorrt)\b", re.M)
+    offenders = []
+    for path in [*(REPO / "kldiv").rglob("*.py"), *(REPO / "trt_backend").rglob("*.py")]:
+        rel = path.relative_to(REPO).as_posix()
+        for m in pattern.finditer(path.read_text()):
+            allowed = (m.group(2) == "numba" and rel.startswith("kldiv/_kernels/")) or (
+                m.group(2) == "tensorrt" and rel == "trt_backend/_tensorrt.py"
+            )
+            if not allowed:
+                offenders.append(f"{rel}: {m.group(0).strip()}")
+    assert offenders == []
