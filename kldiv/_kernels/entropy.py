@@ -52,6 +52,14 @@ def _xlogx(h):  # pragma: no cover - compiled
     return x * math.log(x)
 
 
+@jit("UniTuple(int64, 2)(int64, int64, boolean)")
+def _window(i, z, signed):  # pragma: no cover - compiled
+    """Bins ``[lo, hi)`` kept by candidate ``i``: ``[0, i)`` for |x|, ``[z-i, z+i]`` signed."""
+    if signed:
+        return z - i, z + i + 1
+    return 0, i
+
+
 @jit("Tuple((int64[:], int64[:], float64[:], float64[:]))(int64[:])")
 def _prefix_sums(h):  # pragma: no cover - compiled
     """Prefix sums over the bins: counts (exact), non-empty bins, and ``h log h`` kept as a
@@ -101,12 +109,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
     out = np.empty(candidates.size, dtype=np.float64)
     for ci in range(candidates.size):
         i = candidates[ci]
-        if signed:
-            lo = z - i
-            hi = z + i + 1
-        else:
-            lo = 0
-            hi = i
+        lo, hi = _window(i, z, signed)
         length = hi - lo
         left_out = c[lo]
         right_out = total - c[hi]
@@ -336,12 +339,7 @@ def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no
     group_nz = np.zeros(levels, dtype=np.float64)
     for ci in range(candidates.size):
         i = candidates[ci]
-        if signed:
-            lo = z - i
-            hi = z + i + 1
-        else:
-            lo = 0
-            hi = i
+        lo, hi = _window(i, z, signed)
         length = hi - lo
         p = np.empty(length, dtype=np.float64)
         s_q = 0
