@@ -178,11 +178,15 @@ def collect_histograms(
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
-    from .runners import activation_bounds
+    from .runners import activation_bounds, scale_sources
 
-    bounds = activation_bounds(load_model(model)[0]) if runner.tensor_names else {}
+    proto = load_model(model)[0]
+    collected = set(collector.names)
     collector.meta["activation_bounds"] = {
-        n: b for n, b in bounds.items() if n in set(collector.names)
+        n: b for n, b in activation_bounds(proto).items() if n in collected
+    }
+    collector.meta["scale_sources"] = {
+        out: src for out, src in scale_sources(proto).items() if out in collected
     }
     collector.meta.update(
         model=runner.label,
@@ -226,6 +230,7 @@ def choose_thresholds(
     preset: str = DEFAULT_PRESET,
     method: str = "entropy",
     activation_bounds: bool | None = None,
+    pooling_inherits: bool | None = None,
     **options: Any,
 ) -> dict[str, ThresholdResult]:
     """A threshold per collected tensor, in network order.
@@ -246,6 +251,11 @@ def choose_thresholds(
         that bound as threshold, as TensorRT does (all 35 ReLU6 outputs of the MLPerf
         SSD-MobileNet cache are exactly ``6/127``). Default: on for the ``tensorrt`` entropy
         preset, off otherwise.
+    pooling_inherits : bool, optional
+        Give pooling outputs (``MaxPool``, ``AveragePool`` and their global forms; recorded in
+        ``collector.meta["scale_sources"]``) their input's threshold, as TensorRT does (every
+        real entropy cache with pooling shows it, TensorRT 5.1 to 10.3; see
+        :func:`kldiv.runners.scale_sources`). Default: on for the ``tensorrt`` entropy preset.
     **options
         Options of the preset / method (e.g. ``percentile=99.99``).
 
@@ -257,13 +267,27 @@ def choose_thresholds(
         raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
     if activation_bounds is None:
         activation_bounds = method == "entropy" and preset == "tensorrt"
+    if pooling_inherits is None:
+        pooling_inherits = method == "entropy" and preset == "tensorrt"
     bounds: Mapping[str, float] = (
         collector.meta.get("activation_bounds", {}) if activation_bounds else {}
+    )
+    sources: Mapping[str, str] = (
+        collector.meta.get("scale_sources", {}) if pooling_inherits else {}
     )
     results: dict[str, ThresholdResult] = {}
     for name, hist in collector.items():
         bound = bounds.get(name)
-        if bound is not None and collector.absmax(name) <= bound:
+        source = sources.get(name)
+        if source is not None and source in results:  # inputs come first in network order
+            inherited = results[source]
+            results[name] = ThresholdResult(
+                amax=inherited.amax, bin_index=None, scale=inherited.scale,
+                method="inherited", preset=inherited.preset,
+                options={"source": source, "rule": "pooling output takes its input's scale"},
+                histogram=hist,
+            )
+        elif bound is not None and collector.absmax(name) <= bound:
             results[name] = ThresholdResult(
                 amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
                 method="activation-bound", preset=preset if method == "entropy" else None,
@@ -355,15 +379,17 @@ def calibrate_histograms(
         The scales, header and provenance.
     """
     results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
-    searched = [r for r in results.values() if r.method != "activation-bound"]
+    searched = [r for r in results.values() if r.method not in ("activation-bound", "inherited")]
     first = searched[0] if searched else None
     bounded = [n for n, r in results.items() if r.method == "activation-bound"]
+    inherited = {n: r.options["source"] for n, r in results.items() if r.method == "inherited"}
     provenance = {
         **collector.meta,
         "preset": preset if method == "entropy" else None,
         "method": method,
         "options": first.options if first is not None else dict(options or {}),
         "thresholds_from_activation_bounds": bounded,
+        "thresholds_inherited_from_inputs": inherited,
         "range_policy": collector.range_policy,
         "num_bins": collector.num_bins,
         "trt_version": trt_version,

@@ -51,6 +51,7 @@ __all__ = [
     "activation_bounds",
     "calibration_tensor_names",
     "load_model",
+    "scale_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,42 @@ def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
             if np.isfinite(bound) and bound > 0:
                 bounds[node.output[0]] = bound
     return bounds
+
+
+
+#: Ops whose output TensorRT gives its input's scale (see :func:`scale_sources`).
+POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"})
+
+
+def scale_sources(model: onnx.ModelProto) -> dict[str, str]:
+    """Pooling outputs and the tensor whose scale TensorRT gives them: their input.
+
+    In every real entropy cache we hold that has pooling, the pooled tensor carries exactly its
+    input's scale: sampleINT8 MNIST (TensorRT 5.1 and 7.0) ``pool1 = conv1``, ``pool2 =
+    conv2``; NVDLA ResNet-50 (5.1) ``pool1 = conv1`` and the average pool ``pool5 = res5c``;
+    MLPerf ResNet-50 (6.0, 7.2) ``MaxPool_0 = Relu_0``; a YOLO cache (10.3) three chained
+    MaxPools equal to the convolution before them.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model (main graph).
+
+    Returns
+    -------
+    dict of str to str
+        Output name -> data-input name, for every ``MaxPool`` / ``AveragePool`` /
+        ``GlobalMaxPool`` / ``GlobalAveragePool`` of the default domain, in network order.
+    """
+    return {
+        node.output[0]: node.input[0]
+        for node in model.graph.node
+        if node.op_type in POOLING_OPS
+        and node.domain in ("", "ai.onnx")
+        and node.output
+        and node.input
+        and node.input[0]
+    }
 
 
 def calibration_tensor_names(

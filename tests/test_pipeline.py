@@ -34,8 +34,10 @@ def test_table_is_the_search_of_every_collected_histogram(collected, lenet_batch
     _results, table = calibrate_histograms(collected, preset="tensorrt", trt_version="8.6.1")
     assert list(table) == runner.tensor_names == collected.names
     assert table.header.text == "TRT-8601-EntropyCalibration2"
+    sources = collected.meta["scale_sources"]  # pooling outputs take their input's scale
+    assert sources == {"pool1": "relu1", "pool2": "relu2"}
     for name in table:
-        expected = search_threshold(collected[name], "tensorrt", backend="numpy")
+        expected = search_threshold(collected[sources.get(name, name)], "tensorrt", backend="numpy")
         assert table.hex(name) == scale_to_hex(expected.scale), name
     # the histograms are those of the activations (checked on one tensor, by hand)
     acts = [runner.run(runner.prepare(b)) for b in lenet_batches]
@@ -54,8 +56,9 @@ def test_provenance(collected, lenet_batches):
     assert p["batches"] == 12 and p["samples"] == sum(len(b["input"]) for b in lenet_batches)
     assert p["data_fingerprint"] == collected.meta["data_fingerprint"]
     other = [{"input": b["input"] * 0.5} for b in lenet_batches]
-    assert calibrate(lenet_model_path(), other).provenance["data_fingerprint"] != (
-        p["data_fingerprint"]
+    assert (
+        calibrate(lenet_model_path(), other).provenance["data_fingerprint"]
+        != (p["data_fingerprint"])
     )
 
 
@@ -114,8 +117,10 @@ def test_bad_input():
     bad = [{"input": np.ones((2, 1, 8, 8), np.float32)}, {"input": np.ones((2, 1, 9, 8))}]
     with pytest.raises(DataSourceError, match="batch 1"):
         calibrate(lenet_model_path(), bad)
-    nan = [{"input": np.ones((2, 1, 8, 8), np.float32)},
-           {"input": np.full((2, 1, 8, 8), np.nan, np.float32)}]
+    nan = [
+        {"input": np.ones((2, 1, 8, 8), np.float32)},
+        {"input": np.full((2, 1, 8, 8), np.nan, np.float32)},
+    ]
     with pytest.raises(NonFiniteError, match="tensor 'input', batch 1"):
         calibrate(lenet_model_path(), nan)
 
@@ -127,6 +132,9 @@ def test_collector_merge_gives_same_table_as_one_run(lenet_batches):
     shards = []
     for part in (lenet_batches[:5], lenet_batches[5:]):
         c = HistogramCollector(range_policy="global", ranges=ranges)
+        # graph facts (pooling sources, Clip bounds) come from the model, as collect_histograms
+        # records them
+        c.meta.update({k: whole.meta[k] for k in ("scale_sources", "activation_bounds")})
         runner = OnnxRuntimeRunner(lenet_model_path())
         for acts in runner.iter_activations(part):
             c.observe(acts)

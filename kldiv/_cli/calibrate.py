@@ -56,6 +56,9 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-activation-bounds", action="store_true",
                    help="search Clip/ReLU6 outputs too, instead of writing their bound as "
                         "TensorRT does (tensorrt preset)")
+    p.add_argument("--no-pooling-inherits", action="store_true",
+                   help="search pooling outputs too, instead of giving them their input's "
+                        "scale as TensorRT does (tensorrt preset)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bar and no table; one line on success")
@@ -144,6 +147,8 @@ def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any,
         options["percentile"] = args.percentile
     if getattr(args, "no_activation_bounds", False):
         options["activation_bounds"] = False
+    if getattr(args, "no_pooling_inherits", False):
+        options["pooling_inherits"] = False
     return calibrate_histograms(
         collector, preset=args.preset, method=args.method, options=options,
         trt_version=args.trt_version, algorithm=args.algorithm,
