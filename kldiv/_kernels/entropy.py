@@ -219,8 +219,8 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
       branch-free, into ``memo[width, start]`` (~22k terms for 2048 bins, against ~246k group
       visits);
     * the walk over a candidate's groups is then one load per group, the bounds computed by
-      a shift when ``levels`` is a power of two (``shift >= 0``, e.g. 128), summed in two
-      accumulators to halve the floating-point dependency chain.
+      a shift when ``levels`` is a power of two (``shift >= 0``, e.g. 128), summed in four
+      accumulators so that the floating-point adds do not wait on each other.
     """
     n_bins = h.size
     c, nz, cl_hi, cl_lo = _prefix_sums(h)
@@ -229,13 +229,16 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
     max_width = 1
     for ci in range(candidates.size):
         max_width = max(max_width, candidates[ci] // levels + 1)
-    memo = np.empty((max_width + 1, n_bins + 1), dtype=np.float64)
-    memo[0, :] = 0.0  # empty groups (candidates below `levels` bins)
+    # memo[wd * stride + a]: term of the group [a, a + wd); flat, indexed by hand (cheaper
+    # than 2-D indexing in the hot loop)
+    stride = n_bins + 1
+    memo = np.empty((max_width + 1) * stride, dtype=np.float64)
+    memo[:stride] = 0.0  # empty groups (candidates below `levels` bins)
     for wd in range(1, max_width + 1):
         # a group of width wd starts before a candidate i < levels * (wd + 1)
         a_end = min(n_bins - wd, levels * (wd + 1))
         for a in range(a_end + 1):
-            memo[wd, a] = _group_term(c, nz, cl_hi, cl_lo, a, a + wd)
+            memo[wd * stride + a] = _group_term(c, nz, cl_hi, cl_lo, a, a + wd)
     out = np.empty(candidates.size, dtype=np.float64)
     for ci in range(candidates.size):
         i = candidates[ci]
@@ -249,23 +252,31 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
         k_last = levels - 1 if right_out > 0 else levels
         acc0 = 0.0
         acc1 = 0.0
+        acc2 = 0.0
+        acc3 = 0.0
         a = 0
         k = 0
         if shift >= 0:
             # levels = 2**shift: bound k = ceil(k * i / levels) by a shift, each bound
-            # independent of the last (no dependency chain between groups)
+            # independent of the last (no dependency chain between groups); four accumulators
+            # so that the floating-point adds do not wait on each other
             bias = levels - 1
-            while k + 1 < k_last:
+            while k + 3 < k_last:
+                b1 = ((k + 1) * i + bias) >> shift
+                b2 = ((k + 2) * i + bias) >> shift
+                b3 = ((k + 3) * i + bias) >> shift
+                b4 = ((k + 4) * i + bias) >> shift
+                acc0 += memo[(b1 - a) * stride + a]
+                acc1 += memo[(b2 - b1) * stride + b1]
+                acc2 += memo[(b3 - b2) * stride + b2]
+                acc3 += memo[(b4 - b3) * stride + b3]
+                a = b4
+                k += 4
+            while k < k_last:
                 b = ((k + 1) * i + bias) >> shift
-                e = ((k + 2) * i + bias) >> shift
-                acc0 += memo[b - a, a]
-                acc1 += memo[e - b, b]
-                a = e
-                k += 2
-            if k < k_last:
-                b = ((k + 1) * i + bias) >> shift
-                acc0 += memo[b - a, a]
+                acc0 += memo[(b - a) * stride + a]
                 a = b
+                k += 1
         else:
             # any other level count: bounds advanced as quotient and remainder, the carry
             # branch-free (its pattern is irregular and would defeat branch prediction)
@@ -277,12 +288,12 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
                 quo += width + carry
                 res -= carry * levels
                 if k & 1:
-                    acc1 += memo[quo - a, a]
+                    acc1 += memo[(quo - a) * stride + a]
                 else:
-                    acc0 += memo[quo - a, a]
+                    acc0 += memo[(quo - a) * stride + a]
                 a = quo
                 k += 1
-        acc = acc0 + acc1
+        acc = (acc0 + acc1) + (acc2 + acc3)
         if right_out > 0 and a < i:
             # the last group [a, i) holds P[i-1] = H[i-1] + outliers
             g = c[i] - c[a]
