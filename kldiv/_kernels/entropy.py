@@ -231,7 +231,7 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
         max_width = max(max_width, candidates[ci] // levels + 1)
     # memo[wd * stride + a]: term of the group [a, a + wd); flat, indexed by hand (cheaper
     # than 2-D indexing in the hot loop)
-    stride = n_bins + 1
+    stride = n_bins + 9  # rows padded off a multiple of 4 KiB apart
     memo = np.empty((max_width + 1) * stride, dtype=np.float64)
     memo[:stride] = 0.0  # empty groups (candidates below `levels` bins)
     for wd in range(1, max_width + 1):
