@@ -146,7 +146,7 @@ def collect_histograms(
     ModelError, DataSourceError, NonFiniteError
         With the file, batch or tensor named.
     """
-    from .runners import OnnxRuntimeRunner, load_model
+    from .runners import OnnxRuntimeRunner
 
     if range_policy == "fixed":
         raise PresetError(
@@ -178,15 +178,12 @@ def collect_histograms(
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
-    from .runners import activation_bounds, scale_sources
-
-    proto = load_model(model)[0]
     collected = set(collector.names)
     collector.meta["activation_bounds"] = {
-        n: b for n, b in activation_bounds(proto).items() if n in collected
+        n: b for n, b in runner.activation_bounds.items() if n in collected
     }
     collector.meta["scale_sources"] = {
-        out: src for out, src in scale_sources(proto).items() if out in collected
+        out: src for out, src in runner.scale_sources.items() if out in collected
     }
     collector.meta.update(
         model=runner.label,

@@ -432,6 +432,9 @@ class OnnxRuntimeRunner:
                 f"got {graph_optimization_level!r}"
             )
         proto, self.label, self.model_sha256 = load_model(model)
+        #: Graph facts TensorRT uses (read once here, so the model is not parsed twice).
+        self.activation_bounds = activation_bounds(proto)
+        self.scale_sources = scale_sources(proto)
         opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
         self.opset = opsets.get("ai.onnx")
         if self.opset is not None and self.opset not in TESTED_OPSETS:
