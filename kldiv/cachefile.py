@@ -39,6 +39,7 @@ __all__ = [
     "decode_cache_bytes",
     "format_cache",
     "header_for",
+    "normalize_algorithm",
     "parse_cache",
     "parse_header",
     "read_cache",
@@ -56,6 +57,31 @@ ALGORITHMS: dict[str, str] = {
 }
 _TRT_ALGORITHMS = {v.lower(): v for v in ALGORITHMS.values()}
 _LEGACY_ALIASES = ("legacy", "legacycalibration", "legacycalibrator")
+
+
+def normalize_algorithm(algorithm: str) -> str:
+    """kldiv's name of a calibration algorithm: ``"entropy2"``, ``"entropy"``, ``"minmax"`` or
+    ``"legacy"``.
+
+    The one place algorithm names are read (cache headers here, calibrators in trt_backend).
+    Accepts kldiv's names, TensorRT's header spellings (``"EntropyCalibration2"``), with or
+    without underscores, in any case.
+
+    Raises
+    ------
+    ValueError
+        For any other name, listing the valid ones.
+    """
+    key = str(algorithm).strip().lower().replace("_", "")
+    if key in _LEGACY_ALIASES:
+        return "legacy"
+    for short, trt_name in ALGORITHMS.items():
+        if key in (short, trt_name.lower()):
+            return short
+    raise ValueError(
+        f"unknown calibration algorithm {algorithm!r}; use one of "
+        f"{', '.join([*ALGORITHMS, 'legacy'])} (or TensorRT's {', '.join(ALGORITHMS.values())})"
+    )
 
 _TRT_HEADER = re.compile(r"TRT-([0-9]+)-([A-Za-z0-9_]+)")
 _LEGACY_SPACED = re.compile(r"0 ([0-9a-fA-F]{1,16}) ([0-9a-fA-F]{1,16})")
@@ -172,8 +198,8 @@ def header_for(
     'TRT-8601-MinMaxCalibration'
     """
     number = trt_version_number(trt_version)
-    key = str(algorithm).strip().lower()
-    if key in _LEGACY_ALIASES:
+    short = normalize_algorithm(algorithm)
+    if short == "legacy":
         major = number // 10000 if number >= 100000 else number // 1000
         sep = " " if major >= 7 else ""
         text = sep.join(["0", _double_hex(cutoff), _double_hex(quantile)])
@@ -183,12 +209,7 @@ def header_for(
             text=text, kind="legacy", version_number=None, cutoff=float(cutoff),
             quantile=float(quantile),
         )
-    name = ALGORITHMS.get(key) or _TRT_ALGORITHMS.get(key)
-    if name is None:
-        raise ValueError(
-            f"unknown calibration algorithm {algorithm!r}; use one of "
-            f"{', '.join([*ALGORITHMS, 'legacy'])} (or TensorRT's {', '.join(ALGORITHMS.values())})"
-        )
+    name = ALGORITHMS[short]
     return CacheHeader(
         text=f"TRT-{number}-{name}", kind="trt", version_number=number, algorithm=name
     )

@@ -337,3 +337,33 @@ def test_format_rejects_unwritable_names() -> None:
         t[bad] = 1.0
         with pytest.raises(CacheFormatError, match="cannot be written"):
             format_cache(t)
+
+
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [
+        ("entropy2", "entropy2"),
+        ("EntropyCalibration2", "entropy2"),
+        ("entropy_calibration_2", "entropy2"),
+        ("ENTROPY", "entropy"),
+        ("MinMaxCalibration", "minmax"),
+        ("minmax_calibration", "minmax"),
+        ("legacy", "legacy"),
+        ("LegacyCalibration", "legacy"),
+    ],
+)
+def test_one_normalizer_serves_headers_and_calibrators(name: str, short: str) -> None:
+    from kldiv.cachefile import normalize_algorithm
+    from trt_backend.calibrators import normalize_algorithm as trt_normalize
+
+    assert normalize_algorithm(name) == short
+    assert trt_normalize is normalize_algorithm
+    if short != "legacy":
+        assert header_for("10.9.0", name).algorithm == header_for("10.9.0", short).algorithm
+
+
+def test_unknown_algorithm_lists_the_valid_ones() -> None:
+    from kldiv.cachefile import normalize_algorithm
+
+    with pytest.raises(ValueError, match="entropy2, entropy, minmax, legacy"):
+        normalize_algorithm("kl")

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from kldiv.cachefile import decode_cache_bytes, format_cache, header_for, parse_cache, read_cache
+from kldiv.cachefile import (
+    decode_cache_bytes,
+    format_cache,
+    header_for,
+    normalize_algorithm,
+    parse_cache,
+    read_cache,
+)
 from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_LEGACY_CUTOFF, DEFAULT_LEGACY_QUANTILE
 from kldiv.errors import CacheFormatError, DataSourceError
 from kldiv.scales import CalibrationTable
@@ -47,34 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: Calibration algorithms, kldiv's spelling.
 ALGORITHMS = tuple(CALIBRATOR_CLASSES)
-
-_SPELLINGS = {
-    "entropycalibration2": "entropy2",
-    "entropy_calibration_2": "entropy2",
-    "entropycalibration": "entropy",
-    "entropy_calibration": "entropy",
-    "minmaxcalibration": "minmax",
-    "minmax_calibration": "minmax",
-    "legacycalibration": "legacy",
-    "legacy_calibration": "legacy",
-}
-
-
-def normalize_algorithm(algorithm: str) -> str:
-    """``"entropy2"``, ``"entropy"``, ``"minmax"`` or ``"legacy"`` (TensorRT spellings accepted).
-
-    Raises
-    ------
-    ValueError
-        For any other name.
-    """
-    key = str(algorithm).strip().lower()
-    key = _SPELLINGS.get(key, key)
-    if key not in CALIBRATOR_CLASSES:
-        raise ValueError(
-            f"unknown calibration algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}"
-        )
-    return key
 
 
 def replay_cache_bytes(
