@@ -160,6 +160,32 @@ def test_parallel_chunks_and_layouts(dtype):
             np.testing.assert_array_equal(counts, whole, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("n", [4095, 4096, 4097, 200_003])
+def test_specials_across_code_blocks_and_chunks(dtype, clip, n):
+    """NaN, +-Inf, over-range, -0 and denormals at block ends, chunk ends and the odd tail.
+
+    The float32/float64 kernel works in blocks of bin codes with a spill code for anything
+    outside [0, amax]; every position where a block, a 4-wide counting step or a thread's
+    chunk starts or ends must still give the reference's counts, over/non-finite tallies and
+    maxima.
+    """
+    rng = np.random.default_rng(n)
+    values = (rng.standard_normal(n) * 3).astype(dtype)
+    values[rng.random(n) < 0.3] = 0  # runs of one bin, as after a ReLU
+    tiny = np.finfo(dtype).smallest_subnormal
+    block = fill._CODE_BLOCK
+    spots = sorted({0, 1, 3, n - 1, n - 2, n // 2, n // 2 - 1, n // 2 + 1, block - 1, block,
+                    block + 1, 2 * block - 3} & set(range(n)))
+    specials = [np.nan, np.inf, -np.inf, 50.0, -60.0, -0.0, tiny, -tiny]
+    for k, at in enumerate(spots):
+        values[at] = specials[k % len(specials)]
+    for amax in (4.0, float(np.abs(values[np.isfinite(values)]).astype(np.float64).max())):
+        _same(values, amax, 2048, clip)
+        _same(values, amax, 7, clip)
+
+
 def test_dense_view_shares_memory_or_refuses():
     x = np.arange(24.0).reshape(2, 3, 4)
     for dense in (x, x.T, x[::-1], np.asfortranarray(x), x[:, ::-1, :]):
@@ -217,3 +243,22 @@ def test_no_full_size_temporaries(backend_fill):
         assert peak < 12 << 20, (
             f"peak {peak / 2**20:.1f} MiB for a {values.nbytes / 2**20} MiB input"
         )
+
+
+def test_preload_loads_the_float32_kernels_in_a_fresh_process():
+    """kldiv._kernels.preload leaves both float32 fill kernels and the search kernel loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from kldiv import _kernels\n"
+        "_kernels.preload()\n"
+        "from kldiv._kernels import entropy, fill\n"
+        "for k in (fill._fill_kernel, fill._fill_kernel_serial):\n"
+        "    assert any(str(s[0]) == 'array(float32, 1d, C)' for s in k.signatures), k\n"
+        "assert entropy._curve_abs_proportional.signatures\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

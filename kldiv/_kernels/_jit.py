@@ -24,7 +24,11 @@ Signatures
     function compiles lazily per input type (still cached on disk).
 
 ``parallel``
-    Off by default. Kernels that ``prange`` over chunks pass ``parallel=True``; the thread
+    Off by default. Kernels that ``prange`` over chunks pass ``parallel=True``, which turns on
+    explicit ``prange`` loops *only* (:data:`PARALLEL_OPTIONS`): Numba's other parallel
+    rewrites would turn every ``np.zeros``, ``.sum()`` and ``.max()`` of a kernel's set-up and
+    epilogue into a parallel region of its own, each a thread fork and join (measured: 40 of
+    the 46 microseconds a fill of a 16-element tensor cost, ten times per fill). The thread
     count is Numba's (``NUMBA_NUM_THREADS`` / :func:`numba.set_num_threads`).
 
 Example
@@ -45,7 +49,7 @@ from typing import Any
 
 import numba
 
-__all__ = ["JIT_OPTIONS", "jit", "numba_num_threads"]
+__all__ = ["JIT_OPTIONS", "PARALLEL_OPTIONS", "jit", "numba_num_threads"]
 
 
 #: The options every kldiv kernel is compiled with (see the module docstring).
@@ -55,6 +59,18 @@ JIT_OPTIONS: dict[str, Any] = {
     "fastmath": False,
     "error_model": "numpy",
     "boundscheck": False,
+}
+
+#: What ``parallel=True`` means for kldiv kernels: explicit ``prange`` loops and nothing else.
+PARALLEL_OPTIONS: dict[str, bool] = {
+    "prange": True,
+    "comprehension": False,
+    "reduction": False,
+    "inplace_binop": False,
+    "setitem": False,
+    "numpy": False,
+    "stencil": False,
+    "fusion": False,
 }
 
 
@@ -78,7 +94,7 @@ def jit(
     callable
         A decorator, or the compiled dispatcher when used bare.
     """
-    options = dict(JIT_OPTIONS, parallel=parallel)
+    options = dict(JIT_OPTIONS, parallel=dict(PARALLEL_OPTIONS) if parallel else False)
     if callable(signatures):  # used as @jit without parentheses
         return numba.njit(**options)(signatures)
     if signatures is None:

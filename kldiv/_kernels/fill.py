@@ -11,6 +11,10 @@ counted as *non-finite* and never binned.
 How it is fast without changing the answer
     The input is split into one chunk per thread (``prange``); each chunk fills a private
     partial histogram; the partials are added at the end (no atomics, no shared writes).
+    float32/float64 chunks go in blocks through two passes: branch-free loops that LLVM
+    vectorises compute the bin codes and the block's maximum (as the integer maximum of the
+    magnitude bits), then the codes are counted into four interleaved copies of the histogram,
+    so runs of one bin (the zeros after a ReLU) do not serialise on one counter.
     float16 arrays are read as their uint16 bits: the bin code of each of the 2**15 magnitude
     patterns is computed once per fill by the same rule (a 256 KiB table), and the loop looks
     codes up, so no float32/float64 copy of the tensor is ever made. Non-contiguous arrays are fed in
@@ -41,6 +45,13 @@ __all__ = [
 BLOCK_ELEMENTS = 1 << 20
 #: Below this many elements the kernel runs as a single chunk (no partial histograms).
 _SERIAL_BELOW = 1 << 16
+#: Elements per block of bin codes in the float32/float64 kernel (16 KiB of int32 codes).
+_CODE_BLOCK = 4096
+#: Magnitude masks (all bits but the sign) by dtype, for the float32/float64 kernel.
+_MAGNITUDE = {
+    np.dtype(np.float32): (np.uint32, np.uint32(0x7FFF_FFFF)),
+    np.dtype(np.float64): (np.uint64, np.uint64(0x7FFF_FFFF_FFFF_FFFF)),
+}
 
 
 class FillResult(NamedTuple):
@@ -110,7 +121,8 @@ def _code_of_impl(v, codes, amax, inv_w, last):
 
 # --------------------------------------------------------------------------- kernels
 @jit(parallel=True)
-def _fill_kernel(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no cover
+def _fill_kernel_f16(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no cover
+    """float16 (as uint16 bits): bin codes looked up in the per-fill table of 2**15 codes."""
     n = x.size
     last = num_bins - 1
     inv_w = num_bins / amax if amax > 0.0 else 0.0
@@ -145,6 +157,121 @@ def _fill_kernel(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no
     for c in range(n_chunks):
         counts += partial[c]
     return counts, stats.sum(axis=0), maxes.max(), maxes_in.max()
+
+
+@jit
+def _fill_chunk(x, bits, mask, amax, num_bins, clip, lo, hi, h, tallies, fmax, bmax, c):  # pragma: no cover
+    """Fill ``h`` (four lanes) from ``x[lo:hi]``; write chunk ``c``'s tallies and maxima.
+
+    float32/float64, in blocks of :data:`_CODE_BLOCK` elements and two passes. Pass 1
+    (branch-free loops that LLVM vectorises): the bin code of each element, or ``num_bins``
+    (a spill code) for values outside ``[0, amax]`` and non-finite ones; then the block's
+    largest magnitude as the integer maximum of ``bits & mask`` (magnitude bits order
+    non-negative IEEE values exactly, and an integer max vectorises where a NaN-aware float
+    max does not). Pass 2: the codes are counted into four interleaved copies of the
+    histogram, so runs of equal codes (the zeros after a ReLU) do not serialise on one
+    counter. A block with spilled codes is rescanned (rare): over-range and non-finite values
+    are tallied there, and its in-range maximum is taken from the values themselves.
+    """
+    last = num_bins - 1
+    flast = float(last)
+    inv_w = num_bins / amax if amax > 0.0 else 0.0
+    lane = num_bins + 1  # each copy has one spill bin at index num_bins
+    codes = np.empty(_CODE_BLOCK, np.int32)
+    mb = bmax[c]  # zero, typed like the bits
+    mx = 0.0
+    mx_in = 0.0
+    n_over = 0
+    n_nonfinite = 0
+    for start in range(lo, hi, _CODE_BLOCK):
+        m = min(_CODE_BLOCK, hi - start)
+        for j in range(m):
+            a = abs(np.float64(x[start + j]))
+            # False for NaN and +-Inf (amax is finite). For q >= 0,
+            # int(min(q, last)) == min(int(q), last): the documented rule.
+            codes[j] = np.int32(min(a * inv_w, flast)) if a <= amax else num_bins
+        block_bits = bits[start : start + m]
+        mb_block = bmax[c]
+        for j in range(m):
+            mb_block = max(mb_block, block_bits[j] & mask)
+        j = 0
+        while j + 4 <= m:
+            h[codes[j]] += 1
+            h[lane + codes[j + 1]] += 1
+            h[2 * lane + codes[j + 2]] += 1
+            h[3 * lane + codes[j + 3]] += 1
+            j += 4
+        while j < m:
+            h[codes[j]] += 1
+            j += 1
+        spill = h[num_bins] + h[lane + num_bins] + h[2 * lane + num_bins]
+        spill += h[3 * lane + num_bins]
+        if spill == 0:
+            mb = max(mb, mb_block)
+            continue
+        h[num_bins] = 0
+        h[lane + num_bins] = 0
+        h[2 * lane + num_bins] = 0
+        h[3 * lane + num_bins] = 0
+        for j in range(m):
+            a = abs(np.float64(x[start + j]))
+            if a <= amax:
+                mx_in = max(mx_in, a)
+            elif np.isfinite(a):
+                n_over += 1
+                mx = max(mx, a)
+                if clip:
+                    h[last] += 1
+            else:
+                n_nonfinite += 1
+    tallies[c, 0] = n_nonfinite
+    tallies[c, 1] = n_over
+    fmax[c, 0] = mx
+    fmax[c, 1] = mx_in
+    bmax[c] = mb
+
+
+@jit
+def _fill_scratch(bits, num_bins, n_chunks):  # pragma: no cover - compiled
+    """Per-chunk lanes and tallies for :func:`_fill_chunk` (zeroed)."""
+    return (
+        np.zeros((n_chunks, 4 * (num_bins + 1)), np.int64),
+        np.zeros((n_chunks, 2), np.int64),  # nonfinite, over
+        np.zeros((n_chunks, 2), np.float64),  # largest |x| over amax, in range (spilled blocks)
+        np.zeros(n_chunks, bits.dtype),  # bits of the largest |x| of the clean blocks
+    )
+
+
+@jit
+def _fill_combine(partial, tallies, fmax, bmax, num_bins):  # pragma: no cover - compiled
+    lane = num_bins + 1
+    counts = np.zeros(num_bins, np.int64)
+    for c in range(partial.shape[0]):
+        for k in range(4):
+            counts += partial[c, k * lane : k * lane + num_bins]
+    return (counts, tallies[:, 0].sum(), tallies[:, 1].sum(), fmax[:, 0].max(),
+            fmax[:, 1].max(), bmax.max())
+
+
+@jit
+def _fill_kernel_serial(x, bits, mask, amax, num_bins, clip):  # pragma: no cover - compiled
+    """One chunk, no threads: small tensors (a parallel launch costs ~30 us by itself)."""
+    partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, 1)
+    _fill_chunk(x, bits, mask, amax, num_bins, clip, 0, x.size, partial[0], tallies, fmax,
+                bmax, 0)
+    return _fill_combine(partial, tallies, fmax, bmax, num_bins)
+
+
+@jit(parallel=True)
+def _fill_kernel(x, bits, mask, amax, num_bins, clip, n_chunks):  # pragma: no cover
+    """``n_chunks`` chunks of :func:`_fill_chunk` in parallel, private lanes each."""
+    n = x.size
+    partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, n_chunks)
+    step = (n + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        _fill_chunk(x, bits, mask, amax, num_bins, clip, c * step, min(n, c * step + step),
+                    partial[c], tallies, fmax, bmax, c)
+    return _fill_combine(partial, tallies, fmax, bmax, num_bins)
 
 
 @jit(parallel=True)
@@ -255,9 +382,20 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
     for block in _blocks(values):
         if block.size == 0:
             continue
-        part, stats, mx, mx_in = _fill_kernel(
-            _kernel_view(block), table, codes, amax, num_bins, bool(clip), _chunks_for(block.size)
-        )
+        if block.dtype == np.float16:
+            part, stats, mx, mx_in = _fill_kernel_f16(
+                _kernel_view(block), table, codes, amax, num_bins, bool(clip),
+                _chunks_for(block.size),
+            )
+        else:
+            utype, mask = _MAGNITUDE[block.dtype]
+            n_chunks = _chunks_for(block.size)
+            args = (block, block.view(utype), mask, amax, num_bins, bool(clip))
+            part, bad, over, mx, mx_in, clean_bits = (
+                _fill_kernel(*args, n_chunks) if n_chunks > 1 else _fill_kernel_serial(*args)
+            )
+            stats = (bad, over)
+            mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
         counts += part
         n_nonfinite += int(stats[0])
         n_over += int(stats[1])
