@@ -146,55 +146,72 @@ def collect_histograms(
     ModelError, DataSourceError, NonFiniteError
         With the file, batch or tensor named.
     """
-    from .runners import OnnxRuntimeRunner
-
     if range_policy == "fixed":
         raise PresetError(
             "range_policy='fixed' needs ranges; calibrate() supports 'pow2', 'append', 'global'"
         )
-    runner = OnnxRuntimeRunner(
-        model,
-        include_constants=include_constants,
-        graph_optimization_level=graph_optimization_level,
-    )
-    source = as_source(data, preprocess=preprocess, batch_size=batch_size)
-    ranges = None
-    if range_policy == "global":
-        if iter(source) is source:
-            raise DataSourceError(
-                "range_policy='global' reads the data twice; give a re-iterable source "
-                "(a folder, a list), not an iterator"
-            )
-        ranges = _absmax_pass(runner, source, max_batches, nonfinite)
-    collector = HistogramCollector(
-        num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
-    )
-    fp = _Fingerprint()
-    start = time.perf_counter()
-    for index, feed in _feeds(runner, source, max_batches):
-        fp.update(feed)
-        for chunk in runner.split(feed):
-            collector.observe(runner.run(chunk, index=index), batch=index)
-        if on_batch is not None:
-            on_batch(index, fp.samples)
-    collector.batches = fp.batches
-    collected = set(collector.names)
-    collector.meta["activation_bounds"] = {
-        n: b for n, b in runner.activation_bounds.items() if n in collected
-    }
-    collector.meta["scale_sources"] = {
-        out: src for out, src in runner.scale_sources.items() if out in collected
-    }
-    collector.meta.update(
-        model=runner.label,
-        model_sha256=runner.model_sha256,
-        data_fingerprint=fp.hexdigest(),
-        batches=fp.batches,
-        samples=fp.samples,
-        seconds=round(time.perf_counter() - start, 3),
-        kldiv_version=_kldiv_version(),
-    )
-    return collector
+    from .runners import OnnxRuntimeRunner
+
+    # Numba and its cached kernels take ~1 s to load: let that overlap loading the model.
+    preloading = _preload_kernels()
+    try:
+        runner = OnnxRuntimeRunner(
+            model,
+            include_constants=include_constants,
+            graph_optimization_level=graph_optimization_level,
+        )
+        source = as_source(data, preprocess=preprocess, batch_size=batch_size)
+        ranges = None
+        if range_policy == "global":
+            if iter(source) is source:
+                raise DataSourceError(
+                    "range_policy='global' reads the data twice; give a re-iterable source "
+                    "(a folder, a list), not an iterator"
+                )
+            ranges = _absmax_pass(runner, source, max_batches, nonfinite)
+        collector = HistogramCollector(
+            num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
+        )
+        fp = _Fingerprint()
+        start = time.perf_counter()
+        for index, feed in _feeds(runner, source, max_batches):
+            fp.update(feed)
+            for chunk in runner.split(feed):
+                collector.observe(runner.run(chunk, index=index), batch=index)
+            if on_batch is not None:
+                on_batch(index, fp.samples)
+        collector.batches = fp.batches
+        collected = set(collector.names)
+        collector.meta["activation_bounds"] = {
+            n: b for n, b in runner.activation_bounds.items() if n in collected
+        }
+        collector.meta["scale_sources"] = {
+            out: src for out, src in runner.scale_sources.items() if out in collected
+        }
+        collector.meta.update(
+            model=runner.label,
+            model_sha256=runner.model_sha256,
+            data_fingerprint=fp.hexdigest(),
+            batches=fp.batches,
+            samples=fp.samples,
+            seconds=round(time.perf_counter() - start, 3),
+            kldiv_version=_kldiv_version(),
+        )
+        return collector
+    finally:
+        if preloading is not None:
+            preloading.join()
+
+
+def _preload_kernels() -> Any:
+    """Start loading the Numba kernels in a thread when the fill will use them."""
+    from .histogram import _resolve_backend
+
+    if _resolve_backend("auto") != "numba":
+        return None
+    from ._kernels import preload_in_background
+
+    return preload_in_background()
 
 
 def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:

@@ -141,3 +141,19 @@ def test_collector_merge_gives_same_table_as_one_run(lenet_batches):
         shards.append(c)
     merged = shards[0] + shards[1]
     assert calibrate(None, histograms=merged) == calibrate(None, histograms=whole)
+
+
+def test_kernel_preload_thread_is_joined_on_success_and_on_error(lenet_batches):
+    """The background kernel load never outlives collect_histograms, even when it fails."""
+    import threading
+
+    from kldiv.errors import ModelError
+
+    def preloads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "kldiv-kernel-preload"]
+
+    collect_histograms(lenet_model_path(), lenet_batches[:1])
+    assert preloads() == []
+    with pytest.raises(ModelError):
+        collect_histograms(b"not an onnx model", lenet_batches[:1])
+    assert preloads() == []
