@@ -6,6 +6,9 @@ below are decided once, here, and nowhere else:
 ``cache=True``
     Compiled machine code is written next to the module (``__pycache__``) and reused by the
     next process, so the first call in a fresh interpreter costs a cache load, not a compile.
+    Numba's cache key holds the kernel's source file and types, *not* these options: after
+    changing anything in this module, touch the kernel modules (or delete their
+    ``__pycache__/*.nbi`` and ``*.nbc`` files), or the old machine code keeps being loaded.
 ``nogil=True``
     Kernels release the GIL, so callers may run fills for different tensors in threads.
 ``fastmath=False``
