@@ -11,12 +11,13 @@ counted as *non-finite* and never binned.
 How it is fast without changing the answer
     The input is split into one chunk per thread (``prange``); each chunk fills a private
     partial histogram; the partials are added at the end (no atomics, no shared writes).
-    float32/float64 chunks go in blocks through two passes: branch-free loops that LLVM
-    vectorises compute the bin codes and the block's maximum (as the integer maximum of the
-    magnitude bits), then the codes are counted into four interleaved copies of the histogram,
-    so runs of one bin (the zeros after a ReLU) do not serialise on one counter.
+    Chunks go in blocks through two passes: branch-free loops that LLVM vectorises compute
+    the bin codes and the block's maximum (as the integer maximum of the magnitude bits),
+    then the codes are counted into four interleaved copies of the histogram, so runs of one
+    bin (the zeros after a ReLU) do not serialise on one counter. Tensors below
+    :data:`_SERIAL_BELOW` elements run in a serial twin of the kernel (no thread launch).
     float16 arrays are read as their uint16 bits: the bin code of each of the 2**15 magnitude
-    patterns is computed once per fill by the same rule (a 256 KiB table), and the loop looks
+    patterns is computed once per fill by the same rule (a 128 KiB table), and the loop looks
     codes up, so no float32/float64 copy of the tensor is ever made. Non-contiguous arrays are fed in
     bounded blocks by the Python wrapper (at most :data:`BLOCK_ELEMENTS` copied at a time).
 """
@@ -47,8 +48,9 @@ BLOCK_ELEMENTS = 1 << 20
 _SERIAL_BELOW = 1 << 16
 #: Elements per block of bin codes in the float32/float64 kernel (16 KiB of int32 codes).
 _CODE_BLOCK = 4096
-#: Magnitude masks (all bits but the sign) by dtype, for the float32/float64 kernel.
+#: (unsigned view, magnitude mask: every bit but the sign) by dtype, for the fill kernel.
 _MAGNITUDE = {
+    np.dtype(np.float16): (np.uint16, np.uint16(0x7FFF)),
     np.dtype(np.float32): (np.uint32, np.uint32(0x7FFF_FFFF)),
     np.dtype(np.float64): (np.uint64, np.uint64(0x7FFF_FFFF_FFFF_FFFF)),
 }
@@ -68,26 +70,16 @@ class FillResult(NamedTuple):
 #: |float16| as float64 for each of the 2**15 magnitude bit patterns (exact widening).
 F16_ABS_TABLE = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float64)
 _NO_TABLE_F = np.zeros(1, np.float64)
-_NO_TABLE_I = np.zeros(1, np.int64)
-_OVER = -1  # bin code: finite, above amax
-_NONFINITE = -2  # bin code: NaN or +-Inf
-
-
+_NO_TABLE_I = np.zeros(1, np.int32)
 @jit
-def _bin_code(a, amax, inv_w, last):  # pragma: no cover - compiled
-    """Bin of ``a = |x|`` (float64): the documented rule, or _OVER / _NONFINITE."""
-    if a <= amax:
-        return min(int(a * inv_w), last)
-    if np.isfinite(a):
-        return _OVER
-    return _NONFINITE
-
-
-@jit
-def _codes_kernel(values, amax, inv_w, last):  # pragma: no cover - compiled
-    codes = np.empty(values.size, np.int64)
+def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
+    """Bin code of each ``|x|`` (float64) by the documented rule; ``num_bins`` (spill) for
+    values outside ``[0, amax]`` and non-finite ones."""
+    codes = np.empty(values.size, np.int32)
+    flast = float(num_bins - 1)
     for i in range(values.size):
-        codes[i] = _bin_code(values[i], amax, inv_w, last)
+        a = values[i]
+        codes[i] = np.int32(min(a * inv_w, flast)) if a <= amax else num_bins
     return codes
 
 
@@ -99,7 +91,7 @@ def _abs_f64(v, table):  # pragma: no cover - replaced by the overload inside ke
     raise NotImplementedError
 
 
-def _code_of(v, codes, amax, inv_w, last):  # pragma: no cover - replaced by the overload
+def _code_of(v, codes, amax, inv_w, flast, num_bins):  # pragma: no cover - overloaded
     raise NotImplementedError
 
 
@@ -112,59 +104,33 @@ def _abs_f64_impl(v, table):
 
 
 @overload(_code_of, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
-def _code_of_impl(v, codes, amax, inv_w, last):
-    """Bin code of one element; float16 bits use the per-fill table of all 2**15 codes."""
+def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
+    """Bin code of one element, or ``num_bins`` (spill): branch-free, so loops vectorise.
+
+    float16 bits look their code up in the per-fill table of all 2**15 magnitudes. For
+    float32/float64, ``a <= amax`` is False for NaN and +-Inf (amax is finite), and for
+    ``q >= 0``, ``int(min(q, last)) == min(int(q), last)``: the documented rule.
+    """
     if _is_f16_bits(v):
-        return lambda v, codes, amax, inv_w, last: codes[v & 0x7FFF]
-    return lambda v, codes, amax, inv_w, last: _bin_code(abs(np.float64(v)), amax, inv_w, last)
+        return lambda v, codes, amax, inv_w, flast, num_bins: codes[v & 0x7FFF]
+
+    def code(v, codes, amax, inv_w, flast, num_bins):
+        a = abs(np.float64(v))
+        return np.int32(min(a * inv_w, flast)) if a <= amax else np.int32(num_bins)
+
+    return code
 
 
 # --------------------------------------------------------------------------- kernels
-@jit(parallel=True)
-def _fill_kernel_f16(x, table, codes, amax, num_bins, clip, n_chunks):  # pragma: no cover
-    """float16 (as uint16 bits): bin codes looked up in the per-fill table of 2**15 codes."""
-    n = x.size
-    last = num_bins - 1
-    inv_w = num_bins / amax if amax > 0.0 else 0.0
-    partial = np.zeros((n_chunks, num_bins), np.int64)
-    stats = np.zeros((n_chunks, 2), np.int64)  # nonfinite, over
-    maxes = np.zeros(n_chunks, np.float64)  # largest finite |x| above amax
-    maxes_in = np.zeros(n_chunks, np.float64)  # largest |x| inside the range
-    step = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        h = partial[c]
-        n_nonfinite = 0
-        n_over = 0
-        mx = 0.0
-        mx_in = 0.0
-        for i in range(c * step, min(n, c * step + step)):
-            k = _code_of(x[i], codes, amax, inv_w, last)
-            if k >= 0:
-                h[k] += 1
-                mx_in = max(mx_in, _abs_f64(x[i], table))
-            elif k == _OVER:
-                n_over += 1
-                mx = max(mx, _abs_f64(x[i], table))
-                if clip:
-                    h[last] += 1
-            else:
-                n_nonfinite += 1
-        stats[c, 0] = n_nonfinite
-        stats[c, 1] = n_over
-        maxes[c] = mx
-        maxes_in[c] = mx_in
-    counts = np.zeros(num_bins, np.int64)
-    for c in range(n_chunks):
-        counts += partial[c]
-    return counts, stats.sum(axis=0), maxes.max(), maxes_in.max()
-
-
 @jit
-def _fill_chunk(x, bits, mask, amax, num_bins, clip, lo, hi, h, tallies, fmax, bmax, c):  # pragma: no cover
+def _fill_chunk(  # pragma: no cover - compiled
+    x, bits, mask, table, ftable, amax, num_bins, clip, lo, hi, h, tallies, fmax, bmax, c
+):
     """Fill ``h`` (four lanes) from ``x[lo:hi]``; write chunk ``c``'s tallies and maxima.
 
-    float32/float64, in blocks of :data:`_CODE_BLOCK` elements and two passes. Pass 1
-    (branch-free loops that LLVM vectorises): the bin code of each element, or ``num_bins``
+    In blocks of :data:`_CODE_BLOCK` elements and two passes. Pass 1 (branch-free loops that
+    LLVM vectorises for float32/float64): the bin code of each element (:func:`_code_of`;
+    float16 arrives as its uint16 bits and looks its code up in ``table``), or ``num_bins``
     (a spill code) for values outside ``[0, amax]`` and non-finite ones; then the block's
     largest magnitude as the integer maximum of ``bits & mask`` (magnitude bits order
     non-negative IEEE values exactly, and an integer max vectorises where a NaN-aware float
@@ -186,10 +152,7 @@ def _fill_chunk(x, bits, mask, amax, num_bins, clip, lo, hi, h, tallies, fmax, b
     for start in range(lo, hi, _CODE_BLOCK):
         m = min(_CODE_BLOCK, hi - start)
         for j in range(m):
-            a = abs(np.float64(x[start + j]))
-            # False for NaN and +-Inf (amax is finite). For q >= 0,
-            # int(min(q, last)) == min(int(q), last): the documented rule.
-            codes[j] = np.int32(min(a * inv_w, flast)) if a <= amax else num_bins
+            codes[j] = _code_of(x[start + j], table, amax, inv_w, flast, num_bins)
         block_bits = bits[start : start + m]
         mb_block = bmax[c]
         for j in range(m):
@@ -214,7 +177,7 @@ def _fill_chunk(x, bits, mask, amax, num_bins, clip, lo, hi, h, tallies, fmax, b
         h[2 * lane + num_bins] = 0
         h[3 * lane + num_bins] = 0
         for j in range(m):
-            a = abs(np.float64(x[start + j]))
+            a = _abs_f64(x[start + j], ftable)
             if a <= amax:
                 mx_in = max(mx_in, a)
             elif np.isfinite(a):
@@ -254,23 +217,27 @@ def _fill_combine(partial, tallies, fmax, bmax, num_bins):  # pragma: no cover -
 
 
 @jit
-def _fill_kernel_serial(x, bits, mask, amax, num_bins, clip):  # pragma: no cover - compiled
+def _fill_kernel_serial(  # pragma: no cover - compiled
+    x, bits, mask, table, ftable, amax, num_bins, clip
+):
     """One chunk, no threads: small tensors (a parallel launch costs ~30 us by itself)."""
     partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, 1)
-    _fill_chunk(x, bits, mask, amax, num_bins, clip, 0, x.size, partial[0], tallies, fmax,
-                bmax, 0)
+    _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, 0, x.size, partial[0],
+                tallies, fmax, bmax, 0)
     return _fill_combine(partial, tallies, fmax, bmax, num_bins)
 
 
 @jit(parallel=True)
-def _fill_kernel(x, bits, mask, amax, num_bins, clip, n_chunks):  # pragma: no cover
+def _fill_kernel(  # pragma: no cover - compiled
+    x, bits, mask, table, ftable, amax, num_bins, clip, n_chunks
+):
     """``n_chunks`` chunks of :func:`_fill_chunk` in parallel, private lanes each."""
     n = x.size
     partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, n_chunks)
     step = (n + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
-        _fill_chunk(x, bits, mask, amax, num_bins, clip, c * step, min(n, c * step + step),
-                    partial[c], tallies, fmax, bmax, c)
+        _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, c * step,
+                    min(n, c * step + step), partial[c], tallies, fmax, bmax, c)
     return _fill_combine(partial, tallies, fmax, bmax, num_bins)
 
 
@@ -303,11 +270,11 @@ def _kernel_view(x: np.ndarray) -> np.ndarray:
 
 
 def _tables(dtype: np.dtype, amax: float, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(|value| table, bin-code table) for float16 input; dummies for other dtypes."""
+    """(bin-code table, |value| table) for float16 input; dummies for other dtypes."""
     if dtype != np.float16:
-        return _NO_TABLE_F, _NO_TABLE_I
+        return _NO_TABLE_I, _NO_TABLE_F
     inv_w = num_bins / amax if amax > 0.0 else 0.0
-    return F16_ABS_TABLE, _codes_kernel(F16_ABS_TABLE, amax, inv_w, num_bins - 1)
+    return _codes_kernel(F16_ABS_TABLE, amax, inv_w, num_bins), F16_ABS_TABLE
 
 
 def dense_view(values: np.ndarray) -> np.ndarray | None:
@@ -378,24 +345,20 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
     n_nonfinite = n_over = 0
     max_over = max_in = 0.0
     amax, num_bins = float(amax), int(num_bins)
-    table, codes = _tables(values.dtype, amax, num_bins)  # float16 only
+    table, ftable = _tables(values.dtype, amax, num_bins)  # float16 only
     for block in _blocks(values):
         if block.size == 0:
             continue
-        if block.dtype == np.float16:
-            part, stats, mx, mx_in = _fill_kernel_f16(
-                _kernel_view(block), table, codes, amax, num_bins, bool(clip),
-                _chunks_for(block.size),
-            )
-        else:
-            utype, mask = _MAGNITUDE[block.dtype]
-            n_chunks = _chunks_for(block.size)
-            args = (block, block.view(utype), mask, amax, num_bins, bool(clip))
-            part, bad, over, mx, mx_in, clean_bits = (
-                _fill_kernel(*args, n_chunks) if n_chunks > 1 else _fill_kernel_serial(*args)
-            )
-            stats = (bad, over)
-            mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
+        utype, mask = _MAGNITUDE[block.dtype]
+        bits = block.view(utype)
+        x = bits if block.dtype == np.float16 else block  # float16: the kernels read bits
+        n_chunks = _chunks_for(block.size)
+        args = (x, bits, mask, table, ftable, amax, num_bins, bool(clip))
+        part, bad, over, mx, mx_in, clean_bits = (
+            _fill_kernel(*args, n_chunks) if n_chunks > 1 else _fill_kernel_serial(*args)
+        )
+        stats = (bad, over)
+        mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
         counts += part
         n_nonfinite += int(stats[0])
         n_over += int(stats[1])
