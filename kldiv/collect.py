@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,31 @@ class HistogramCollector:
             backend=self.backend, where=where,  # type: ignore[arg-type]
         )
         self._absmax[name] = max(self._absmax[name], a)
+
+    def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:
+        """Give tensors that rearrange another tensor's values that tensor's histogram.
+
+        For ``Reshape``/``Transpose``/... outputs (see :func:`kldiv.runners.value_aliases`)
+        every batch holds the same values as the source, so observing them would produce the
+        same counts, range and absmax; this copies them instead.
+
+        Parameters
+        ----------
+        aliases : mapping of str to str
+            Tensor -> the collected tensor whose values it holds. Sources not collected
+            (e.g. dropped as non-float) are skipped.
+        order : iterable of str, optional
+            Network order to list the tensors in afterwards (names not collected ignored).
+        """
+        for name, source in aliases.items():
+            if source in self._hists and name not in self._hists:
+                self._hists[name] = self._hists[source].copy()
+                self._absmax[name] = self._absmax[source]
+        if order is not None:
+            ranked = [n for n in dict.fromkeys(order) if n in self._hists]
+            listed = set(ranked)
+            ranked += [n for n in self._hists if n not in listed]
+            self._hists = {n: self._hists[n] for n in ranked}
 
     # -- merging ---------------------------------------------------------------------------
     def __add__(self, other: object) -> HistogramCollector:

@@ -159,6 +159,7 @@ def collect_histograms(
             model,
             include_constants=include_constants,
             graph_optimization_level=graph_optimization_level,
+            fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
         )
         source = as_source(data, preprocess=preprocess, batch_size=batch_size)
         ranges = None
@@ -181,12 +182,16 @@ def collect_histograms(
             if on_batch is not None:
                 on_batch(index, fp.samples)
         collector.batches = fp.batches
+        collector.alias(runner.value_aliases, order=runner.network_order)
         collected = set(collector.names)
         collector.meta["activation_bounds"] = {
             n: b for n, b in runner.activation_bounds.items() if n in collected
         }
         collector.meta["scale_sources"] = {
             out: src for out, src in runner.scale_sources.items() if out in collected
+        }
+        collector.meta["value_aliases"] = {
+            n: src for n, src in runner.value_aliases.items() if n in collected
         }
         collector.meta.update(
             model=runner.label,

@@ -52,6 +52,7 @@ __all__ = [
     "calibration_tensor_names",
     "load_model",
     "scale_sources",
+    "value_aliases",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,51 @@ def scale_sources(model: onnx.ModelProto) -> dict[str, str]:
     }
 
 
+#: Ops whose output holds exactly the values of their (first) input, only rearranged.
+VALUE_PRESERVING_OPS = frozenset(
+    {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+)
+
+
+def value_aliases(model: onnx.ModelProto, collected: Iterable[str]) -> dict[str, str]:
+    """Tensors that hold exactly the values of another collected tensor, and that tensor.
+
+    The output of ``Identity``, ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze`` or
+    ``Transpose`` is a rearrangement of its data input: the same multiset of values in every
+    batch, hence the same absmax, the same range growth and the same histogram, count for
+    count. Such tensors need not be fetched from onnxruntime nor histogrammed; the collector
+    copies the source's histogram (:meth:`~kldiv.collect.HistogramCollector.alias`).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The model (main graph).
+    collected : iterable of str
+        The tensors being collected; only sources among them are used.
+
+    Returns
+    -------
+    dict of str to str
+        Output name -> the collected tensor it copies, chains followed to their root
+        (``Transpose -> Reshape -> Flatten`` all point to the tensor before the Transpose),
+        in network order.
+    """
+    names = set(collected)
+    aliases: dict[str, str] = {}
+    for node in model.graph.node:
+        if (
+            node.op_type in VALUE_PRESERVING_OPS
+            and node.domain in ("", "ai.onnx")
+            and len(node.output) == 1
+            and node.input
+            and node.output[0] in names
+        ):
+            src = aliases.get(node.input[0], node.input[0])
+            if src in names and src != node.output[0]:
+                aliases[node.output[0]] = src
+    return aliases
+
+
 def calibration_tensor_names(
     model: onnx.ModelProto, *, include_constants: bool = False
 ) -> tuple[list[str], list[str], int]:
@@ -396,6 +442,11 @@ class OnnxRuntimeRunner:
         onnxruntime's thread count (default: onnxruntime's choice, all cores).
     providers : sequence of str, optional
         Execution providers (default CPU only).
+    fetch_aliases : bool, default True
+        Also fetch tensors that only rearrange another collected tensor's values (see
+        :func:`value_aliases` and :attr:`value_aliases`). ``False`` leaves them out of the
+        activations (their histograms equal their source's); :func:`kldiv.calibrate` does
+        that.
 
     Attributes
     ----------
@@ -406,6 +457,11 @@ class OnnxRuntimeRunner:
         floating is dropped from this list on the first batch).
     model_sha256 : str
         SHA-256 of the model file.
+    value_aliases : dict of str to str
+        Collected tensors that are rearrangements of another collected tensor -> that tensor
+        (found whatever ``fetch_aliases`` says).
+    network_order : list of str
+        Every calibratable tensor in network order, aliases included.
 
     Examples
     --------
@@ -422,6 +478,7 @@ class OnnxRuntimeRunner:
         include_constants: bool = False,
         intra_op_num_threads: int | None = None,
         providers: Iterable[str] | None = None,
+        fetch_aliases: bool = True,
     ) -> None:
         import onnx
         import onnxruntime as ort
@@ -446,6 +503,10 @@ class OnnxRuntimeRunner:
                 "cannot expose them; the If/Loop outputs themselves are collected)",
                 self.label, n_sub,
             )
+        self.network_order = [*inputs, *outputs]
+        self.value_aliases = value_aliases(proto, self.network_order)
+        if not fetch_aliases:
+            outputs = [o for o in outputs if o not in self.value_aliases]
         self._input_floats = set(inputs)
         self._outputs = outputs
         self.tensor_names = [*inputs, *outputs]
