@@ -71,16 +71,6 @@ class FillResult(NamedTuple):
 F16_ABS_TABLE = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float64)
 _NO_TABLE_F = np.zeros(1, np.float64)
 _NO_TABLE_I = np.zeros(1, np.int32)
-@jit
-def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
-    """Bin code of each ``|x|`` (float64) by the documented rule; ``num_bins`` (spill) for
-    values outside ``[0, amax]`` and non-finite ones."""
-    codes = np.empty(values.size, np.int32)
-    flast = float(num_bins - 1)
-    for i in range(values.size):
-        a = values[i]
-        codes[i] = np.int32(min(a * inv_w, flast)) if a <= amax else num_bins
-    return codes
 
 
 def _is_f16_bits(v):
@@ -122,6 +112,16 @@ def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
 
 
 # --------------------------------------------------------------------------- kernels
+@jit
+def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
+    """:func:`_code_of` of each value (float64): the float16 code table."""
+    codes = np.empty(values.size, np.int32)
+    flast = float(num_bins - 1)
+    for i in range(values.size):
+        codes[i] = _code_of(values[i], _NO_TABLE_I, amax, inv_w, flast, num_bins)
+    return codes
+
+
 @jit
 def _fill_chunk(  # pragma: no cover - compiled
     x, bits, mask, table, ftable, amax, num_bins, clip, lo, hi, h, tallies, fmax, bmax, c
@@ -350,18 +350,16 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
         if block.size == 0:
             continue
         utype, mask = _MAGNITUDE[block.dtype]
-        bits = block.view(utype)
-        x = bits if block.dtype == np.float16 else block  # float16: the kernels read bits
         n_chunks = _chunks_for(block.size)
-        args = (x, bits, mask, table, ftable, amax, num_bins, bool(clip))
+        args = (_kernel_view(block), block.view(utype), mask, table, ftable, amax, num_bins,
+                bool(clip))
         part, bad, over, mx, mx_in, clean_bits = (
             _fill_kernel(*args, n_chunks) if n_chunks > 1 else _fill_kernel_serial(*args)
         )
-        stats = (bad, over)
         mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
         counts += part
-        n_nonfinite += int(stats[0])
-        n_over += int(stats[1])
+        n_nonfinite += int(bad)
+        n_over += int(over)
         max_over = max(max_over, float(mx))
         max_in = max(max_in, float(mx_in))
     return FillResult(counts, n_nonfinite, n_over, max_over, max(max_over, max_in))
