@@ -69,3 +69,7 @@ COMPARE_RTOL: Final[float] = 0.01
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
 #: TensorRT builder workspace (memory-pool limit, bytes) when none is named (trt_backend).
 DEFAULT_WORKSPACE: Final[int] = 1 << 30
+#: Engine precision trt_backend builds when none is named (and no cache/table is given).
+DEFAULT_PRECISION: Final[str] = "fp32"
+#: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
+DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"

@@ -140,7 +140,7 @@ def integer_ops(model: Any) -> dict[str, int]:
     return {k: v for k, v in counts.items() if k.startswith(_INT_OPS)}
 
 
-def _topk_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+def topk_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     """Whether ``target`` is among the k largest scores of each row (ties: lowest index)."""
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -219,7 +219,7 @@ def evaluate(
         b = b.reshape(len(b), -1)
         ref = a.argmax(axis=1)
         for k in ks:
-            agree[k] += int(_topk_hits(b, ref, k).sum())
+            agree[k] += int(topk_hits(b, ref, k).sum())
         if labels is not None:
             kmax = min(ks[-1], a.shape[1])
             top_fp32.append(np.argsort(-a, axis=1, kind="stable")[:, :kmax])

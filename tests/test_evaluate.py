@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kldiv.errors import DataSourceError, ModelError
-from kldiv.evaluate import _topk_hits, evaluate
+from kldiv.evaluate import evaluate, topk_hits
 from kldiv.examples import INPUT_NAME, lenet_eval_data, lenet_model_path
 from kldiv.scales import CalibrationTable
 
@@ -38,7 +38,7 @@ def test_topk_hits_reference():
     target = rng.integers(0, 10, size=200)
     for k in (1, 3, 5, 10):
         ranks = (scores > scores[np.arange(200), target][:, None]).sum(1)
-        np.testing.assert_array_equal(_topk_hits(scores, target, k), ranks < k)
+        np.testing.assert_array_equal(topk_hits(scores, target, k), ranks < k)
 
 
 def test_agreement_and_accuracy_against_hand_count():

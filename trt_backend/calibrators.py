@@ -26,14 +26,18 @@ from typing import Any
 import numpy as np
 
 from kldiv.cachefile import (
-    decode_cache_bytes,
     format_cache,
     header_for,
     normalize_algorithm,
     parse_cache,
     read_cache,
 )
-from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_LEGACY_CUTOFF, DEFAULT_LEGACY_QUANTILE
+from kldiv.defaults import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_CUDA_BACKEND,
+    DEFAULT_LEGACY_CUTOFF,
+    DEFAULT_LEGACY_QUANTILE,
+)
 from kldiv.errors import CacheFormatError, DataSourceError
 from kldiv.scales import CalibrationTable
 
@@ -42,7 +46,6 @@ from ._tensorrt import CALIBRATOR_CLASSES, TrtVersion
 from .device import CudaBackend, SpecsLike, StagingBuffers, TensorSpec, as_specs, check_batch
 
 __all__ = [
-    "ALGORITHMS",
     "CalibrationFeed",
     "check_cache_header",
     "make_calibrator",
@@ -53,7 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Calibration algorithms, kldiv's spelling.
-ALGORITHMS = tuple(CALIBRATOR_CLASSES)
 
 
 def replay_cache_bytes(
@@ -113,7 +115,7 @@ def check_cache_header(
         algorithm (TensorRT would ignore or reject it); the message says to replay it instead.
     """
     algo = normalize_algorithm(algorithm)
-    table = parse_cache(decode_cache_bytes(data, path=path), path=path, allow_unknown_header=True)
+    table = parse_cache(data, path=path, allow_unknown_header=True)
     expected = header_for(str(trt_version), algo, cutoff=cutoff, quantile=quantile)
     found = table.header.text if table.header is not None else "(none)"
     if found != expected.text:
@@ -172,7 +174,7 @@ class CalibrationFeed:
         cache: str | os.PathLike[str] | None = None,
         replay: CalibrationTable | str | os.PathLike[str] | None = None,
         input_specs: SpecsLike | None = None,
-        backend: str | CudaBackend = "cuda-python",
+        backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
         force: bool = False,
         cutoff: float = DEFAULT_LEGACY_CUTOFF,
         quantile: float = DEFAULT_LEGACY_QUANTILE,
@@ -188,7 +190,6 @@ class CalibrationFeed:
         self.captured: bytes | None = None
         self.error: BaseException | None = None
         self.batches_served = 0
-        self.cache_reads = 0
         self._staging: StagingBuffers | None = None
         self._pending: Mapping[str, Any] | None = None
         self._served: bytes | None = None
@@ -230,6 +231,11 @@ class CalibrationFeed:
                 )
             self._pending = batch
         return self._pending
+
+    @property
+    def first_batch(self) -> Mapping[str, Any] | None:
+        """The next batch to be served, without consuming it (None when there is none)."""
+        return self._peek()
 
     @property
     def batch_size(self) -> int:
@@ -293,7 +299,6 @@ class CalibrationFeed:
     # -- cache ----------------------------------------------------------------------------
     def read_cache(self) -> bytes | None:
         """The cache to serve TensorRT: the replayed table, an existing cache file, or None."""
-        self.cache_reads += 1
         return self._served
 
     def write_cache(self, cache: Any) -> None:
@@ -318,16 +323,6 @@ class CalibrationFeed:
         atomic_write_bytes(path, data, force=True)
         logger.info("wrote TensorRT's calibration cache to %s", path)
 
-    @property
-    def replaying(self) -> bool:
-        """Whether a cache (replayed table or existing file) is served to TensorRT."""
-        return self._served is not None
-
-    @property
-    def served(self) -> bytes | None:
-        """The bytes :meth:`read_cache` returns."""
-        return self._served
-
     def close(self) -> None:
         """Free the device buffers (idempotent)."""
         if self._staging is not None:
@@ -350,7 +345,7 @@ def make_calibrator(
     replay: CalibrationTable | str | os.PathLike[str] | None = None,
     *,
     input_specs: SpecsLike | None = None,
-    backend: str | CudaBackend = "cuda-python",
+    backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
     force: bool = False,
     cutoff: float = DEFAULT_LEGACY_CUTOFF,
     quantile: float = DEFAULT_LEGACY_QUANTILE,

@@ -68,7 +68,14 @@ def _build(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kldiv-trt`` argument parser."""
-    from .engine import DEFAULT_WORKSPACE, PRECISIONS
+    from kldiv.defaults import (
+        DEFAULT_ALGORITHM,
+        DEFAULT_PRECISION,
+        DEFAULT_PRESET,
+        DEFAULT_WORKSPACE,
+    )
+
+    from .engine import PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="kldiv-trt", description="Feed kldiv's scales to TensorRT and cross-check them."
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model")
     p.add_argument("--data", required=True, help="calibration data (folder or file kldiv reads)")
     p.add_argument("--out-dir", required=True, help="folder for the report and both caches")
-    p.add_argument("--preset", default="tensorrt", help="kldiv preset (default: tensorrt)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"kldiv preset (default: {DEFAULT_PRESET})")
     p.add_argument("--batch-size", type=int, default=None, help="re-batch the data")
     p.add_argument("--input-name", default=None, help="input fed by bare arrays")
     p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
@@ -92,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", help="ONNX model")
     b.add_argument("--cache", help="calibration cache (kldiv's or TensorRT's) for INT8")
     b.add_argument("--out", required=True, help="engine file to write")
-    b.add_argument("--precision", choices=PRECISIONS, default="fp32", help="without --cache")
+    b.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help="without --cache")
     b.add_argument("--qdq", action="store_true", help="explicit Q/DQ path (TensorRT >= 10.1)")
-    b.add_argument("--algorithm", default="entropy2", help="calibrator named in the cache header")
+    b.add_argument("--algorithm", default=DEFAULT_ALGORITHM,
+                   help="calibrator named in the cache header")
     b.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
     b.add_argument("--force", action="store_true", help="overwrite --out")
     b.set_defaults(func=_build)

@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from kldiv._io import atomic_write_bytes, atomic_write_text, check_writable
-from kldiv.cachefile import decode_cache_bytes, parse_cache
+from kldiv.cachefile import parse_cache
 from kldiv.compare import ComparisonReport, compare
-from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_PRESET
+from kldiv.defaults import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_CUDA_BACKEND,
+    DEFAULT_PRESET,
+    DEFAULT_WORKSPACE,
+)
 from kldiv.scales import CalibrationTable
 
 from . import _tensorrt
 from .calibrators import replay_cache_bytes
 from .device import CudaBackend
-from .engine import DEFAULT_WORKSPACE
 from .errors import EngineBuildError
 
 __all__ = ["OUTPUT_FILES", "CrosscheckResult", "assemble", "crosscheck"]
@@ -107,19 +111,16 @@ class CrosscheckResult:
         )
         ours = replay_cache_bytes(self.ours, self.trt_version, self.algorithm)
         written["kldiv_cache"] = atomic_write_bytes(paths["kldiv_cache"], ours, force=force)
+        from kldiv.plots import plot_comparison  # imports matplotlib only when plotting
+
         try:
-            from kldiv.plots import plot_comparison
-        except ImportError:  # pragma: no cover - plots are optional
-            logger.warning("matplotlib is not installed; no plot written (pip install \"kldiv[plot]\")")
+            plot_comparison(self.report, paths["plot"], labels=("kldiv", "TensorRT"), force=force)
+        except ImportError:
+            logger.warning(
+                "matplotlib is not installed; no plot written (pip install \"kldiv[plot]\")"
+            )
         else:
-            try:
-                plot_comparison(
-                    self.report, paths["plot"], labels=("kldiv", "TensorRT"), force=force
-                )
-            except ImportError:
-                logger.warning("matplotlib is not installed; no plot written")
-            else:
-                written["plot"] = paths["plot"]
+            written["plot"] = paths["plot"]
         return written
 
 
@@ -146,7 +147,7 @@ def assemble(
     histograms : optional
         Passed to :func:`kldiv.compare.compare` for differences in bins.
     """
-    theirs = parse_cache(decode_cache_bytes(trt_cache))
+    theirs = parse_cache(bytes(trt_cache))
     report = compare(ours, theirs, histograms=histograms)
     return CrosscheckResult(ours, theirs, bytes(trt_cache), report, str(trt_version), algorithm)
 
@@ -157,7 +158,7 @@ def crosscheck(
     *,
     preset: str = DEFAULT_PRESET,
     workspace: int = DEFAULT_WORKSPACE,
-    backend: str | CudaBackend = "cuda-python",
+    backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
 ) -> CrosscheckResult:
     """Calibrate with TensorRT's entropy2 calibrator and with kldiv on the same batches; compare.
 
@@ -185,15 +186,12 @@ def crosscheck(
     """
     from kldiv.pipeline import calibrate
 
-    from .calibrators import make_calibrator
-    from .engine import build_engine
+    from .engine import build_calibrated
 
     v = _tensorrt.version()
     _tensorrt.require_implicit(v)
     batches = list(data)
-    calibrator = make_calibrator(batches, "entropy2", backend=backend)
-    build_engine(model, "int8", calibrator=calibrator, workspace=workspace)
-    captured = calibrator.captured
+    _, captured = build_calibrated(model, batches, workspace=workspace, backend=backend)
     if captured is None:
         raise EngineBuildError(
             "TensorRT built the engine without writing a calibration cache; this should not "

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from kldiv.defaults import DEFAULT_CUDA_BACKEND
 from kldiv.errors import DataSourceError, ModelError
 
 from .errors import INSTALL_HINT, DeviceError
@@ -205,7 +206,7 @@ class _PycudaBackend:
             self._call("Context.synchronize", self._drv.Context.synchronize)
 
 
-def get_backend(backend: str | CudaBackend = "cuda-python") -> CudaBackend:
+def get_backend(backend: str | CudaBackend = DEFAULT_CUDA_BACKEND) -> CudaBackend:
     """Return a CUDA backend by name (``"cuda-python"`` or ``"pycuda"``), or ``backend`` itself.
 
     Raises
@@ -236,7 +237,7 @@ class DeviceBuffer:
         ``"cuda-python"`` (default) or ``"pycuda"``.
     """
 
-    def __init__(self, nbytes: int, backend: str | CudaBackend = "cuda-python") -> None:
+    def __init__(self, nbytes: int, backend: str | CudaBackend = DEFAULT_CUDA_BACKEND) -> None:
         self.backend = get_backend(backend)
         self.nbytes = int(nbytes)
         self._ptr: int | None = self.backend.malloc(self.nbytes)
@@ -383,7 +384,7 @@ class StagingBuffers:
         self,
         specs: SpecsLike,
         *,
-        backend: str | CudaBackend = "cuda-python",
+        backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
     ) -> None:
         self.specs = {s.name: s for s in as_specs(specs)}
         self.backend = get_backend(backend)

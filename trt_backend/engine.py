@@ -22,24 +22,34 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kldiv.defaults import DEFAULT_ALGORITHM, DEFAULT_WORKSPACE
+from kldiv.defaults import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_CUDA_BACKEND,
+    DEFAULT_PRECISION,
+    DEFAULT_WORKSPACE,
+)
 from kldiv.errors import DataSourceError, ModelError
 from kldiv.scales import CalibrationTable
 
 from . import _tensorrt
-from .device import TensorSpec
+from .device import CudaBackend, TensorSpec
 from .errors import EngineBuildError, TensorRTVersionError
 
 if TYPE_CHECKING:
     from ._tensorrt import Builder, IBuilderConfig, INetworkDefinition, OnnxParser
 
-__all__ = ["DEFAULT_WORKSPACE", "PRECISIONS", "build_engine", "format_parser_errors", "network_inputs"]
+__all__ = [
+    "PRECISIONS",
+    "build_calibrated",
+    "build_engine",
+    "format_parser_errors",
+    "network_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Precisions :func:`build_engine` accepts.
 PRECISIONS = ("fp32", "fp16", "int8")
-#: Default limit of TensorRT's workspace memory pool, bytes (1 GiB).
 
 _PARSER_HINT = (
     "fold constants and simplify the model (`polygraphy surgeon sanitize --fold-constants` or "
@@ -133,7 +143,7 @@ def _profile_shapes(
     shapes: dict[str, tuple[int, ...]] = {}
     first = None
     if calibrator is not None:
-        first = calibrator.feed._peek()
+        first = calibrator.feed.first_batch
     for spec in dynamic:
         if input_shapes is not None and spec.name in input_shapes:
             shapes[spec.name] = tuple(int(d) for d in input_shapes[spec.name])
@@ -148,9 +158,30 @@ def _profile_shapes(
     return shapes
 
 
+def build_calibrated(
+    model: str | os.PathLike[str],
+    batches: Any,
+    *,
+    workspace: int = DEFAULT_WORKSPACE,
+    backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
+) -> tuple[bytes, bytes | None]:
+    """Build an INT8 engine calibrated by TensorRT itself (its default entropy calibrator).
+
+    Returns
+    -------
+    (bytes, bytes or None)
+        The serialized engine, and the calibration cache TensorRT wrote.
+    """
+    from .calibrators import make_calibrator
+
+    calibrator = make_calibrator(batches, DEFAULT_ALGORITHM, backend=backend)
+    plan = build_engine(model, "int8", calibrator=calibrator, workspace=workspace)
+    return plan, calibrator.captured
+
+
 def build_engine(
     onnx_path: str | os.PathLike[str],
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     *,
     calibrator: Any = None,
     table: CalibrationTable | None = None,

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kldiv.defaults import DEFAULT_CUDA_BACKEND, DEFAULT_WORKSPACE
 from kldiv.errors import DataSourceError
+from kldiv.evaluate import topk_hits
 from kldiv.scales import CalibrationTable
 
 from . import _tensorrt
 from .device import CudaBackend, DeviceBuffer, StagingBuffers, TensorSpec, get_backend
-from .engine import DEFAULT_WORKSPACE, PRECISIONS, build_engine
+from .engine import PRECISIONS, build_calibrated, build_engine
 from .errors import EngineRunError, TensorRTVersionError
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ def run_engine(
     engine: bytes,
     data: Iterable[Mapping[str, Any]],
     *,
-    backend: str | CudaBackend = "cuda-python",
+    backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
 ) -> RunResult:
     """Run a serialized engine on every batch of ``data``.
 
@@ -80,7 +82,8 @@ def run_engine(
     engine : bytes
         From :func:`~trt_backend.engine.build_engine` (or a ``.engine`` file's bytes).
     data : iterable of {input_name: array}
-        Batches; dynamic input shapes are set from each batch.
+        Batches; the first batch fixes dynamic input shapes (later batches must match, so
+        drop or pad a smaller last batch).
     backend : str or CudaBackend
         CUDA binding for the copies.
 
@@ -130,12 +133,12 @@ def run_engine(
     try:
         with StagingBuffers(specs, backend=be) as staging:
             for index, batch in enumerate(data):
-                arrays = staging.check(batch)
-                pointers = staging.stage(arrays)
+                pointers = staging.stage(batch)  # checked there; shapes fixed by batch 0
+                shapes = staging.shapes
                 for name in inputs:
-                    if not context.set_input_shape(name, tuple(arrays[name].shape)):
+                    if not context.set_input_shape(name, shapes[name]):
                         raise DataSourceError(
-                            f"batch {index}: TensorRT refused shape {arrays[name].shape} for "
+                            f"batch {index}: TensorRT refused shape {shapes[name]} for "
                             f"input {name!r}; use a shape inside the engine's profile"
                         )
                     context.set_tensor_address(name, pointers[name])
@@ -192,8 +195,7 @@ def topk_accuracy(logits: Any, labels: Any, k: int = 1) -> float:
         )
     if scores.shape[0] == 0:
         return math.nan
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : int(k)]
-    return float(np.mean(np.any(order == y[:, None], axis=1)))
+    return float(np.mean(topk_hits(scores, y, int(k))))
 
 
 def top1_agreement(logits: Any, reference: Any) -> float:
@@ -291,7 +293,7 @@ def compare_precisions(
     precisions: Sequence[str] = PRECISIONS,
     output: str | None = None,
     workspace: int = DEFAULT_WORKSPACE,
-    backend: str | CudaBackend = "cuda-python",
+    backend: str | CudaBackend = DEFAULT_CUDA_BACKEND,
 ) -> PrecisionReport:
     """Build FP32, FP16 and INT8 engines and report top-1/top-5 and agreement with FP32.
 
@@ -326,11 +328,10 @@ def compare_precisions(
             if table is not None or qdq:
                 plan = build_engine(model, "int8", table=table, qdq=qdq, workspace=workspace)
             else:
-                from .calibrators import make_calibrator
-
                 calib_batches = batches if calibration_data is None else calibration_data
-                calibrator = make_calibrator(calib_batches, "entropy2", backend=backend)
-                plan = build_engine(model, "int8", calibrator=calibrator, workspace=workspace)
+                plan, _ = build_calibrated(
+                    model, calib_batches, workspace=workspace, backend=backend
+                )
         else:
             plan = build_engine(model, prec, workspace=workspace)
         results[prec] = run_engine(plan, batches, backend=backend)
