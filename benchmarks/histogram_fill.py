@@ -98,11 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime/modelopt")
     args = parser.parse_args(argv)
 
-    import numba
+    from kldiv._kernels._jit import numba_num_threads
 
-    if args.threads:
-        numba.set_num_threads(args.threads)
-    threads = numba.get_num_threads()
+    threads = numba_num_threads(args.threads)
     print(
         f"histogram fill, {NUM_BINS} bins of |x| over [0, absmax], {args.elements:,} elements, "
         f"numba threads={threads}, best of {args.repeat}"

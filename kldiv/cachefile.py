@@ -549,10 +549,7 @@ def read_cache(
     """
     p = Path(path)
     data = p.read_bytes()
-    return parse_cache(
-        decode_cache_bytes(data, path=str(p)), path=str(p),
-        allow_unknown_header=allow_unknown_header,
-    )
+    return parse_cache(data, path=str(p), allow_unknown_header=allow_unknown_header)
 
 
 def write_cache(

@@ -34,7 +34,7 @@ from typing import Any
 
 from .defaults import COMPARE_RTOL, COMPARE_ULP_TOLERANCE, NUM_BINS
 from .errors import CacheFormatError
-from .scales import CacheHeader, CalibrationTable, bits_to_scale, scale_to_amax
+from .scales import CacheHeader, CalibrationTable, bits_to_scale
 
 __all__ = ["AGREEMENT_CLASSES", "ComparisonReport", "TensorComparison", "compare"]
 
@@ -396,7 +396,7 @@ def compare(
     tensors = []
     for na, nb in pairs:
         ba, bb = a.bits(na), b.bits(nb)
-        xa, xb = scale_to_amax(bits_to_scale(ba)), scale_to_amax(bits_to_scale(bb))
+        xa, xb = a.amax(na), b.amax(nb)
         if xa == 0:
             ratio = 1.0 if xb == 0 else (math.inf if xb > 0 else math.nan)
         elif math.isfinite(xa) or math.isfinite(xb):

@@ -38,6 +38,8 @@ DEFAULT_PRESET: Final[str] = "tensorrt"
 DEFAULT_TRT_VERSION: Final[str] = "10.9.0"
 #: Calibration algorithm named in cache headers when none is given.
 DEFAULT_ALGORITHM: Final[str] = "entropy2"
+#: Threshold method when none is named (see kldiv.thresholds.METHODS).
+DEFAULT_METHOD: Final[str] = "entropy"
 #: Percentile used by the ``percentile`` method when none is named.
 DEFAULT_PERCENTILE: Final[float] = 99.99
 #: Batch size of calibration batches when none is named.

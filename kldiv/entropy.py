@@ -37,8 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .defaults import INT8_MAX, NUM_QUANT_LEVELS
+from .defaults import DEFAULT_PRESET, INT8_MAX, NUM_QUANT_LEVELS
 from .errors import HistogramError, PresetError
+from .histogram import _BACKENDS, Backend
 from .scales import ThresholdResult, amax_to_scale
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "numpy", "numba"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
 )
 
 
-def resolve_options(preset: str | EntropyOptions = "tensorrt", **options: Any) -> EntropyOptions:
+def resolve_options(preset: str | EntropyOptions = DEFAULT_PRESET, **options: Any) -> EntropyOptions:
     """Return the preset's :class:`EntropyOptions` with ``options`` overriding fields.
 
     Raises
@@ -326,14 +326,17 @@ def _zero_bin(num_bins: int, opts: EntropyOptions) -> int:
     return num_bins // 2 if opts.domain == "signed" else 0
 
 
-def apply_zero_policy(counts: np.ndarray, opts: EntropyOptions) -> np.ndarray:
-    """Return a float64 copy of ``counts`` with ambiguity #5 (exact zeros) applied."""
-    hist = counts.astype(np.float64)
+def apply_zero_policy(
+    counts: np.ndarray, opts: EntropyOptions, *, dtype: Any = np.float64
+) -> np.ndarray:
+    """Return a copy of ``counts`` (float64 unless ``dtype``) with ambiguity #5 (exact zeros)
+    applied."""
+    hist = counts.astype(dtype)
     z = _zero_bin(hist.size, opts)
     if opts.zeros == "bin1":
         hist[z] = hist[z + 1] if z + 1 < hist.size else hist[z]
     elif opts.zeros == "drop":
-        hist[z] = 0.0
+        hist[z] = 0
     return hist
 
 
@@ -516,6 +519,14 @@ def threshold_from_bin(m: int, num_bins: int, amax: float, opts: EntropyOptions)
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
+def _require_nonempty(counts: np.ndarray) -> None:
+    """Raise :class:`HistogramError` for a histogram without a single count."""
+    if counts.sum() == 0:
+        raise HistogramError(
+            "the histogram is empty (all counts are 0); fill it with calibration data first"
+        )
+
+
 def _load_kernel() -> Any:
     from ._kernels import entropy as kernel  # imports numba
 
@@ -524,7 +535,7 @@ def _load_kernel() -> Any:
 
 def search_threshold(
     hist: Any,
-    preset: str | EntropyOptions = "tensorrt",
+    preset: str | EntropyOptions = DEFAULT_PRESET,
     *,
     backend: Backend = "auto",
     **options: Any,
@@ -560,15 +571,12 @@ def search_threshold(
     """
     opts = resolve_options(preset, **options)
     preset_name = preset if isinstance(preset, str) else None
-    if backend not in ("auto", "numpy", "numba"):
+    if backend not in _BACKENDS:
         raise PresetError(f"unknown backend {backend!r}; choose 'auto', 'numpy' or 'numba'")
     counts, amax = histogram_counts(hist)
     num_bins = counts.size
     candidate_bins(num_bins, opts)  # validates bins vs levels and the candidate range
-    if counts.sum() == 0:
-        raise HistogramError(
-            "the histogram is empty (all counts are 0); fill it with calibration data first"
-        )
+    _require_nonempty(counts)
 
     def explain(i: int) -> tuple[np.ndarray, np.ndarray]:
         p, q = distributions(apply_zero_policy(counts, opts), int(i), opts)
@@ -592,15 +600,13 @@ def search_threshold(
             **common,
         )
 
-    use_kernel = backend == "numba"
+    kernel = _load_kernel() if backend == "numba" else None
     if backend == "auto":
         try:
             kernel = _load_kernel()
-            use_kernel = True
         except ImportError:  # pragma: no cover - numba is a dependency
             logger.info("numba unavailable; using the NumPy reference search")
-    if use_kernel:
-        kernel = _load_kernel()
+    if kernel is not None:
         candidates, divergence, pos = kernel.search(counts, opts)
     else:
         candidates, divergence = divergence_curve(counts, opts)

@@ -101,10 +101,6 @@ class CacheFormatError(KldivError, ValueError):
             text = f"{text} ({self.hint})"
         return text
 
-    def with_path(self, path: str) -> "CacheFormatError":
-        """Return a copy of this error that names ``path``."""
-        return CacheFormatError(self.reason, path=path, line=self.line, hint=self.hint)
-
 
 class DataSourceError(KldivError, ValueError):
     """Calibration data is missing, unreadable, or does not match the model's inputs."""

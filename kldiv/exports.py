@@ -603,8 +603,7 @@ def read_table(
     data = p.read_bytes()
     fmt = detect_format(data, path=str(p)) if format == "auto" else format
     if fmt == "trt":
-        return parse_cache(decode_cache_bytes(data, path=str(p)), path=str(p),
-                           allow_unknown_header=allow_unknown_header)
+        return parse_cache(data, path=str(p), allow_unknown_header=allow_unknown_header)
     if fmt == "ort-flatbuffers":
         return read_ort_flatbuffers(data, path=str(p))
     reader = _READERS.get(fmt)

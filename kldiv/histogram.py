@@ -263,8 +263,7 @@ def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend
         return fill_counts_reference(arr, amax, num_bins, clip=clip)
     from ._kernels.fill import fill_counts
 
-    res = fill_counts(arr, amax, num_bins, clip=clip)
-    return FillStats(res.counts, res.n_nonfinite, res.n_over, res.max_over, res.max_abs)
+    return fill_counts(arr, amax, num_bins, clip=clip)
 
 
 def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:

@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from . import thresholds as _thresholds
 from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
@@ -51,7 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Threshold methods :func:`calibrate` accepts.
-METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse")
+METHODS: tuple[str, ...] = tuple(_thresholds.METHODS)
 
 #: Called after each batch with (batch index, samples in the batch).
 ProgressCallback = Callable[[int, int], None]
@@ -247,7 +249,7 @@ def choose_thresholds(
     collector: HistogramCollector,
     *,
     preset: str = DEFAULT_PRESET,
-    method: str = "entropy",
+    method: str = DEFAULT_METHOD,
     activation_bounds: bool | None = None,
     pooling_inherits: bool | None = None,
     **options: Any,
@@ -381,7 +383,7 @@ def calibrate_histograms(
     collector: HistogramCollector,
     *,
     preset: str = DEFAULT_PRESET,
-    method: str = "entropy",
+    method: str = DEFAULT_METHOD,
     options: Mapping[str, Any] | None = None,
     trt_version: str = DEFAULT_TRT_VERSION,
     algorithm: str | None = None,
@@ -426,7 +428,7 @@ def calibrate(
     data: Any = None,
     *,
     preset: str = DEFAULT_PRESET,
-    method: str = "entropy",
+    method: str = DEFAULT_METHOD,
     options: Mapping[str, Any] | None = None,
     trt_version: str = DEFAULT_TRT_VERSION,
     algorithm: str | None = None,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import DEFAULT_PERCENTILE, INT8_MAX
-from .entropy import histogram_counts, search_threshold
+from .defaults import DEFAULT_METHOD, DEFAULT_PERCENTILE, INT8_MAX, NUM_QUANT_LEVELS
+from .entropy import _require_nonempty, histogram_counts, search_threshold
 from .errors import HistogramError, PresetError
 from .scales import ThresholdResult, amax_to_scale
 
@@ -50,22 +50,17 @@ def _check_options(method: str, options: dict[str, Any], valid: tuple[str, ...])
 
 def _nonempty(hist: Any) -> tuple[np.ndarray, float]:
     counts, amax = histogram_counts(hist)
-    if counts.sum() == 0:
-        raise HistogramError(
-            "the histogram is empty (all counts are 0); fill it with calibration data first"
-        )
+    _require_nonempty(counts)
     return counts, amax
 
 
 def minmax_threshold(hist: Any, *, divisor: int = INT8_MAX) -> ThresholdResult:
     """``T = max |x|``: the histogram's range (``IInt8MinMaxCalibrator``, algorithm.md §6).
 
-    Uses ``hist.absmax`` when the histogram records the largest value seen separately from
-    its (possibly grown) range, else ``hist.amax``.
+    :func:`kldiv.pipeline.choose_thresholds` uses the collector's exact largest ``|x|``
+    instead, when the range has grown beyond it.
     """
-    _, amax = _nonempty(hist)
-    absmax = getattr(hist, "absmax", None)
-    t = float(absmax) if absmax is not None and not callable(absmax) else amax
+    _, t = _nonempty(hist)
     return ThresholdResult(
         amax=t,
         bin_index=None,
@@ -111,7 +106,7 @@ def percentile_threshold(
 def mse_threshold(
     hist: Any,
     *,
-    start_bin: int = 128,
+    start_bin: int = NUM_QUANT_LEVELS,
     stride: int = 1,
     levels: int = INT8_MAX,
     divisor: int = INT8_MAX,
@@ -171,7 +166,7 @@ _OPTIONS = {
 }
 
 
-def choose_threshold(hist: Any, method: str = "entropy", **options: Any) -> ThresholdResult:
+def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) -> ThresholdResult:
     """Choose the threshold of one histogram with the named method.
 
     Parameters

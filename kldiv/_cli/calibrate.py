@@ -12,8 +12,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..defaults import DEFAULT_PRESET, DEFAULT_RANGE_POLICY, DEFAULT_TRT_VERSION, NUM_BINS
+from ..defaults import (
+    DEFAULT_METHOD,
+    DEFAULT_PRESET,
+    DEFAULT_RANGE_POLICY,
+    DEFAULT_TRT_VERSION,
+    NUM_BINS,
+)
 from ..errors import DataSourceError
+from ..thresholds import METHODS
 
 __all__ = ["add_table_options", "format_summary", "register", "run", "thresholds_and_table"]
 
@@ -43,8 +50,8 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``calibrate`` and ``demo``: how thresholds and the header are made."""
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help=f"entropy preset (default {DEFAULT_PRESET}; see kldiv.entropy.PRESETS)")
-    p.add_argument("--method", default="entropy",
-                   choices=("entropy", "minmax", "percentile", "mse"),
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   choices=tuple(METHODS),
                    help="threshold method (default entropy)")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --method percentile (default kldiv.defaults)")

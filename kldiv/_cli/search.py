@@ -12,8 +12,9 @@ import ast
 import math
 from typing import Any
 
-from ..defaults import DEFAULT_PRESET
+from ..defaults import DEFAULT_METHOD, DEFAULT_PRESET
 from ..errors import PresetError
+from ..thresholds import METHODS
 
 __all__ = ["register", "run", "parse_option"]
 
@@ -60,8 +61,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--method",
-        default="entropy",
-        choices=("entropy", "minmax", "percentile", "mse"),
+        default=DEFAULT_METHOD,
+        choices=tuple(METHODS),
         help="threshold method (default entropy; presets apply to entropy only)",
     )
     p.add_argument(

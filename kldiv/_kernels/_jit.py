@@ -106,6 +106,9 @@ def jit(
     return numba.njit(sigs, **options)
 
 
-def numba_num_threads() -> int:
-    """The number of threads parallel kernels use (Numba's current setting)."""
+def numba_num_threads(set_to: int | None = None) -> int:
+    """The number of threads parallel kernels use (Numba's setting), after setting it to
+    ``set_to`` when given (:func:`numba.set_num_threads`, this thread only)."""
+    if set_to:
+        numba.set_num_threads(int(set_to))
     return int(numba.get_num_threads())

@@ -401,12 +401,7 @@ def divergences(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, n
     """``(candidates, divergence)`` like :func:`kldiv.entropy.divergence_curve`, fast."""
     from .. import entropy as ref
 
-    h = np.array(counts, dtype=np.int64)
-    z = h.size // 2 if opts.domain == "signed" else 0
-    if opts.zeros == "bin1" and z + 1 < h.size:
-        h[z] = h[z + 1]
-    elif opts.zeros == "drop":
-        h[z] = 0
+    h = ref.apply_zero_policy(np.asarray(counts), opts, dtype=np.int64)
     candidates = ref.candidate_bins(h.size, opts)
     signed = opts.domain == "signed"
     grouping = 0 if opts.grouping == "proportional" else 1

@@ -24,19 +24,17 @@ How it is fast without changing the answer
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ._jit import jit
+from ..histogram import FillStats
+from ._jit import jit, numba_num_threads
 
 __all__ = [
     "BLOCK_ELEMENTS",
     "F16_ABS_TABLE",
-    "FillResult",
     "absmax_stats",
     "dense_view",
     "fill_counts",
@@ -54,16 +52,6 @@ _MAGNITUDE = {
     np.dtype(np.float32): (np.uint32, np.uint32(0x7FFF_FFFF)),
     np.dtype(np.float64): (np.uint64, np.uint64(0x7FFF_FFFF_FFFF_FFFF)),
 }
-
-
-class FillResult(NamedTuple):
-    """What one fill saw, besides the counts."""
-
-    counts: np.ndarray  # int64, shape (num_bins,)
-    n_nonfinite: int  # NaN, +Inf, -Inf (never binned)
-    n_over: int  # finite values with |x| > amax
-    max_over: float  # largest finite |x| above amax (0.0 when none)
-    max_abs: float  # largest finite |x| of all values (0.0 when none)
 
 
 # --------------------------------------------------------------------------- per-element rules
@@ -320,10 +308,10 @@ def _blocks(values: np.ndarray):
 
 
 def _chunks_for(size: int) -> int:
-    return 1 if size < _SERIAL_BELOW else max(1, int(numba.get_num_threads()))
+    return 1 if size < _SERIAL_BELOW else max(1, numba_num_threads())
 
 
-def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -> FillResult:
+def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -> FillStats:
     """Count ``|values|`` into ``num_bins`` bins over ``[0, amax]`` (see the module contract).
 
     Parameters
@@ -339,7 +327,7 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
 
     Returns
     -------
-    FillResult
+    kldiv.histogram.FillStats
     """
     counts = np.zeros(num_bins, np.int64)
     n_nonfinite = n_over = 0
@@ -362,7 +350,7 @@ def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -
         n_over += int(over)
         max_over = max(max_over, float(mx))
         max_in = max(max_in, float(mx_in))
-    return FillResult(counts, n_nonfinite, n_over, max_over, max(max_over, max_in))
+    return FillStats(counts, n_nonfinite, n_over, max_over, max(max_over, max_in))
 
 
 def absmax_stats(values: np.ndarray) -> tuple[float, int]:
