@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kldiv.defaults import DEFAULT_BATCH_SIZE, NUM_BINS
+
 INPUT = "input"
 SHAPE = (3, 32, 32)
 
@@ -173,7 +175,7 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
 
     imported = _peak_mb()
     t0 = time.perf_counter()
-    runner = OnnxRuntimeRunner(model)
+    runner = OnnxRuntimeRunner(model, fetch_aliases=False)  # as kldiv.calibrate runs it
     collector = HistogramCollector()
     t_run = t_hist = 0.0
     for index, batch in enumerate(data):
@@ -184,6 +186,7 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
         t_hist += time.perf_counter() - b
         t_run += b - a
         del acts
+    collector.alias(runner.value_aliases, order=runner.network_order)
     s = time.perf_counter()
     _, table = calibrate_histograms(collector)
     t_search = time.perf_counter() - s
@@ -211,7 +214,7 @@ def child_ort_entropy(model: str, data: Batches) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cal = create_calibrator(
             model, augmented_model_path=os.path.join(tmp, "augmented.onnx"),
-            calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": 2048},
+            calibrate_method=CalibrationMethod.Entropy, extra_options={"num_bins": NUM_BINS},
         )
         cal.collect_data(Reader())
         ranges = cal.compute_data()
@@ -241,7 +244,7 @@ def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--inputs", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--long-batches", type=int, default=1024,
                     help="batches of the long kldiv run (memory must not grow); 0 to skip")
     ap.add_argument("--quick", action="store_true", help="128 inputs, no long run")

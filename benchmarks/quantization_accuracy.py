@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from kldiv.defaults import DEFAULT_BATCH_SIZE, NUM_BINS, NUM_QUANT_LEVELS
+
 REPO = Path(__file__).resolve().parents[1]
 EFFICIENTNET = REPO / "bench-out" / "efficientnet_lite0.onnx"
 
@@ -174,7 +176,7 @@ def _ort_rows(model: Path, cal: list[dict[str, np.ndarray]], tmp: Path) -> Itera
     )
     yield "ort minmax", CalibrationTable.from_amaxes(_symmetric(minmax)), t_minmax
     t = time.perf_counter()
-    wide = _ort_ranges(model, cal, "Entropy", tmp, num_bins=2048, num_quantized_bins=128)
+    wide = _ort_ranges(model, cal, "Entropy", tmp, num_bins=NUM_BINS, num_quantized_bins=NUM_QUANT_LEVELS)
     yield (
         "ort entropy, 2048 bins (create_calibrator)",
         CalibrationTable.from_amaxes(_symmetric(wide)),
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet", "efficientnet"])
     parser.add_argument("--crops", type=int, default=8, help="crops per photo (each set)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     args = parser.parse_args(argv)
     emit = print
     import onnxruntime
@@ -285,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
             emit(f"\n{EFFICIENTNET} missing: run benchmarks/export_efficientnet_lite0.py first")
             return 1
         photos = _photos()
-        half = len(photos) // 2
         cal_x = _crops(photos[0::2], args.crops, seed=1)
         # onnxruntime's histogram calibrators need equal batch sizes: drop a ragged tail
         cal_x = cal_x[: len(cal_x) // args.batch_size * args.batch_size]
@@ -295,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.crops} random crops/flips -> {len(cal_x)} calibration and {len(ev_x)} "
                 "evaluation images. A small, non-ImageNet set: differences of one or two "
                 f"images are {1 / len(ev_x):.2%} each; no labels.")  # fmt: skip
-        del half
         run_model("(b) EfficientNet-Lite0 (ImageNet weights)", EFFICIENTNET,
                   _batches(cal_x, "input", args.batch_size),
                   _batches(ev_x, "input", args.batch_size), None, note, emit)  # fmt: skip

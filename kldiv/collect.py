@@ -334,26 +334,24 @@ class HistogramCollector:
                 raise HistogramError(f"{p}: not a readable kldiv histogram file: {exc}") from None
         if not (len(names) == counts.shape[0] == amax.shape[0] == amx.shape[0] == bins.shape[0]):
             raise HistogramError(f"{p}: names, counts, amax and num_bins disagree in length")
-        out = cls.__new__(cls)
-        out.num_bins = int(bins.min()) if len(bins) else NUM_BINS
-        out.range_policy = policy if policy in RANGE_POLICIES else DEFAULT_RANGE_POLICY
-        out.ranges = None
-        out.nonfinite = "raise"
-        out.backend = DEFAULT_FILL_BACKEND
-        out.batches = batches
-        out.meta = meta if isinstance(meta, dict) else {}
-        out._hists = {}
-        out._absmax = {}
+        hists: dict[str, ActivationHistogram] = {}
         for t, name in enumerate(names):
             try:
-                out._hists[name] = ActivationHistogram.from_counts(
+                hists[name] = ActivationHistogram.from_counts(
                     counts[t, : int(bins[t])], float(amax[t])
                 )
             except HistogramError as exc:
                 raise HistogramError(f"{p}: tensor {name!r}: {exc}") from None
-            out._absmax[name] = float(amx[t])
-        if out.range_policy in ("global", "fixed"):
-            out.ranges = {n: h.amax for n, h in out._hists.items()}
+        policy = policy if policy in RANGE_POLICIES else DEFAULT_RANGE_POLICY
+        out = cls(
+            int(bins.min()) if len(bins) else NUM_BINS,
+            policy,
+            ranges={n: h.amax for n, h in hists.items()} if policy in ("global", "fixed") else None,
+        )
+        out.batches = batches
+        out.meta = meta if isinstance(meta, dict) else {}
+        out._hists = hists
+        out._absmax = {name: float(amx[t]) for t, name in enumerate(names)}
         return out
 
 

@@ -40,6 +40,12 @@ DEFAULT_TRT_VERSION: Final[str] = "10.9.0"
 DEFAULT_ALGORITHM: Final[str] = "entropy2"
 #: Threshold method when none is named (see kldiv.thresholds.METHODS).
 DEFAULT_METHOD: Final[str] = "entropy"
+#: Top-k agreements ``kldiv evaluate`` reports when none are named.
+DEFAULT_TOPK: Final[tuple[int, ...]] = (1, 5)
+#: Q/DQ export: weight quantization ("per_channel" or "per_tensor") when none is named.
+DEFAULT_QDQ_WEIGHTS: Final[str] = "per_channel"
+#: Q/DQ export: bias handling ("float" kept, or "int32" quantized) when none is named.
+DEFAULT_QDQ_BIAS: Final[str] = "float"
 #: Percentile used by the ``percentile`` method when none is named.
 DEFAULT_PERCENTILE: Final[float] = 99.99
 #: Batch size of calibration batches when none is named.

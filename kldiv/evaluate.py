@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .defaults import DEFAULT_TOPK
 from .errors import DataSourceError, ModelError
 
 __all__ = ["EvaluationReport", "evaluate", "integer_ops"]
@@ -153,7 +154,7 @@ def evaluate(
     data: Iterable[Any],
     labels: Sequence[int] | np.ndarray | None = None,
     *,
-    topk: Sequence[int] = (1, 5),
+    topk: Sequence[int] = DEFAULT_TOPK,
     output: str | None = None,
     name: str = "INT8 (Q/DQ)",
 ) -> EvaluationReport:

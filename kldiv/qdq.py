@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import INT8_MAX
+from .defaults import DEFAULT_QDQ_BIAS, DEFAULT_QDQ_WEIGHTS, INT8_MAX
 from .errors import ModelError, QuantizationError
 from .scales import amax_to_scale
 
@@ -88,7 +88,8 @@ def load_onnx(model: Any) -> Any:
 
     from .runners import load_model
 
-    proto = load_model(model)[0]
+    # a ModelProto needs no loading (load_model would serialize and hash it for nothing)
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)[0]
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     return copy
@@ -164,9 +165,9 @@ def to_qdq_onnx(
     model: Any,
     table: Mapping[str, Any],
     *,
-    weights: str = "per_channel",
+    weights: str = DEFAULT_QDQ_WEIGHTS,
     placement: str = "inputs",
-    bias: str = "float",
+    bias: str = DEFAULT_QDQ_BIAS,
     ops: Collection[str] = QUANTIZABLE_OPS,
     exclude: Iterable[str] = (),
     opset: int | None = None,
@@ -378,7 +379,7 @@ def to_qdq_onnx(
             dq = activation_dq(tensor, scale_of)
             if dq is None:
                 continue
-            for node in g.node:
+            for node in users:  # every reader of the tensor (listed before any rewrite)
                 for i, inp in enumerate(node.input):
                     if inp == tensor:
                         node.input[i] = dq

@@ -70,6 +70,10 @@ _OPT_LEVELS = ("disable", "basic", "extended", "all")
 TESTED_OPSETS = range(11, 22)
 
 
+#: Model file suffixes onnx reads as text (textproto / JSON), not binary protobuf.
+_TEXT_MODEL_SUFFIXES = frozenset({".txtpb", ".textproto", ".onnxtxt", ".json"})
+
+
 def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
     """Load an ONNX model from a path, bytes or a ``ModelProto``.
 
@@ -106,7 +110,13 @@ def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
             raise ModelError(f"{path}: model file not found; give the path of an .onnx file")
         data = path.read_bytes()
         try:
-            proto = onnx.load(str(path))
+            if path.suffix.lower() in _TEXT_MODEL_SUFFIXES:
+                proto = onnx.load(str(path))  # onnx picks the text format by extension
+            else:  # parse the bytes already read (for the hash); then any external data
+                from onnx.external_data_helper import load_external_data_for_model
+
+                proto = onnx.load_from_string(data)
+                load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
             raise ModelError(
                 f"{path}: cannot load it as an ONNX model ({exc.__class__.__name__}: {exc}); "
@@ -184,9 +194,13 @@ def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
     from onnx import numpy_helper
 
     g = model.graph
-    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    # only the Clip limits are needed: converting every weight would copy the whole model
+    wanted = {i for n in g.node if n.op_type == "Clip" for i in n.input[1:3] if i}
+    consts: dict[str, np.ndarray] = {
+        t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted
+    }
     for node in g.node:
-        if node.op_type == "Constant" and node.output:
+        if node.op_type == "Constant" and node.output and node.output[0] in wanted:
             for a in node.attribute:
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     consts[node.output[0]] = numpy_helper.to_array(a.t)

@@ -205,3 +205,33 @@ def test_bad_models(tmp_path):
     bad.graph.node[2].op_type = "NoSuchOp"
     with pytest.raises(ModelError, match="onnxruntime cannot load"):
         OnnxRuntimeRunner(bad)
+
+
+@pytest.mark.parametrize("form", ["external-data", "textproto"])
+def test_load_model_reads_external_data_and_text_models(tmp_path, form):
+    """load_model parses the bytes it hashed; external weights and text formats still load."""
+    import hashlib
+
+    from kldiv.runners import load_model
+
+    model = mlp()
+    if form == "external-data":
+        path = tmp_path / "m.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="m.weights", size_threshold=0)
+        assert (tmp_path / "m.weights").stat().st_size > 0
+    else:
+        path = tmp_path / "m.txtpb"
+        onnx.save_model(model, str(path))
+        assert path.read_text().lstrip().startswith(("ir_version", "#"))
+    proto, label, sha = load_model(path)
+    assert label == str(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    got = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    # a fresh copy: saving with external data moved `model`'s weights out to the file
+    want = {t.name: numpy_helper.to_array(t) for t in mlp().graph.initializer}
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    runner = OnnxRuntimeRunner(path)  # and onnxruntime runs what was loaded
+    assert runner.tensor_names

@@ -135,12 +135,10 @@ def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
     except ImportError:
         return None, None
     bar = tqdm(total=total, unit="batch", file=sys.stderr, desc="calibrating", leave=False)
-    last = [0]
 
     def on_batch(index: int, samples: int) -> None:
         bar.update(1)
         bar.set_postfix(samples=samples, refresh=False)
-        last[0] = samples
 
     return bar, on_batch
 

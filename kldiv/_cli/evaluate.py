@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import DEFAULT_QDQ_BIAS, DEFAULT_QDQ_WEIGHTS, DEFAULT_TOPK
+
 __all__ = ["register", "run"]
 
 
@@ -32,7 +34,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=None, help="re-cut the data into batches")
     p.add_argument("--output", help="model output holding class scores (default: the first)")
-    p.add_argument("--topk", type=int, nargs="+", default=[1, 5], help="k values (default 1 5)")
+    p.add_argument("--topk", type=int, nargs="+", default=list(DEFAULT_TOPK),
+                   help=f"k values (default {' '.join(map(str, DEFAULT_TOPK))})")
     p.add_argument(
         "--placement",
         choices=("inputs", "all", "both"),
@@ -41,8 +44,9 @@ def register(subparsers: Any) -> None:
         "placement), on every calibrated tensor (like implicit INT8; onnxruntime then runs "
         "QLinearConv/QGemm), or both, one table each (default)",
     )
-    p.add_argument("--weights", choices=("per_channel", "per_tensor"), default="per_channel")
-    p.add_argument("--bias", choices=("float", "int32"), default="float")
+    p.add_argument("--weights", choices=("per_channel", "per_tensor"),
+                   default=DEFAULT_QDQ_WEIGHTS)
+    p.add_argument("--bias", choices=("float", "int32"), default=DEFAULT_QDQ_BIAS)
     p.add_argument(
         "--save-qdq",
         type=Path,
@@ -124,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
-        for r in reports:
-            print(f"{r.name}: {_PLACEMENT_TEXT[r.name.split('(')[1].rstrip(')')]}")
+        for placement, r in zip(placements, reports):
+            print(f"{r.name}: {_PLACEMENT_TEXT[placement]}")
             print(r.to_text() + "\n")
     return 0
 

@@ -62,6 +62,8 @@ __all__ = [
 OPSET = 13
 #: Seed of the split, the initial weights and the batch order.
 SEED = 0
+#: Training epochs of the shipped model.
+EPOCHS = 40
 #: Held-out images used for evaluation.
 N_EVAL = 360
 #: Training images shipped as calibration data.
@@ -110,7 +112,7 @@ class TrainResult:
     epochs: int
 
 
-def train(split: dict[str, np.ndarray], *, seed: int = SEED, epochs: int = 40) -> TrainResult:
+def train(split: dict[str, np.ndarray], *, seed: int = SEED, epochs: int = EPOCHS) -> TrainResult:
     """Train the LeNet-5 with PyTorch (CPU) and return its weights and held-out accuracy."""
     import torch
     from torch import nn
@@ -231,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)
