@@ -312,6 +312,30 @@ def _looks_like(line: str) -> str:
     return "each line after the header must be '<name>: <hex float32 bits>', e.g. 'conv1: 3c88edfc'"
 
 
+def _checked_text(
+    text: str | bytes, path: str | None, *, empty_hint: str, binary_hint: str,
+    warn_bom: bool = False,
+) -> str:
+    """A text file's contents, decoded, without a byte-order mark; empty or binary files
+    raise :class:`CacheFormatError` (with ``empty_hint`` / ``binary_hint``, naming the line of
+    the first NUL)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = decode_cache_bytes(bytes(text), path=path)
+    if text.startswith("\ufeff"):
+        if warn_bom:
+            logger.warning("%s: skipping a UTF-8 byte-order mark", path or "cache")
+        text = text[1:]
+    if not text.strip():
+        raise CacheFormatError("the file is empty", path=path, line=1, hint=empty_hint)
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise CacheFormatError(
+            "binary data (a NUL character) in the file", path=path,
+            line=text.count("\n", 0, nul) + 1, hint=binary_hint,
+        )
+    return text
+
+
 def parse_cache(
     text: str | bytes, *, path: str | None = None, allow_unknown_header: bool = False
 ) -> CalibrationTable:
@@ -347,26 +371,15 @@ def parse_cache(
     >>> t.header.trt_version, t.hex("prob"), round(t.amax("prob"), 6)
     ('7.0.0', '3c010a14', 1.000244)
     """
-    if isinstance(text, (bytes, bytearray)):
-        text = decode_cache_bytes(bytes(text), path=path)
-    if not isinstance(text, str):
+    if not isinstance(text, (str, bytes, bytearray)):
         raise TypeError(f"parse_cache takes the file's text (str), got {type(text).__name__}")
-    if text.startswith("\ufeff"):
-        logger.warning("%s: skipping a UTF-8 byte-order mark", path or "cache")
-        text = text[1:]
-    if not text.strip():
-        raise CacheFormatError(
-            "the file is empty", path=path, line=1,
-            hint="TensorRT writes the cache after calibrating; recalibrate or check the path",
-        )
-    nul = text.find("\x00")
-    if nul >= 0:
-        raise CacheFormatError(
-            "binary data (a NUL character) in the file", path=path,
-            line=text.count("\n", 0, nul) + 1,
-            hint="a calibration cache is the text file TensorRT writes; check that this is not "
-            "an engine or a flatbuffers file",
-        )
+    text = _checked_text(
+        text, path,
+        empty_hint="TensorRT writes the cache after calibrating; recalibrate or check the path",
+        binary_hint="a calibration cache is the text file TensorRT writes; check that this is "
+        "not an engine or a flatbuffers file",
+        warn_bom=True,
+    )
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

@@ -23,7 +23,7 @@ import numpy as np
 from ._io import atomic_write_bytes
 from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
-from .histogram import RANGE_POLICIES, ActivationHistogram, absmax
+from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, absmax
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
 
@@ -83,7 +83,7 @@ class HistogramCollector:
                 f"range_policy={range_policy!r} needs ranges={{tensor: amax}}; use 'pow2' to "
                 "find the ranges from the data"
             )
-        if nonfinite not in ("raise", "drop"):
+        if nonfinite not in _NONFINITE:
             raise HistogramError(f"nonfinite must be 'raise' or 'drop', got {nonfinite!r}")
         self.num_bins = int(num_bins)
         self.range_policy = range_policy

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import atomic_write_bytes, atomic_write_text, check_writable
-from .cachefile import decode_cache_bytes, format_cache, parse_cache, parse_header
+from .cachefile import _checked_text, decode_cache_bytes, format_cache, parse_cache, parse_header
 from .errors import CacheFormatError
 from .scales import CalibrationTable
 
@@ -115,16 +115,8 @@ def _decimal(value: str, *, path: str | None, line: int, what: str) -> float:
 
 
 def _text_lines(text: str | bytes, path: str | None) -> list[str]:
-    if isinstance(text, (bytes, bytearray)):
-        text = decode_cache_bytes(bytes(text), path=path)
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
-        raise CacheFormatError("the file is empty", path=path, line=1,
-                               hint="nothing to read; check the path")
-    if "\x00" in text:
-        raise CacheFormatError("binary data (a NUL character) in the file", path=path,
-                               line=text.count("\n", 0, text.index("\x00")) + 1,
-                               hint="this reader takes a text file")
+    text = _checked_text(text, path, empty_hint="nothing to read; check the path",
+                        binary_hint="this reader takes a text file")
     lines = text.split("\n")
     return [ln.removesuffix("\r") for ln in lines]
 
