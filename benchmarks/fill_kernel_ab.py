@@ -34,7 +34,8 @@ def _old_kernels(rev: str, into: Path):
     for name in ("fill.py", "_jit.py"):
         src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:kldiv/_kernels/{name}"],
                              check=True, capture_output=True, text=True).stdout
-        (pkg / name).write_text(src)
+        # parent-package imports (``from ..histogram import``) resolve to today's kldiv
+        (pkg / name).write_text(src.replace("from ..", "from kldiv."))
     sys.path.insert(0, str(into))
     return importlib.import_module("oldkernels.fill")
 

@@ -84,6 +84,16 @@ def test_tensors_and_values_match_numpy(opset):
         np.testing.assert_allclose(acts[name], ref[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_callers_model_proto_is_left_as_it_was():
+    model = mlp()
+    before = model.SerializeToString()
+    runner = OnnxRuntimeRunner(model)
+    assert model.SerializeToString() == before  # the added outputs were taken off again
+    assert [o.name for o in model.graph.output] == ["y", "label"]
+    session_outputs = {o.name for o in runner.session.get_outputs()}
+    assert session_outputs == {"label", *runner.tensor_names} - {"x"}
+
+
 def test_old_style_initializer_inputs_are_not_inputs():
     runner = OnnxRuntimeRunner(mlp(11, old_style_inputs=True))
     assert [s.name for s in runner.input_specs] == ["x"]
