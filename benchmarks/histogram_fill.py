@@ -28,9 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.histogram import ActivationHistogram, absmax
-
-NUM_BINS = 2048
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -66,7 +65,7 @@ def _peers(x: np.ndarray, amax: float, threads: int) -> dict[str, Callable[[], o
     if HistogramCollector is not None:
 
         def ort() -> object:
-            collector = HistogramCollector("percentile", True, NUM_BINS, 128, 99.99, "same")
+            collector = HistogramCollector("percentile", True, NUM_BINS, NUM_QUANT_LEVELS, 99.99, "same")
             collector.collect_absolute_value({"t": x})
             return collector
 

@@ -14,14 +14,9 @@ import time
 import numpy as np
 
 from kldiv._kernels.entropy import search
+from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.entropy import PRESETS, divergence_curve, search_threshold
-
-
-class _Hist:
-    """What search_threshold reads: integer counts over [0, amax]."""
-
-    def __init__(self, counts: np.ndarray, amax: float) -> None:
-        self.counts, self.amax = counts, amax
+from kldiv.histogram import ActivationHistogram
 
 
 def _tensors(n: int) -> list[np.ndarray]:
@@ -57,9 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     REPEAT = args.repeat
     xs = _tensors(args.tensors)
-    abs_h = [np.histogram(np.abs(x), bins=2048)[0].astype(np.int64) for x in xs]
+    abs_h = [np.histogram(np.abs(x), bins=NUM_BINS)[0].astype(np.int64) for x in xs]
     opts = PRESETS["tensorrt"]
-    hists = [_Hist(c, float(np.abs(x).max())) for c, x in zip(abs_h, xs)]
+    hists = [ActivationHistogram.from_counts(c, float(np.abs(x).max())) for c, x in zip(abs_h, xs)]
     search_threshold(hists[0], "tensorrt", backend="numba")  # load the compiled kernel (cache)
     rows = [
         ("kldiv search_threshold (tensorrt, numba)",
@@ -71,19 +66,19 @@ def main() -> None:
     try:
         from onnxruntime.quantization.calibrate import HistogramCollector
 
-        col = HistogramCollector("entropy", True, 2048, 128, 99.99, "same")
+        col = HistogramCollector("entropy", True, NUM_BINS, NUM_QUANT_LEVELS, 99.99, "same")
         hists = []
         for x in few:
-            hist, edges = np.histogram(x, 2048, range=(-np.abs(x).max(), np.abs(x).max()))
+            hist, edges = np.histogram(x, NUM_BINS, range=(-np.abs(x).max(), np.abs(x).max()))
             hists.append((hist, edges.astype(np.float32), x.min(), x.max(), np.abs(x).max()))
         rows.append(("onnxruntime get_entropy_threshold",
-                     _time(lambda h: col.get_entropy_threshold(h, 128), hists)))
+                     _time(lambda h: col.get_entropy_threshold(h, NUM_QUANT_LEVELS), hists)))
     except Exception as exc:  # pragma: no cover - depends on the environment
         rows.append((f"onnxruntime: skipped ({exc.__class__.__name__})", float("nan")))
     try:
         from modelopt.torch.quantization.calib.histogram import _compute_amax_entropy
 
-        edges = np.linspace(0, 1, 2049)
+        edges = np.linspace(0, 1, NUM_BINS + 1)
         rows.append(("modelopt _compute_amax_entropy",
                      _time(lambda c: _compute_amax_entropy(c.copy(), edges, 8, False),
                            abs_h[: args.peers_tensors])))

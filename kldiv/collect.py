@@ -186,9 +186,8 @@ class HistogramCollector:
             self._absmax[name] = a
         # One pass: the fill grows the range when the policy allows (pow2/append) and returns
         # the batch's largest finite |x|, exact, for the MinMax method.
-        policy = self.range_policy if self.range_policy in ("pow2", "append", "global") else "fixed"
         a = hist.observe(
-            arr, nonfinite=self.nonfinite, range_policy=policy,  # type: ignore[arg-type]
+            arr, nonfinite=self.nonfinite, range_policy=self.range_policy,  # type: ignore[arg-type]
             backend=self.backend, where=where,  # type: ignore[arg-type]
         )
         self._absmax[name] = max(self._absmax[name], a)

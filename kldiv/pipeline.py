@@ -37,6 +37,7 @@ from .defaults import (
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
+from .entropy import search_threshold
 from .errors import DataSourceError, PresetError
 from .scales import CalibrationTable, ThresholdResult, amax_to_scale
 
@@ -286,10 +287,11 @@ def choose_thresholds(
     """
     if method not in METHODS:
         raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
+    tensorrt_rules = method == "entropy" and preset == "tensorrt"
     if activation_bounds is None:
-        activation_bounds = method == "entropy" and preset == "tensorrt"
+        activation_bounds = tensorrt_rules
     if pooling_inherits is None:
-        pooling_inherits = method == "entropy" and preset == "tensorrt"
+        pooling_inherits = tensorrt_rules
     bounds: Mapping[str, float] = (
         collector.meta.get("activation_bounds", {}) if activation_bounds else {}
     )
@@ -322,13 +324,9 @@ def choose_thresholds(
                 options={"source": "largest |x| seen"}, histogram=hist,
             )
         elif method == "entropy":
-            from .entropy import search_threshold
-
             results[name] = search_threshold(hist, preset, **options)
         else:
-            from .thresholds import choose_threshold
-
-            results[name] = choose_threshold(hist, method, **options)
+            results[name] = _thresholds.choose_threshold(hist, method, **options)
     return results
 
 

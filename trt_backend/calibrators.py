@@ -55,8 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Calibration algorithms, kldiv's spelling.
-
 
 def replay_cache_bytes(
     table: CalibrationTable,

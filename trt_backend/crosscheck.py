@@ -147,9 +147,10 @@ def assemble(
     histograms : optional
         Passed to :func:`kldiv.compare.compare` for differences in bins.
     """
-    theirs = parse_cache(bytes(trt_cache))
+    trt_cache = bytes(trt_cache)
+    theirs = parse_cache(trt_cache)
     report = compare(ours, theirs, histograms=histograms)
-    return CrosscheckResult(ours, theirs, bytes(trt_cache), report, str(trt_version), algorithm)
+    return CrosscheckResult(ours, theirs, trt_cache, report, str(trt_version), algorithm)
 
 
 def crosscheck(

@@ -52,7 +52,7 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
                    help=f"entropy preset (default {DEFAULT_PRESET}; see kldiv.entropy.PRESETS)")
     p.add_argument("--method", default=DEFAULT_METHOD,
                    choices=tuple(METHODS),
-                   help="threshold method (default entropy)")
+                   help=f"threshold method (default {DEFAULT_METHOD})")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --method percentile (default kldiv.defaults)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
@@ -150,9 +150,9 @@ def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any,
     options: dict[str, Any] = {}
     if args.method == "percentile" and args.percentile is not None:
         options["percentile"] = args.percentile
-    if getattr(args, "no_activation_bounds", False):
+    if args.no_activation_bounds:
         options["activation_bounds"] = False
-    if getattr(args, "no_pooling_inherits", False):
+    if args.no_pooling_inherits:
         options["pooling_inherits"] = False
     return calibrate_histograms(
         collector, preset=args.preset, method=args.method, options=options,

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         "--method",
         default=DEFAULT_METHOD,
         choices=tuple(METHODS),
-        help="threshold method (default entropy; presets apply to entropy only)",
+        help=f"threshold method (default {DEFAULT_METHOD}; presets apply to entropy only)",
     )
     p.add_argument(
         "--option",

@@ -24,7 +24,7 @@ def preload() -> None:
         fill,
     )
 
-    for size in (16, 1 << 17):  # the serial and the parallel float32 kernels
+    for size in (16, fill._SERIAL_BELOW):  # the serial and the parallel float32 kernels
         fill.fill_counts(np.zeros(size, np.float32), 1.0, 2, clip=False)
 
 
