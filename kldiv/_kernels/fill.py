@@ -14,7 +14,11 @@ How it is fast without changing the answer
     Chunks go in blocks through two passes: branch-free loops that LLVM vectorises compute
     the bin codes and the block's maximum (as the integer maximum of the magnitude bits),
     then the codes are counted into four interleaved copies of the histogram, so runs of one
-    bin (the zeros after a ReLU) do not serialise on one counter. Tensors below
+    bin (the zeros after a ReLU) do not serialise on one counter. Loops index a slice of the
+    block (``block[j]``, never ``x[start + j]``): an index Numba cannot prove non-negative
+    gets a wrap-around fix-up per element, which made LLVM load the values with a gather
+    instead of a vector load (1.2-1.3x slower fills, ``benchmarks/fill_kernel_ab.py``). Bin
+    codes are unsigned for the same reason in the counting loop. Tensors below
     :data:`_SERIAL_BELOW` elements run in a serial twin of the kernel (no thread launch).
     float16 arrays are read as their uint16 bits: the bin code of each of the 2**15 magnitude
     patterns is computed once per fill by the same rule (a 128 KiB table), and the loop looks
@@ -44,7 +48,7 @@ __all__ = [
 BLOCK_ELEMENTS = 1 << 20
 #: Below this many elements the kernel runs as a single chunk (no partial histograms).
 _SERIAL_BELOW = 1 << 16
-#: Elements per block of bin codes in the float32/float64 kernel (16 KiB of int32 codes).
+#: Elements per block of bin codes in the float32/float64 kernel (16 KiB of uint32 codes).
 _CODE_BLOCK = 4096
 #: (unsigned view, magnitude mask: every bit but the sign) by dtype, for the fill kernel.
 _MAGNITUDE = {
@@ -58,7 +62,7 @@ _MAGNITUDE = {
 #: |float16| as float64 for each of the 2**15 magnitude bit patterns (exact widening).
 F16_ABS_TABLE = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float64)
 _NO_TABLE_F = np.zeros(1, np.float64)
-_NO_TABLE_I = np.zeros(1, np.int32)
+_NO_TABLE_I = np.zeros(1, np.uint32)
 
 
 def _is_f16_bits(v):
@@ -94,7 +98,7 @@ def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
 
     def code(v, codes, amax, inv_w, flast, num_bins):
         a = abs(np.float64(v))
-        return np.int32(min(a * inv_w, flast)) if a <= amax else np.int32(num_bins)
+        return np.uint32(min(a * inv_w, flast)) if a <= amax else np.uint32(num_bins)
 
     return code
 
@@ -103,7 +107,7 @@ def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
 @jit
 def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
     """:func:`_code_of` of each value (float64): the float16 code table."""
-    codes = np.empty(values.size, np.int32)
+    codes = np.empty(values.size, np.uint32)
     flast = float(num_bins - 1)
     for i in range(values.size):
         codes[i] = _code_of(values[i], _NO_TABLE_I, amax, inv_w, flast, num_bins)
@@ -131,7 +135,7 @@ def _fill_chunk(  # pragma: no cover - compiled
     flast = float(last)
     inv_w = num_bins / amax if amax > 0.0 else 0.0
     lane = num_bins + 1  # each copy has one spill bin at index num_bins
-    codes = np.empty(_CODE_BLOCK, np.int32)
+    codes = np.empty(_CODE_BLOCK, np.uint32)
     mb = bmax[c]  # zero, typed like the bits
     mx = 0.0
     mx_in = 0.0
@@ -139,8 +143,9 @@ def _fill_chunk(  # pragma: no cover - compiled
     n_nonfinite = 0
     for start in range(lo, hi, _CODE_BLOCK):
         m = min(_CODE_BLOCK, hi - start)
+        block = x[start : start + m]
         for j in range(m):
-            codes[j] = _code_of(x[start + j], table, amax, inv_w, flast, num_bins)
+            codes[j] = _code_of(block[j], table, amax, inv_w, flast, num_bins)
         block_bits = bits[start : start + m]
         mb_block = bmax[c]
         for j in range(m):
@@ -165,7 +170,7 @@ def _fill_chunk(  # pragma: no cover - compiled
         h[2 * lane + num_bins] = 0
         h[3 * lane + num_bins] = 0
         for j in range(m):
-            a = _abs_f64(x[start + j], ftable)
+            a = _abs_f64(block[j], ftable)
             if a <= amax:
                 mx_in = max(mx_in, a)
             elif np.isfinite(a):
@@ -238,8 +243,9 @@ def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
     for c in numba.prange(n_chunks):
         mx = 0.0
         bad = 0
-        for i in range(c * step, min(n, c * step + step)):
-            a = _abs_f64(x[i], table)
+        chunk = x[c * step : min(n, c * step + step)]  # sliced: no per-element index wrap
+        for i in range(chunk.size):
+            a = _abs_f64(chunk[i], table)
             if np.isfinite(a):
                 mx = max(mx, a)
             else:
