@@ -4,7 +4,9 @@ One run prints a table (GB/s of input read, and the ratio to ``np.histogram`` me
 same run on the same array). Every implementation histograms ``|x|`` into 2048 bins over
 ``[0, absmax]``:
 
-- ``kldiv numba``      ``ActivationHistogram(amax).fill(x)`` (parallel kernel, private partials)
+- ``kldiv numba``      ``ActivationHistogram(amax).fill(x)`` (parallel kernel, private partials),
+                       with the build kldiv uses by default (ahead of time when it builds)
+- ``kldiv numba, AOT / JIT``  the same kernel through each build explicitly
 - ``kldiv numpy``      the same with ``backend="numpy"`` (the readable reference)
 - ``np.histogram``     ``np.histogram(np.abs(x), bins=2048, range=(0, amax))`` (the baseline;
                        float16 is widened to float32 first, np.histogram refuses float16 edges)
@@ -16,13 +18,15 @@ Usage::
     python benchmarks/histogram_fill.py                       # 16M float32 elements
     python benchmarks/histogram_fill.py --elements 67108864 --threads 2 --repeat 5
 
-Threads: ``--threads`` sets Numba's thread count (and torch's); NumPy is single-threaded.
+Threads: ``--threads`` sets Numba's thread count (``NUMBA_NUM_THREADS``, which the ahead-of-time
+build reads too; and torch's); NumPy is single-threaded.
 The best of ``--repeat`` runs is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -97,9 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime/modelopt")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+    from kldiv._kernels import aot, dispatch
     from kldiv._kernels._jit import numba_num_threads
 
     threads = numba_num_threads(args.threads)
+    builds = {"JIT": dispatch.jit_kernels()}
+    module = aot.load()
+    if module is not None:
+        builds["AOT"] = dispatch.aot_kernels(module)
     print(
         f"histogram fill, {NUM_BINS} bins of |x| over [0, absmax], {args.elements:,} elements, "
         f"numba threads={threads}, best of {args.repeat}"
@@ -127,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{label}: numba and numpy fills disagree; not timing")
         rows: dict[str, Callable[[], object]] = {
             "np.histogram(np.abs(x)) [baseline]": baseline,
-            "kldiv numba (ActivationHistogram.fill)": ours,
-            "kldiv numpy reference": reference,
+            f"kldiv numba (ActivationHistogram.fill, {dispatch.kernels().name})": ours,
         }
+        for build_name, build in builds.items():
+            rows[f"kldiv numba, {build_name}"] = (
+                lambda x=x, amax=amax, build=build: dispatch.fill_counts(
+                    x, amax, NUM_BINS, clip=False, build=build))
+        rows["kldiv numpy reference"] = reference
         if not args.no_peers and label.startswith("float32") and "strided" not in label:
             rows.update(_peers(x, amax, threads))
         base = None

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from kldiv._kernels.entropy import search
+from kldiv._kernels.dispatch import kernels, search
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.entropy import PRESETS, divergence_curve, search_threshold
 from kldiv.histogram import ActivationHistogram
@@ -59,7 +59,8 @@ def main() -> None:
     rows = [
         ("kldiv search_threshold (tensorrt, numba)",
          _time(lambda h: search_threshold(h, "tensorrt", backend="numba"), hists)),
-        ("kldiv numba kernel alone", _time(lambda c: search(c, opts), abs_h)),
+        (f"kldiv numba kernel alone ({kernels().name} build)",
+         _time(lambda c: search(c, opts), abs_h)),
     ]
     rows.append(("kldiv numpy reference", _time(lambda c: divergence_curve(c, opts), abs_h[:3])))
     few = xs[: args.peers_tensors]

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
     "DEFAULT_FILL_BACKEND",
+    "DEFAULT_KERNELS",
     "DEFAULT_LEGACY_CUTOFF",
     "DEFAULT_LEGACY_QUANTILE",
     "DEFAULT_METHOD",
@@ -66,6 +67,10 @@ DEFAULT_LEGACY_QUANTILE: Final[float] = 0.99999
 # --- histograms (appended by helper HIST) ---
 #: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".
 DEFAULT_FILL_BACKEND: Final[str] = "auto"
+#: How the Numba kernels are run (environment variable ``KLDIV_KERNELS`` overrides):
+#: "auto" (compiled ahead of time once per environment, and loaded without Numba; the JIT when
+#: that cannot be done), "aot" (ahead of time or fail), "jit" (Numba's JIT and its cache).
+DEFAULT_KERNELS: Final[str] = "auto"
 #: Range policy of histogram collection when none is named: the TensorRT developer guide's
 #: "first batch's absmax, grown by powers of two" (see kldiv.histogram).
 DEFAULT_RANGE_POLICY: Final[str] = "pow2"

@@ -13,7 +13,7 @@ TensorRT", S. Migacz). :func:`divergence_curve` is the pseudocode, one candidate
 Wherever the slide is silent (algorithm.md §3, ambiguities #1–#13) the choice is a named field
 of :class:`EntropyOptions`; :data:`PRESETS` bundles the choices of TensorRT (our reconstruction,
 pinned by real caches), of the slide itself, of NVIDIA ModelOpt and of MXNet. The fast Numba
-kernel (``kldiv._kernels.entropy``) follows the same contract and is tested against this file.
+kernel (``kldiv._kernels.entropy``, run by ``kldiv._kernels.dispatch``) follows the same contract and is tested against this file.
 
 Examples
 --------
@@ -528,7 +528,7 @@ def _require_nonempty(counts: np.ndarray) -> None:
 
 
 def _load_kernel() -> Any:
-    from ._kernels import entropy as kernel  # imports numba
+    from ._kernels import dispatch as kernel  # numba's JIT or the ahead-of-time build
 
     return kernel
 

@@ -261,7 +261,7 @@ def _resolve_backend(backend: str) -> str:
 def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend: str) -> FillStats:
     if _resolve_backend(backend) == "numpy":
         return fill_counts_reference(arr, amax, num_bins, clip=clip)
-    from ._kernels.fill import fill_counts
+    from ._kernels.dispatch import fill_counts
 
     return fill_counts(arr, amax, num_bins, clip=clip)
 
@@ -327,7 +327,7 @@ def absmax(
             if finite.any():
                 mx = max(mx, float(a[finite].max()))
     else:
-        from ._kernels.fill import absmax_stats
+        from ._kernels.dispatch import absmax_stats
 
         mx, bad = absmax_stats(arr)
     if bad and nonfinite == "raise":

@@ -43,6 +43,27 @@ def trt_caches() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", params=["jit", "aot"])
+def kernel_build(request: pytest.FixtureRequest):
+    """Each build of the Numba kernels in turn: Numba's JIT, and the ahead-of-time module.
+
+    The ahead-of-time build is what users get by default; failing to build it here is a test
+    failure (with the compiler's reason), not a skip. ``KLDIV_KERNELS=jit`` skips it, saying so.
+    """
+    from kldiv._kernels import aot, dispatch
+
+    if request.param == "jit":
+        return dispatch.jit_kernels()
+    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
+        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
+    module = aot.load()
+    if module is None:
+        failed = aot.module_path().with_name(aot.module_path().name + ".failed")
+        reason = failed.read_text() if failed.exists() else "(no reason recorded)"
+        pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
+    return dispatch.aot_kernels(module)
+
+
 def _real_tensorrt_available() -> str | None:
     """None when a real TensorRT imports, else the reason it does not.
 

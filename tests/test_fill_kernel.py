@@ -1,4 +1,8 @@
-"""The Numba fill kernel against the NumPy reference (and np.histogram), bin for bin."""
+"""The Numba fill kernel against the NumPy reference (and np.histogram), bin for bin.
+
+Every test runs on both builds of the kernel (``kernel_build``: Numba's JIT and the
+ahead-of-time module), through the same wrappers (:mod:`kldiv._kernels.dispatch`).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,29 @@ from hypothesis.extra import numpy as hnp
 from kldiv.histogram import bin_edges, fill_counts_reference
 
 fill = pytest.importorskip("kldiv._kernels.fill")
+from kldiv._kernels import dispatch  # noqa: E402
 
 DTYPES = [np.float16, np.float32, np.float64]
+BUILD: dispatch.Kernels | None = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _use_build(kernel_build):
+    """Run this module's tests with each build in turn (module scope: Hypothesis-safe)."""
+    global BUILD
+    BUILD = kernel_build
+    yield
+    BUILD = None
+
+
+def fill_counts(values, amax, num_bins, *, clip):
+    return dispatch.fill_counts(values, amax, num_bins, clip=clip, build=BUILD)
 
 
 def _same(values: np.ndarray, amax: float, num_bins: int, clip: bool = False) -> np.ndarray:
     """Fill with both implementations, assert every output agrees, return the counts."""
     ref = fill_counts_reference(values, amax, num_bins, clip=clip)
-    got = fill.fill_counts(values, amax, num_bins, clip=clip)
+    got = fill_counts(values, amax, num_bins, clip=clip)
     np.testing.assert_array_equal(got.counts, ref.counts)
     assert got.counts.dtype == np.int64
     assert (got.n_nonfinite, got.n_over) == (ref.n_nonfinite, ref.n_over)
@@ -189,18 +208,18 @@ def test_specials_across_code_blocks_and_chunks(dtype, clip, n):
 def test_dense_view_shares_memory_or_refuses():
     x = np.arange(24.0).reshape(2, 3, 4)
     for dense in (x, x.T, x[::-1], np.asfortranarray(x), x[:, ::-1, :]):
-        flat = fill.dense_view(dense)
+        flat = dispatch.dense_view(dense)
         assert flat is not None and flat.ndim == 1 and np.shares_memory(flat, dense)
         assert sorted(flat.tolist()) == sorted(dense.ravel().tolist())
-    assert fill.dense_view(x[:, ::2]) is None
-    assert fill.dense_view(x[..., 1:]) is None
+    assert dispatch.dense_view(x[:, ::2]) is None
+    assert dispatch.dense_view(x[..., 1:]) is None
 
 
 def test_strided_input_is_fed_in_bounded_blocks(monkeypatch):
-    monkeypatch.setattr(fill, "BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(dispatch, "BLOCK_ELEMENTS", 1000)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 200)).astype(np.float32)[:, ::3]
-    blocks = list(fill._blocks(x))
+    blocks = list(dispatch.blocks(x))
     assert len(blocks) > 10 and max(b.size for b in blocks) <= 1000
     _same(x, 2.5, 2048, clip=True)
 
@@ -211,16 +230,16 @@ def test_absmax_stats(dtype):
     x = (rng.standard_normal(200_001) * 7).astype(dtype)
     x[5] = np.nan
     x[-1] = -np.inf
-    mx, bad = fill.absmax_stats(x[::-1])
+    mx, bad = dispatch.absmax_stats(x[::-1], build=BUILD)
     finite = np.abs(x[np.isfinite(x)].astype(np.float64))
     assert (mx, bad) == (float(finite.max()), 2)
-    assert fill.absmax_stats(np.zeros(10, dtype)) == (0.0, 0)
+    assert dispatch.absmax_stats(np.zeros(10, dtype), build=BUILD) == (0.0, 0)
 
 
 def test_f16_table_is_exact():
     bits = np.arange(1 << 15, dtype=np.uint16)
     assert np.array_equal(
-        fill.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
+        dispatch.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
     )
 
 
@@ -234,7 +253,7 @@ def test_no_full_size_temporaries(backend_fill):
         tracemalloc.start()
         try:
             if backend_fill == "numba":
-                fill.fill_counts(values, 4.0, 2048, clip=True)
+                fill_counts(values, 4.0, 2048, clip=True)
             else:
                 fill_counts_reference(values, 4.0, 2048, clip=True)
             _, peak = tracemalloc.get_traced_memory()
@@ -243,22 +262,3 @@ def test_no_full_size_temporaries(backend_fill):
         assert peak < 12 << 20, (
             f"peak {peak / 2**20:.1f} MiB for a {values.nbytes / 2**20} MiB input"
         )
-
-
-def test_preload_loads_the_float32_kernels_in_a_fresh_process():
-    """kldiv._kernels.preload leaves both float32 fill kernels and the search kernel loaded."""
-    import subprocess
-    import sys
-
-    code = (
-        "import numpy as np\n"
-        "from kldiv import _kernels\n"
-        "_kernels.preload()\n"
-        "from kldiv._kernels import entropy, fill\n"
-        "for k in (fill._fill_kernel, fill._fill_kernel_serial):\n"
-        "    assert any(str(s[0]) == 'array(float32, 1d, C)' for s in k.signatures), k\n"
-        "assert entropy._curve_abs_proportional.signatures\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -18,27 +18,19 @@ The minimum is chosen as the reference chooses it: the kernel curve agrees with 
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
 otherwise those few are re-evaluated with the reference code itself (bit-identical values) and
-the tie rule applied to them.
+the tie rule applied to them (:func:`kldiv._kernels.dispatch.search`, which calls these
+kernels through either build: Numba's JIT, or ahead of time, :mod:`kldiv._kernels.aot`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._jit import jit
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..entropy import EntropyOptions
-
-__all__ = ["BAND_ATOL", "BAND_RTOL", "divergences", "search"]
-
-#: Kernel values within ``BAND_ATOL + BAND_RTOL * |min|`` of the kernel minimum are re-checked
-#: with the reference (far above the kernel's error, measured ~1e-14 absolute).
-BAND_ATOL = 1e-10
-BAND_RTOL = 1e-9
+__all__ = ["AOT_EXPORTS"]
 
 _SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64)"
 _SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64)"
@@ -397,55 +389,9 @@ def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no
     return out
 
 
-def divergences(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray]:
-    """``(candidates, divergence)`` like :func:`kldiv.entropy.divergence_curve`, fast."""
-    from .. import entropy as ref
-
-    h = ref.apply_zero_policy(np.asarray(counts), opts, dtype=np.int64)
-    candidates = ref.candidate_bins(h.size, opts)
-    signed = opts.domain == "signed"
-    grouping = 0 if opts.grouping == "proportional" else 1
-    if opts.smoothing == "none" and not signed and grouping == 0:
-        levels = opts.num_levels
-        shift = levels.bit_length() - 1 if levels & (levels - 1) == 0 else -1
-        div = _curve_abs_proportional(h, candidates, levels, shift, int(opts.empty == "p"))
-    elif opts.smoothing == "none":
-        div = _curve_closed_form(
-            h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p")
-        )
-    else:
-        if opts.empty != "p":
-            # smoothing with emptiness from the raw histogram: no fast path, use the reference
-            return ref.divergence_curve(counts, opts)
-        div = _curve_smoothed(
-            h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps)
-        )
-    if opts.empty_q == "nan":  # candidates whose kept bins are all empty
-        csum = np.concatenate(([0], np.cumsum(h)))
-        z = h.size // 2
-        lo, hi = (z - candidates, z + candidates + 1) if signed else (0 * candidates, candidates)
-        div = np.where(csum[hi] - csum[lo] == 0, np.nan, div)
-    if opts.log_base != math.e:
-        div = div / math.log(opts.log_base)
-    return candidates, div
-
-
-def search(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(candidates, divergence, position of the minimum)``, the minimum chosen exactly as
-    :func:`kldiv.entropy.pick_minimum` chooses it on the reference curve."""
-    from .. import entropy as ref
-
-    candidates, div = divergences(counts, opts)
-    if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
-        return candidates, div, ref.pick_minimum(div, opts)
-    best = float(div.min())
-    if not math.isfinite(best):  # every candidate infinite: decided by the tie rule alone
-        return candidates, div, ref.pick_minimum(div, opts)
-    band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
-    if band.size == 1:
-        return candidates, div, int(band[0])
-    hist = ref.apply_zero_policy(counts, opts)
-    exact = np.array(
-        [ref.kl_divergence(*ref.distributions(hist, int(candidates[k]), opts), opts) for k in band]
-    )
-    return candidates, div, int(band[ref.pick_minimum(exact, opts)])
+#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``.
+AOT_EXPORTS = {
+    "curve_abs_proportional": (_curve_abs_proportional, _SIG_PROP),
+    "curve_closed_form": (_curve_closed_form, _SIG_CLOSED),
+    "curve_smoothed": (_curve_smoothed, _SIG_SMOOTH),
+}

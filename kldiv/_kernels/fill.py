@@ -19,11 +19,15 @@ How it is fast without changing the answer
     gets a wrap-around fix-up per element, which made LLVM load the values with a gather
     instead of a vector load (1.2-1.3x slower fills, ``benchmarks/fill_kernel_ab.py``). Bin
     codes are unsigned for the same reason in the counting loop. Tensors below
-    :data:`_SERIAL_BELOW` elements run in a serial twin of the kernel (no thread launch).
-    float16 arrays are read as their uint16 bits: the bin code of each of the 2**15 magnitude
-    patterns is computed once per fill by the same rule (a 128 KiB table), and the loop looks
-    codes up, so no float32/float64 copy of the tensor is ever made. Non-contiguous arrays are fed in
-    bounded blocks by the Python wrapper (at most :data:`BLOCK_ELEMENTS` copied at a time).
+    :data:`kldiv._kernels.dispatch.SERIAL_BELOW` elements run in a serial twin of the kernel
+    (no thread launch). float16 arrays are read as their uint16 bits: the bin code of each of
+    the 2**15 magnitude patterns is computed once per fill by the same rule (a 128 KiB table),
+    and the loop looks codes up, so no float32/float64 copy of the tensor is ever made.
+
+Only the loops over elements live here. :mod:`kldiv._kernels.dispatch` calls them (dtype
+views, bounded blocks of non-contiguous input, the float16 table, chunks) through either build:
+Numba's JIT, or the same functions compiled ahead of time (:data:`AOT_EXPORTS`,
+:mod:`kldiv._kernels.aot`), where the serial kernel runs per chunk in threads.
 """
 
 from __future__ import annotations
@@ -33,36 +37,16 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ..histogram import FillStats
-from ._jit import jit, numba_num_threads
+from ._jit import jit
+from .dispatch import NO_TABLE_I
 
-__all__ = [
-    "BLOCK_ELEMENTS",
-    "F16_ABS_TABLE",
-    "absmax_stats",
-    "dense_view",
-    "fill_counts",
-]
+__all__ = ["AOT_EXPORTS"]
 
-#: Elements copied at a time when the input is not one dense block of memory.
-BLOCK_ELEMENTS = 1 << 20
-#: Below this many elements the kernel runs as a single chunk (no partial histograms).
-_SERIAL_BELOW = 1 << 16
 #: Elements per block of bin codes in the float32/float64 kernel (16 KiB of uint32 codes).
 _CODE_BLOCK = 4096
-#: (unsigned view, magnitude mask: every bit but the sign) by dtype, for the fill kernel.
-_MAGNITUDE = {
-    np.dtype(np.float16): (np.uint16, np.uint16(0x7FFF)),
-    np.dtype(np.float32): (np.uint32, np.uint32(0x7FFF_FFFF)),
-    np.dtype(np.float64): (np.uint64, np.uint64(0x7FFF_FFFF_FFFF_FFFF)),
-}
 
 
 # --------------------------------------------------------------------------- per-element rules
-#: |float16| as float64 for each of the 2**15 magnitude bit patterns (exact widening).
-F16_ABS_TABLE = np.arange(1 << 15, dtype=np.uint16).view(np.float16).astype(np.float64)
-_NO_TABLE_F = np.zeros(1, np.float64)
-_NO_TABLE_I = np.zeros(1, np.uint32)
 
 
 def _is_f16_bits(v):
@@ -110,7 +94,7 @@ def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
     codes = np.empty(values.size, np.uint32)
     flast = float(num_bins - 1)
     for i in range(values.size):
-        codes[i] = _code_of(values[i], _NO_TABLE_I, amax, inv_w, flast, num_bins)
+        codes[i] = _code_of(values[i], NO_TABLE_I, amax, inv_w, flast, num_bins)
     return codes
 
 
@@ -255,119 +239,19 @@ def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
     return maxes.max(), nonfinite.sum()
 
 
-# --------------------------------------------------------------------------- wrappers
-def _kernel_view(x: np.ndarray) -> np.ndarray:
-    """A 1-D array the kernels accept, sharing memory with ``x`` (float16 -> its uint16 bits)."""
-    if x.dtype == np.float16:
-        return x.view(np.uint16)
-    return x
+def _fill_signature(values: str, bits: str) -> str:
+    return (f"Tuple((int64[:], int64, int64, float64, float64, {bits}))({values}[::1], "
+            f"{bits}[::1], {bits}, uint32[::1], float64[::1], float64, int64, boolean)")
 
 
-def _tables(dtype: np.dtype, amax: float, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bin-code table, |value| table) for float16 input; dummies for other dtypes."""
-    if dtype != np.float16:
-        return _NO_TABLE_I, _NO_TABLE_F
-    inv_w = num_bins / amax if amax > 0.0 else 0.0
-    return _codes_kernel(F16_ABS_TABLE, amax, inv_w, num_bins), F16_ABS_TABLE
-
-
-def dense_view(values: np.ndarray) -> np.ndarray | None:
-    """A 1-D view of all of ``values`` when its memory is one dense block, else None.
-
-    Element order is irrelevant to a histogram, so axes may be permuted and reversed freely.
-    """
-    if values.ndim == 0:
-        return values.reshape(1)
-    v = values
-    for axis in range(v.ndim):
-        if v.strides[axis] < 0:
-            v = np.flip(v, axis)
-    order = sorted(range(v.ndim), key=lambda ax: v.strides[ax], reverse=True)
-    v = v.transpose(order)
-    if v.flags.c_contiguous:
-        return v.reshape(-1)
-    return None
-
-
-def _blocks(values: np.ndarray):
-    """Yield one 1-D view (dense float input) or bounded contiguous blocks.
-
-    Strided float arrays are copied a block at a time; integer arrays are widened to float64
-    a block at a time (so the kernels are compiled for float16/32/64 only).
-    """
-    native = values.dtype in (np.float16, np.float32, np.float64)
-    flat = dense_view(values) if native else None
-    if flat is not None:
-        yield flat
-        return
-    it = np.nditer(  # type: ignore[call-overload]
-        values,
-        flags=["external_loop", "buffered", "zerosize_ok"],
-        op_flags=[["readonly"]],
-        op_dtypes=[values.dtype if native else np.dtype(np.float64)],
-        casting="unsafe",
-        order="K",
-        buffersize=BLOCK_ELEMENTS,
-    )
-    for block in it:
-        yield np.ascontiguousarray(block)
-
-
-def _chunks_for(size: int) -> int:
-    return 1 if size < _SERIAL_BELOW else max(1, numba_num_threads())
-
-
-def fill_counts(values: np.ndarray, amax: float, num_bins: int, *, clip: bool) -> FillStats:
-    """Count ``|values|`` into ``num_bins`` bins over ``[0, amax]`` (see the module contract).
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        float16/32/64 (or integer) array of any shape and strides; never copied whole.
-    amax : float
-        Upper edge of the range; 0 means "all mass in bin 0".
-    num_bins : int
-        Number of bins.
-    clip : bool
-        Put values above ``amax`` into the last bin (they are counted as over either way).
-
-    Returns
-    -------
-    kldiv.histogram.FillStats
-    """
-    counts = np.zeros(num_bins, np.int64)
-    n_nonfinite = n_over = 0
-    max_over = max_in = 0.0
-    amax, num_bins = float(amax), int(num_bins)
-    table, ftable = _tables(values.dtype, amax, num_bins)  # float16 only
-    for block in _blocks(values):
-        if block.size == 0:
-            continue
-        utype, mask = _MAGNITUDE[block.dtype]
-        n_chunks = _chunks_for(block.size)
-        args = (_kernel_view(block), block.view(utype), mask, table, ftable, amax, num_bins,
-                bool(clip))
-        part, bad, over, mx, mx_in, clean_bits = (
-            _fill_kernel(*args, n_chunks) if n_chunks > 1 else _fill_kernel_serial(*args)
-        )
-        mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
-        counts += part
-        n_nonfinite += int(bad)
-        n_over += int(over)
-        max_over = max(max_over, float(mx))
-        max_in = max(max_in, float(mx_in))
-    return FillStats(counts, n_nonfinite, n_over, max_over, max(max_over, max_in))
-
-
-def absmax_stats(values: np.ndarray) -> tuple[float, int]:
-    """``(largest finite |x|, number of non-finite values)`` without a temporary of ``|x|``."""
-    max_abs = 0.0
-    n_nonfinite = 0
-    for block in _blocks(values):
-        if block.size == 0:
-            continue
-        table = F16_ABS_TABLE if block.dtype == np.float16 else _NO_TABLE_F
-        mx, bad = _absmax_kernel(_kernel_view(block), table, _chunks_for(block.size))
-        max_abs = max(max_abs, float(mx))
-        n_nonfinite += int(bad)
-    return max_abs, n_nonfinite
+#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``
+#: (float16 arrives as its uint16 bits; ``prange`` runs serially there, one chunk per call).
+AOT_EXPORTS = {
+    "fill_float32": (_fill_kernel_serial, _fill_signature("float32", "uint32")),
+    "fill_float64": (_fill_kernel_serial, _fill_signature("float64", "uint64")),
+    "fill_float16": (_fill_kernel_serial, _fill_signature("uint16", "uint16")),
+    "absmax_float32": (_absmax_kernel, "Tuple((float64, int64))(float32[::1], float64[::1], int64)"),
+    "absmax_float64": (_absmax_kernel, "Tuple((float64, int64))(float64[::1], float64[::1], int64)"),
+    "absmax_float16": (_absmax_kernel, "Tuple((float64, int64))(uint16[::1], float64[::1], int64)"),
+    "codes": (_codes_kernel, "uint32[::1](float64[::1], float64, float64, int64)"),
+}

@@ -1,0 +1,160 @@
+"""The ahead-of-time build of the kernels: chosen by default, loaded without Numba, rebuilt when
+its inputs change, and a failed build falls back to the JIT once, without retrying.
+
+(Its numbers are checked against the NumPy references in test_fill_kernel.py and
+test_entropy_kernel.py, which run on both builds.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kldiv._kernels import aot, dispatch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
+        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
+    assert aot.load() is not None, "the ahead-of-time kernels did not build (see the log)"
+    return aot.module_path()
+
+
+def test_calibration_in_a_fresh_process_never_imports_numba(built):
+    """The point of the build: a whole calibration (fill, search, cache) without Numba/LLVM,
+    giving the table the JIT gives."""
+    code = (
+        "import sys\n"
+        "import kldiv\n"
+        "from kldiv.examples import lenet_calibration_data, lenet_model_path\n"
+        "table = kldiv.calibrate(lenet_model_path(), lenet_calibration_data(), "
+        "preset='tensorrt')\n"
+        "from kldiv._kernels import dispatch\n"
+        "print(dispatch.kernels().name, 'numba' in sys.modules, 'llvmlite' in sys.modules)\n"
+        "print(sorted((k, float(v)) for k, v in table.items()))\n"
+    )
+    aot_run = _python(code)
+    assert aot_run.returncode == 0, aot_run.stderr
+    first, table_aot = aot_run.stdout.strip().splitlines()[-2:]
+    assert first == "aot False False"
+    jit_run = _python(code, **{dispatch.KERNELS_ENV: "jit"})
+    assert jit_run.returncode == 0, jit_run.stderr
+    first, table_jit = jit_run.stdout.strip().splitlines()[-2:]
+    assert first == "jit True True"
+    assert table_aot == table_jit
+
+
+def test_preload_loads_the_jit_kernels_when_asked_for_the_jit():
+    code = (
+        "from kldiv import _kernels\n"
+        "_kernels.preload()\n"
+        "from kldiv._kernels import entropy, fill\n"
+        "for k in (fill._fill_kernel, fill._fill_kernel_serial):\n"
+        "    assert any(str(s[0]) == 'array(float32, 1d, C)' for s in k.signatures), k\n"
+        "assert entropy._curve_abs_proportional.signatures\n"
+        "print('ok')\n"
+    )
+    out = _python(code, **{dispatch.KERNELS_ENV: "jit"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_large_fill_runs_in_chunks_on_threads(built, monkeypatch):
+    """Above SERIAL_BELOW elements the serial kernel runs once per chunk (in threads); the
+    partial results add up to the JIT's answer."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(3 * dispatch.SERIAL_BELOW + 11) * 0.5).astype(np.float32)
+    x[[3, -2]] = np.nan
+    x[[5, 9]] = 7.0  # over the range: clipped, counted, largest kept
+    chunks: list[int] = []
+    real = dispatch._in_chunks
+
+    def spy(run, arrays, rest, n_chunks):
+        parts = real(run, arrays, rest, n_chunks)
+        chunks.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(dispatch, "_aot_threads", lambda: 3)
+    monkeypatch.setattr(dispatch, "_in_chunks", spy)
+    got = dispatch.fill_counts(x, 3.0, 2048, clip=True, build=dispatch.aot_kernels(aot.load()))
+    want = dispatch.fill_counts(x, 3.0, 2048, clip=True, build=dispatch.jit_kernels())
+    assert chunks == [3]
+    np.testing.assert_array_equal(got.counts, want.counts)
+    assert (got.n_nonfinite, got.n_over, got.max_over, got.max_abs) == (
+        want.n_nonfinite, want.n_over, want.max_over, want.max_abs) == (2, 2, 7.0, 7.0)
+
+
+def test_key_names_sources_versions_and_cpu(monkeypatch):
+    key = aot.kernel_key()
+    assert len(key) == 16 and key == aot.kernel_key()
+    monkeypatch.setattr(aot, "_cpu_identity", lambda: "another CPU")
+    assert aot.kernel_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(aot, "_version", lambda dist: "0.0" if dist == "numba" else "1.0")
+    assert aot.kernel_key() != key
+
+
+def test_kernel_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(aot.KERNEL_DIR_ENV, str(tmp_path / "k"))
+    assert aot.kernel_dir() == tmp_path / "k"
+    assert aot.module_path().parent == tmp_path / "k"
+
+
+def test_failed_build_falls_back_once_and_is_not_retried(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv(aot.KERNEL_DIR_ENV, str(tmp_path))
+    attempts: list[Path] = []
+
+    def broken(folder=None, *, force=False):
+        attempts.append(folder)
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(aot, "build", broken)
+    with caplog.at_level(logging.WARNING, logger="kldiv._kernels.aot"):
+        assert aot.load() is None
+    assert "no C compiler" in caplog.text and "JIT" in caplog.text
+    failed = aot.module_path().with_name(aot.module_path().name + ".failed")
+    assert "RuntimeError: no C compiler" in failed.read_text()
+    assert aot.load() is None and len(attempts) == 1  # not retried
+    # dispatch falls back to the JIT in "auto", and refuses in "aot"
+    monkeypatch.setattr(dispatch, "_KERNELS", None)
+    monkeypatch.setenv(dispatch.KERNELS_ENV, "auto")
+    assert dispatch.kernels().name == "jit"
+    monkeypatch.setattr(dispatch, "_KERNELS", None)
+    monkeypatch.setenv(dispatch.KERNELS_ENV, "aot")
+    with pytest.raises(RuntimeError, match="could not be built"):
+        dispatch.kernels()
+    monkeypatch.setattr(dispatch, "_KERNELS", None)
+
+
+def test_unknown_mode_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(dispatch.KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="KLDIV_KERNELS='fast' is not one of auto, aot, jit"):
+        dispatch.kernel_mode()
+
+
+def test_build_leaves_only_the_module(built, tmp_path, monkeypatch):
+    """A build into an empty folder leaves exactly the module (the work folder is removed),
+    and the module imports and agrees with the JIT on a fill."""
+    monkeypatch.setenv(aot.KERNEL_DIR_ENV, str(tmp_path))
+    path = aot.build()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    module = aot.load(build_if_missing=False)
+    assert module is not None
+    x = np.linspace(-3, 3, 1001, dtype=np.float32)
+    a = dispatch.fill_counts(x, 2.0, 64, clip=False, build=dispatch.aot_kernels(module))
+    b = dispatch.fill_counts(x, 2.0, 64, clip=False, build=dispatch.jit_kernels())
+    np.testing.assert_array_equal(a.counts, b.counts)
