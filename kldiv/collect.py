@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from ._io import atomic_write_bytes
 from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
-from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, absmax
+from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, _resolve_backend, absmax
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
 
@@ -151,8 +152,20 @@ class HistogramCollector:
             With ``"global"``/``"fixed"``, a value beyond the given range.
         """
         index = self.batches if batch is None else batch
+        seen = []
         for name, values in activations.items():
-            self._observe_one(name, values, index)
+            if name in self._hists:
+                seen.append((name, values))
+            else:  # first sight: in order, so the collector keeps the network's order
+                self._observe_one(name, values, index)
+        if seen and _resolve_backend(self.backend) == "numba":
+            from ._kernels.dispatch import run_concurrently
+
+            # the tensors' fills are independent: on several threads when the kernels allow
+            run_concurrently([partial(self._observe_one, n, v, index) for n, v in seen])
+        else:
+            for name, values in seen:
+                self._observe_one(name, values, index)
         self.batches += 1
 
     def _observe_one(self, name: str, values: Any, index: int) -> None:

@@ -158,3 +158,48 @@ def test_build_leaves_only_the_module(built, tmp_path, monkeypatch):
     a = dispatch.fill_counts(x, 2.0, 64, clip=False, build=dispatch.aot_kernels(module))
     b = dispatch.fill_counts(x, 2.0, 64, clip=False, build=dispatch.jit_kernels())
     np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def _collect(build: dispatch.Kernels, monkeypatch) -> object:
+    from kldiv.collect import HistogramCollector
+
+    monkeypatch.setattr(dispatch, "_KERNELS", build)
+    rng = np.random.default_rng(11)
+    collector = HistogramCollector()
+    for index in range(4):
+        acts = {
+            f"t{k}": (rng.standard_normal(size) * (k + 1) * (1 + index)).astype(np.float32)
+            for k, size in enumerate((10, 5000, dispatch.SERIAL_BELOW + 3, 300_000, 70_000))
+        }
+        acts["late"] = np.ones(3, np.float32) * index  # appears empty-valued first, grows
+        collector.observe(acts, batch=index)
+    return collector
+
+
+def test_collector_threads_give_the_sequential_histograms(built, monkeypatch):
+    """With the ahead-of-time build a batch's tensors are filled on several threads; the
+    histograms, ranges, maxima and the tensor order are those of the one-thread JIT run."""
+    monkeypatch.setattr(dispatch, "_aot_threads", lambda: 3)
+    threaded = _collect(dispatch.aot_kernels(aot.load()), monkeypatch)
+    serial = _collect(dispatch.jit_kernels(), monkeypatch)
+    monkeypatch.setattr(dispatch, "_KERNELS", None)
+    assert threaded.names == serial.names == ["t0", "t1", "t2", "t3", "t4", "late"]
+    for name in serial.names:
+        a, b = threaded[name], serial[name]
+        assert a.amax == b.amax and threaded.absmax(name) == serial.absmax(name), name
+        np.testing.assert_array_equal(a.counts, b.counts, err_msg=name)
+
+
+def test_run_concurrently_runs_all_and_raises_the_earliest_failure(built, monkeypatch):
+    monkeypatch.setattr(dispatch, "_aot_threads", lambda: 3)
+    build = dispatch.aot_kernels(aot.load())
+    ran: list[int] = []
+
+    def task(i: int) -> None:
+        ran.append(i)
+        if i in (2, 5):
+            raise ValueError(f"task {i}")
+
+    with pytest.raises(ValueError, match="task 2"):
+        dispatch.run_concurrently([lambda i=i: task(i) for i in range(8)], build=build)
+    assert sorted(ran) == list(range(8))

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,6 +50,7 @@ __all__ = [
     "divergences",
     "fill_counts",
     "kernels",
+    "run_concurrently",
     "search",
 ]
 
@@ -85,7 +86,9 @@ class Kernels:
     ``absmax(x, table, n_chunks)`` returns ``(max finite |x|, n_nonfinite)``;
     ``codes(values, amax, inv_w, num_bins)`` the float16 code table; the three ``curve_*``
     the divergence curves of :mod:`kldiv._kernels.entropy`; ``threads()`` how many chunks a
-    large input is cut into.
+    large input is cut into; ``concurrent``: whether several Python threads may call the
+    kernels at once (the ahead-of-time build: serial, GIL-free; not the JIT's ``prange``
+    kernels, whose default threading layer is not re-entrant), see :func:`run_concurrently`.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Kernels:
     curve_closed_form: Callable[..., np.ndarray]
     curve_smoothed: Callable[..., np.ndarray]
     threads: Callable[[], int]
+    concurrent: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -117,8 +121,10 @@ def jit_kernels() -> Kernels:
     )
 
 
+@lru_cache(maxsize=1)
 def _aot_threads() -> int:
-    """Numba's own default: ``NUMBA_NUM_THREADS``, else the CPUs this process may use."""
+    """Numba's own default: ``NUMBA_NUM_THREADS``, else the CPUs this process may use (read
+    once per process, as Numba reads it once)."""
     named = os.environ.get("NUMBA_NUM_THREADS")
     if named:
         return max(1, int(named))
@@ -186,8 +192,53 @@ def aot_kernels(module: Any) -> Kernels:
 
     return Kernels(
         "aot", run_fill, run_absmax, module.codes, module.curve_abs_proportional,
-        module.curve_closed_form, module.curve_smoothed, _aot_threads,
+        module.curve_closed_form, module.curve_smoothed, _aot_threads, concurrent=True,
     )
+
+
+_LOCAL = threading.local()
+
+
+def run_concurrently(tasks: Sequence[Callable[[], Any]], *, build: Kernels | None = None) -> None:
+    """Run every task, on several threads when the kernels allow it, else one after another.
+
+    For many independent fills (one per tensor of a batch) this beats cutting each fill into
+    chunks: the threads take whole tasks from a shared queue (the calling thread too), so
+    there is one hand-over per batch instead of one per tensor. Fills inside a task run in one
+    chunk. Every task runs even when one fails; then the failure of the earliest task (in the
+    given order) is raised, so errors do not depend on thread timing.
+    """
+    k = kernels() if build is None else build
+    workers = min(len(tasks), k.threads()) if k.concurrent else 1
+    if workers < 2 or getattr(_LOCAL, "one_chunk", False):
+        for task in tasks:
+            task()
+        return
+    errors: dict[int, BaseException] = {}
+    queue = iter(enumerate(tasks))
+    lock = threading.Lock()
+
+    def work() -> None:
+        _LOCAL.one_chunk = True
+        try:
+            while True:
+                with lock:
+                    item = next(queue, None)
+                if item is None:
+                    return
+                try:
+                    item[1]()
+                except BaseException as exc:  # re-raised below, in task order
+                    errors[item[0]] = exc
+        finally:
+            _LOCAL.one_chunk = False
+
+    futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)]
+    work()
+    for future in futures:
+        future.result()
+    if errors:
+        raise errors[min(errors)]
 
 
 _KERNELS: Kernels | None = None
@@ -280,7 +331,9 @@ def blocks(values: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _chunks_for(size: int, k: Kernels) -> int:
-    return 1 if size < SERIAL_BELOW else max(1, k.threads())
+    if size < SERIAL_BELOW or getattr(_LOCAL, "one_chunk", False):
+        return 1
+    return max(1, k.threads())
 
 
 def fill_counts(
