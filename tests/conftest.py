@@ -49,19 +49,28 @@ def kernel_build(request: pytest.FixtureRequest):
 
     The ahead-of-time build is what users get by default; failing to build it here is a test
     failure (with the compiler's reason), not a skip. ``KLDIV_KERNELS=jit`` skips it, saying so.
+    A test module with a ``BUILD`` attribute gets the build there for its helpers (module
+    scope, so Hypothesis tests can use it).
     """
     from kldiv._kernels import aot, dispatch
 
     if request.param == "jit":
-        return dispatch.jit_kernels()
-    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
+        build = dispatch.jit_kernels()
+    elif os.environ.get(dispatch.KERNELS_ENV) == "jit":
         pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
-    module = aot.load()
-    if module is None:
-        failed = aot.module_path().with_name(aot.module_path().name + ".failed")
-        reason = failed.read_text() if failed.exists() else "(no reason recorded)"
-        pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
-    return dispatch.aot_kernels(module)
+    else:
+        module = aot.load()
+        if module is None:
+            failed = aot.module_path().with_name(aot.module_path().name + ".failed")
+            reason = failed.read_text() if failed.exists() else "(no reason recorded)"
+            pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
+        build = dispatch.aot_kernels(module)
+    has_slot = hasattr(request.module, "BUILD")
+    if has_slot:
+        request.module.BUILD = build
+    yield build
+    if has_slot:
+        request.module.BUILD = None
 
 
 def _real_tensorrt_available() -> str | None:

@@ -14,13 +14,8 @@ from tests._hist_strategies import counts_arrays
 BUILD: dispatch.Kernels | None = None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _use_build(kernel_build):
-    """Run this module's tests with each build of the kernels (JIT, ahead of time) in turn."""
-    global BUILD
-    BUILD = kernel_build
-    yield
-    BUILD = None
+# each test runs on each build in turn: conftest's kernel_build sets BUILD (module scope)
+pytestmark = pytest.mark.usefixtures("kernel_build")
 
 ABS_PRESETS = [n for n, o in E.PRESETS.items() if o.domain == "abs"]
 

@@ -23,13 +23,8 @@ DTYPES = [np.float16, np.float32, np.float64]
 BUILD: dispatch.Kernels | None = None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _use_build(kernel_build):
-    """Run this module's tests with each build in turn (module scope: Hypothesis-safe)."""
-    global BUILD
-    BUILD = kernel_build
-    yield
-    BUILD = None
+# each test runs on each build in turn: conftest's kernel_build sets BUILD (module scope)
+pytestmark = pytest.mark.usefixtures("kernel_build")
 
 
 def fill_counts(values, amax, num_bins, *, clip):
