@@ -203,3 +203,25 @@ def test_run_concurrently_runs_all_and_raises_the_earliest_failure(built, monkey
     with pytest.raises(ValueError, match="task 2"):
         dispatch.run_concurrently([lambda i=i: task(i) for i in range(8)], build=build)
     assert sorted(ran) == list(range(8))
+
+
+def test_a_damaged_module_file_falls_back_to_the_jit(monkeypatch, tmp_path, caplog):
+    """A truncated or foreign file where the module should be: a warning naming the file and
+    the JIT, not a crash (and nothing is overwritten)."""
+    monkeypatch.setenv(aot.KERNEL_DIR_ENV, str(tmp_path))
+    path = aot.module_path()
+    path.write_bytes(b"\x7fELF not really")
+    with caplog.at_level(logging.WARNING, logger="kldiv._kernels.aot"):
+        assert aot.load() is None
+    assert str(path) in caplog.text and "Delete the file to rebuild it" in caplog.text
+    assert path.read_bytes() == b"\x7fELF not really"
+
+
+def test_unreadable_sources_fall_back_to_the_jit(monkeypatch, caplog):
+    def unreadable() -> str:
+        raise PermissionError("sources not readable")
+
+    monkeypatch.setattr(aot, "kernel_key", unreadable)
+    with caplog.at_level(logging.WARNING, logger="kldiv._kernels.aot"):
+        assert aot.load() is None
+    assert "sources not readable" in caplog.text and "JIT" in caplog.text

@@ -224,11 +224,17 @@ def load(*, build_if_missing: bool = True) -> ModuleType | None:
     """The compiled kernels of this environment, building them first when allowed.
 
     Returns None (and logs why) when they are not built and cannot be: no build allowed, an
-    earlier build failed for this key, or this build fails (its reason is kept in
-    ``<module>.failed``).
+    earlier build failed for this key, this build fails (its reason is kept in
+    ``<module>.failed``), the kernels' sources cannot be read (no key), or the file there does
+    not import (a damaged file: delete it to rebuild). Never raises for these: the JIT is the
+    fallback.
     """
-    folder = kernel_dir()
-    key = kernel_key()
+    try:
+        folder = kernel_dir()
+        key = kernel_key()
+    except OSError as exc:
+        log.warning("cannot key kldiv's ahead-of-time kernels (%s); using Numba's JIT", exc)
+        return None
     path = module_path(folder, key)
     failed = path.with_name(path.name + ".failed")
     if not path.exists():
@@ -250,7 +256,14 @@ def load(*, build_if_missing: bool = True) -> ModuleType | None:
             except OSError:  # pragma: no cover - read-only folder
                 pass
             return None
-    return _import(path, _module_name(key))
+    try:
+        return _import(path, _module_name(key))
+    except ImportError as exc:
+        log.warning(
+            "kldiv's ahead-of-time kernels in %s do not load (%s); using Numba's JIT. Delete "
+            "the file to rebuild it.", path, exc,
+        )
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,14 +135,17 @@ def _aot_threads() -> int:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
+    """The kernels' thread pool, with at least ``workers`` threads (grows, never shrinks)."""
+    global _POOL, _POOL_SIZE
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:  # grows, never shrinks
+        if _POOL is None or _POOL_SIZE < workers:
             _POOL = ThreadPoolExecutor(workers, thread_name_prefix="kldiv-kernel")
+            _POOL_SIZE = workers
         return _POOL
 
 
@@ -155,6 +158,8 @@ def _in_chunks(
     step = -(-n // n_chunks)
     bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
     parts = [tuple(a[lo:hi] for a in arrays) + rest for lo, hi in bounds]
+    if len(parts) < 2:
+        return [run(*p) for p in parts]
     futures = [_pool(len(parts) - 1).submit(run, *p) for p in parts[1:]]
     first = run(*parts[0])  # this thread takes a chunk too
     return [first] + [f.result() for f in futures]
