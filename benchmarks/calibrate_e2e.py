@@ -174,7 +174,7 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
     import onnxruntime  # noqa: F401
 
     from kldiv.collect import HistogramCollector
-    from kldiv.pipeline import calibrate_histograms
+    from kldiv.pipeline import apply_graph_rules, calibrate_histograms
     from kldiv.runners import OnnxRuntimeRunner
 
     imported = _peak_mb()
@@ -190,7 +190,7 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
         t_hist += time.perf_counter() - b
         t_run += b - a
         del acts
-    collector.alias(runner.value_aliases, order=runner.network_order)
+    apply_graph_rules(collector, runner)  # as kldiv.calibrate does
     s = time.perf_counter()
     _, table = calibrate_histograms(collector)
     t_search = time.perf_counter() - s
@@ -246,8 +246,10 @@ def _prepare_kernels() -> str:
             "round(time.perf_counter() - t, 1))")
     aot_out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                              text=True).stdout.split()
+    from kldiv._kernels.dispatch import KERNELS_ENV
+
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                   env={**os.environ, "KLDIV_KERNELS": "jit"})
+                   env={**os.environ, KERNELS_ENV: "jit"})
     name, path, seconds = aot_out[-3:]
     if name != "aot":
         return "JIT only (the ahead-of-time build failed; see kldiv._kernels.aot)"
@@ -258,9 +260,11 @@ def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
     """Run one contender in a fresh subprocess; return its report plus peak RSS."""
     cmd = [sys.executable, __file__, "--child", mode, "--model", str(model),
            "--batches", str(n_batches), "--batch-size", str(batch_size)]
+    from kldiv._kernels.dispatch import KERNELS_ENV
+
     env = dict(os.environ)
     if mode == "kldiv-jit":
-        env["KLDIV_KERNELS"] = "jit"
+        env[KERNELS_ENV] = "jit"
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -63,9 +63,10 @@ def normalize_algorithm(algorithm: str) -> str:
     """kldiv's name of a calibration algorithm: ``"entropy2"``, ``"entropy"``, ``"minmax"`` or
     ``"legacy"``.
 
-    The one place algorithm names are read (cache headers here, calibrators in trt_backend).
-    Accepts kldiv's names, TensorRT's header spellings (``"EntropyCalibration2"``), with or
-    without underscores, in any case.
+    Where user-given algorithm names are read (options here, calibrators in trt_backend;
+    :func:`parse_header` matches TensorRT's exact header spellings itself). Accepts kldiv's
+    names, TensorRT's header spellings (``"EntropyCalibration2"``), with or without
+    underscores, in any case.
 
     Raises
     ------

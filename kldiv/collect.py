@@ -150,6 +150,13 @@ class HistogramCollector:
             NaN/±Inf in an activation (with ``nonfinite="raise"``), naming tensor and batch.
         HistogramRangeError
             With ``"global"``/``"fixed"``, a value beyond the given range.
+
+        Notes
+        -----
+        Tensors seen before may be filled on several threads
+        (:func:`kldiv._kernels.dispatch.run_concurrently`): then every tensor of the batch is
+        filled even when one fails, and the first failing tensor in the batch's order is
+        raised. After an error the collector holds a partial batch either way; start over.
         """
         index = self.batches if batch is None else batch
         seen = []

@@ -28,7 +28,7 @@ import numpy as np
 from .defaults import DEFAULT_TOPK
 from .errors import DataSourceError, ModelError
 
-__all__ = ["EvaluationReport", "evaluate", "integer_ops"]
+__all__ = ["EvaluationReport", "evaluate", "integer_ops", "topk_hits"]
 
 logger = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ def collect_histograms(
         )
     from .runners import OnnxRuntimeRunner
 
-    # Numba and its cached kernels take ~1 s to load: let that overlap loading the model.
+    # the kernels load (or, once per environment, build) while the model loads
     preloading = _preload_kernels()
     try:
         runner = OnnxRuntimeRunner(
@@ -185,17 +185,7 @@ def collect_histograms(
             if on_batch is not None:
                 on_batch(index, fp.samples)
         collector.batches = fp.batches
-        collector.alias(runner.value_aliases, order=runner.network_order)
-        collected = set(collector.names)
-        collector.meta["activation_bounds"] = {
-            n: b for n, b in runner.activation_bounds.items() if n in collected
-        }
-        collector.meta["scale_sources"] = {
-            out: src for out, src in runner.scale_sources.items() if out in collected
-        }
-        collector.meta["value_aliases"] = {
-            n: src for n, src in runner.value_aliases.items() if n in collected
-        }
+        apply_graph_rules(collector, runner)
         collector.meta.update(
             model=runner.label,
             model_sha256=runner.model_sha256,
@@ -209,6 +199,31 @@ def collect_histograms(
     finally:
         if preloading is not None:
             preloading.join()
+
+
+def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
+    """After the last batch: give value aliases their source's histogram, and record what
+    the graph says about the collected tensors (Clip bounds, pooling inputs, aliases) in
+    ``collector.meta`` for :func:`choose_thresholds`.
+
+    Parameters
+    ----------
+    collector : HistogramCollector
+        Filled from ``runner`` (which did not fetch the aliases).
+    runner : kldiv.runners.OnnxRuntimeRunner
+        The runner of the model.
+    """
+    collector.alias(runner.value_aliases, order=runner.network_order)
+    collected = set(collector.names)
+    collector.meta["activation_bounds"] = {
+        n: b for n, b in runner.activation_bounds.items() if n in collected
+    }
+    collector.meta["scale_sources"] = {
+        out: src for out, src in runner.scale_sources.items() if out in collected
+    }
+    collector.meta["value_aliases"] = {
+        n: src for n, src in runner.value_aliases.items() if n in collected
+    }
 
 
 def _preload_kernels() -> Any:

@@ -70,8 +70,15 @@ _OPT_LEVELS = ("disable", "basic", "extended", "all")
 TESTED_OPSETS = range(11, 22)
 
 
-#: Model file suffixes onnx reads as text (textproto / JSON), not binary protobuf.
-_TEXT_MODEL_SUFFIXES = frozenset({".txtpb", ".textproto", ".onnxtxt", ".json"})
+def _file_format(path: Path) -> str | None:
+    """The serialization onnx itself picks for ``path`` by its suffix (``None``: binary
+    protobuf). onnx < 1.15 has no registry and reads binary protobuf only."""
+    try:
+        from onnx.serialization import registry
+    except ImportError:  # pragma: no cover - onnx < 1.15
+        return None
+    fmt = registry.get_format_from_file_extension(path.suffix)
+    return None if fmt in (None, "protobuf") else fmt
 
 
 def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
@@ -110,13 +117,14 @@ def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
             raise ModelError(f"{path}: model file not found; give the path of an .onnx file")
         data = path.read_bytes()
         try:
-            if path.suffix.lower() in _TEXT_MODEL_SUFFIXES:
-                proto = onnx.load(str(path))  # onnx picks the text format by extension
-            else:  # parse the bytes already read (for the hash); then any external data
-                from onnx.external_data_helper import load_external_data_for_model
+            # parse the bytes already read (for the hash), in the format onnx.load would pick
+            # for this suffix (textproto, JSON, ...); then any external data
+            from onnx.external_data_helper import load_external_data_for_model
 
-                proto = onnx.load_from_string(data)
-                load_external_data_for_model(proto, str(path.parent))
+            fmt = _file_format(path)
+            proto = (onnx.load_from_string(data) if fmt is None
+                     else onnx.load_from_string(data, format=fmt))
+            load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
             raise ModelError(
                 f"{path}: cannot load it as an ONNX model ({exc.__class__.__name__}: {exc}); "

@@ -43,28 +43,39 @@ def trt_caches() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def aot_module():
+    """The ahead-of-time kernel module of this environment (built on first use).
+
+    It is what users get by default: failing to build it here is a test failure (with the
+    compiler's reason), not a skip. ``KLDIV_KERNELS=jit`` skips, saying so.
+    """
+    from kldiv._kernels import aot, dispatch
+
+    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
+        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
+    module = aot.load()
+    if module is None:
+        failed = aot.failed_path(aot.module_path())
+        reason = failed.read_text() if failed.exists() else "(no reason recorded)"
+        pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
+    return module
+
+
 @pytest.fixture(scope="module", params=["jit", "aot"])
 def kernel_build(request: pytest.FixtureRequest):
     """Each build of the Numba kernels in turn: Numba's JIT, and the ahead-of-time module.
 
-    The ahead-of-time build is what users get by default; failing to build it here is a test
-    failure (with the compiler's reason), not a skip. ``KLDIV_KERNELS=jit`` skips it, saying so.
-    A test module with a ``BUILD`` attribute gets the build there for its helpers (module
+    The ahead-of-time one comes from :func:`aot_module` (a failed build fails the test). A
+    test module with a ``BUILD`` attribute gets the build there for its helpers (module
     scope, so Hypothesis tests can use it).
     """
-    from kldiv._kernels import aot, dispatch
+    from kldiv._kernels import dispatch
 
     if request.param == "jit":
         build = dispatch.jit_kernels()
-    elif os.environ.get(dispatch.KERNELS_ENV) == "jit":
-        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
     else:
-        module = aot.load()
-        if module is None:
-            failed = aot.module_path().with_name(aot.module_path().name + ".failed")
-            reason = failed.read_text() if failed.exists() else "(no reason recorded)"
-            pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
-        build = dispatch.aot_kernels(module)
+        build = dispatch.aot_kernels(request.getfixturevalue("aot_module"))
     has_slot = hasattr(request.module, "BUILD")
     if has_slot:
         request.module.BUILD = build

@@ -28,10 +28,8 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def built() -> Path:
-    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
-        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
-    assert aot.load() is not None, "the ahead-of-time kernels did not build (see the log)"
+def built(aot_module) -> Path:
+    """The module's path, once conftest's ``aot_module`` has built or loaded it."""
     return aot.module_path()
 
 
@@ -118,7 +116,7 @@ def test_failed_build_falls_back_once_and_is_not_retried(monkeypatch, tmp_path, 
     monkeypatch.setenv(aot.KERNEL_DIR_ENV, str(tmp_path))
     attempts: list[Path] = []
 
-    def broken(folder=None, *, force=False):
+    def broken(folder=None, *, force=False, key=None):
         attempts.append(folder)
         raise RuntimeError("no C compiler")
 
@@ -126,7 +124,7 @@ def test_failed_build_falls_back_once_and_is_not_retried(monkeypatch, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="kldiv._kernels.aot"):
         assert aot.load() is None
     assert "no C compiler" in caplog.text and "JIT" in caplog.text
-    failed = aot.module_path().with_name(aot.module_path().name + ".failed")
+    failed = aot.failed_path(aot.module_path())
     assert "RuntimeError: no C compiler" in failed.read_text()
     assert aot.load() is None and len(attempts) == 1  # not retried
     # dispatch falls back to the JIT in "auto", and refuses in "aot"

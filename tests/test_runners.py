@@ -217,7 +217,10 @@ def test_bad_models(tmp_path):
         OnnxRuntimeRunner(bad)
 
 
-@pytest.mark.parametrize("form", ["external-data", "textproto"])
+@pytest.mark.parametrize(
+    "form", ["external-data", "textproto", ".pbtxt", ".prototxt", ".onnxtxt", ".onnxjson"]
+)
+@pytest.mark.filterwarnings("ignore:The onnxtxt format is experimental")
 def test_load_model_reads_external_data_and_text_models(tmp_path, form):
     """load_model parses the bytes it hashed; external weights and text formats still load."""
     import hashlib
@@ -230,10 +233,10 @@ def test_load_model_reads_external_data_and_text_models(tmp_path, form):
         onnx.save_model(model, str(path), save_as_external_data=True,
                         all_tensors_to_one_file=True, location="m.weights", size_threshold=0)
         assert (tmp_path / "m.weights").stat().st_size > 0
-    else:
-        path = tmp_path / "m.txtpb"
+    else:  # every suffix onnx.save writes as text: textproto, JSON, or ONNX text syntax
+        path = tmp_path / ("m.txtpb" if form == "textproto" else f"m{form}")
         onnx.save_model(model, str(path))
-        assert path.read_text().lstrip().startswith(("ir_version", "#"))
+        assert path.read_text().lstrip().startswith(("ir_version", "#", "{", "<"))
     proto, label, sha = load_model(path)
     assert label == str(path)
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -16,24 +16,34 @@ log = logging.getLogger(__name__)
 
 
 def preload() -> None:
-    """Load every kernel a calibration uses, before the first histogram needs it.
+    """Load the kernels a calibration of float32 activations uses, before the first
+    histogram needs them.
 
-    With the ahead-of-time build (:mod:`kldiv._kernels.aot`) this loads one extension module
-    (building it once per environment). With Numba's JIT it imports Numba and loads the
-    cached machine code, about a second in a fresh process. Doing it up front changes no
-    result: it only moves that cost to where it can overlap other work
-    (see :func:`preload_in_background`).
+    With the ahead-of-time build (:mod:`kldiv._kernels.aot`) this loads its one extension
+    module, which holds every kernel (building it once per environment). With Numba's JIT it
+    imports Numba and loads the cached machine code of the float32 fills (serial and
+    parallel) and the searches, about a second in a fresh process; other dtypes load on first
+    use. Doing it up front changes no result: it only moves that cost to where it can overlap
+    other work (see :func:`preload_in_background`).
     """
     import numpy as np
 
     from . import dispatch
 
     build = dispatch.kernels()
-    if build.name == "jit":  # load the serial and the parallel float32 kernels and the search
-        from . import entropy  # noqa: F401  (explicit signatures: loaded at import)
+    if build.name == "jit":
+        import numba
 
-        for size in (16, dispatch.SERIAL_BELOW):
-            dispatch.fill_counts(np.zeros(size, np.float32), 1.0, 2, clip=False, build=build)
+        from . import entropy, fill  # noqa: F401  (entropy: explicit signatures, loaded)
+
+        x = np.zeros(16, np.float32)
+        dispatch.fill_counts(x, 1.0, 2, clip=False, build=build)  # the serial kernel
+        # the parallel one is loaded, not run: this may be a background thread, and the JIT's
+        # parallel kernels must not be launched from two threads at once (workqueue layer)
+        mask = dispatch.MAGNITUDE[x.dtype][1]
+        args = (x, x.view(np.uint32), mask, dispatch.NO_TABLE_I, dispatch.NO_TABLE_F, 1.0, 2,
+                False, 2)
+        fill._fill_kernel.compile(tuple(numba.typeof(a) for a in args))
 
 
 def preload_in_background() -> threading.Thread:

@@ -10,7 +10,9 @@ below are decided once, here, and nowhere else:
     changing anything in this module, touch the kernel modules (or delete their
     ``__pycache__/*.nbi`` and ``*.nbc`` files), or the old machine code keeps being loaded.
 ``nogil=True``
-    Kernels release the GIL, so callers may run fills for different tensors in threads.
+    Kernels release the GIL. Serial kernels may run in several threads at once (the
+    ahead-of-time build does, :mod:`kldiv._kernels.dispatch`); the JIT's ``prange`` kernels
+    need Numba's ``omp`` or ``tbb`` threading layer for that, so kldiv never does it.
 ``fastmath=False``
     No reassociation, no flush-to-zero, no "no NaNs" assumptions: the kernels must produce the
     same bits as their NumPy references (denormals and NaN checks included).

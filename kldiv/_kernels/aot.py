@@ -53,7 +53,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["KERNEL_DIR_ENV", "build", "kernel_dir", "kernel_key", "load", "module_path"]
+__all__ = [
+    "KERNEL_DIR_ENV", "build", "failed_path", "kernel_dir", "kernel_key", "load", "module_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,12 @@ def _flags_class(base: type) -> type:
     return KldivFlags
 
 
-def build(folder: Path | None = None, *, force: bool = False) -> Path:
+def failed_path(module: Path) -> Path:
+    """Where a failed build of ``module`` keeps its reason (and stops retries)."""
+    return module.with_name(module.name + ".failed")
+
+
+def build(folder: Path | None = None, *, force: bool = False, key: str | None = None) -> Path:
     """Compile the kernels into ``folder`` (default :func:`kernel_dir`) and return the path.
 
     Parameters
@@ -167,6 +174,8 @@ def build(folder: Path | None = None, *, force: bool = False) -> Path:
         Where the module goes.
     force : bool, default False
         Build even when the module exists (and forget an earlier failure).
+    key : str, optional
+        :func:`kernel_key`, when the caller has it already.
 
     Returns
     -------
@@ -179,7 +188,7 @@ def build(folder: Path | None = None, *, force: bool = False) -> Path:
         Whatever Numba's compiler or the C toolchain raised; nothing is left behind.
     """
     folder = kernel_dir() if folder is None else folder
-    key = kernel_key()
+    key = kernel_key() if key is None else key
     target = module_path(folder, key)
     if target.exists() and not force:
         return target
@@ -187,12 +196,13 @@ def build(folder: Path | None = None, *, force: bool = False) -> Path:
     name = _module_name(key)
     start = time.perf_counter()
     log.info("compiling kldiv's kernels ahead of time into %s (once per environment)", folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numba.pycc's pending-deprecation notice
-        import numba.pycc.compiler as pycc_compiler
-        from numba.pycc import CC
+    # numba.pycc's pending-deprecation notice, and nothing else (a process-wide filter that
+    # is never restored: catch_warnings is not thread-safe, and builds run in a thread)
+    warnings.filterwarnings("ignore", message="The 'pycc' module is pending deprecation")
+    import numba.pycc.compiler as pycc_compiler
+    from numba.pycc import CC
 
-        from . import entropy, fill
+    from . import entropy, fill
 
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
     saved_flags = pycc_compiler.Flags
@@ -204,9 +214,7 @@ def build(folder: Path | None = None, *, force: bool = False) -> Path:
         for module in (fill, entropy):
             for export, (function, signature) in module.AOT_EXPORTS.items():
                 cc.export(export, signature)(function.py_func)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cc.compile()
+        cc.compile()
         built = [p for p in work.iterdir() if p.name.startswith(name) and p.is_file()]
         if len(built) != 1:
             raise RuntimeError(f"numba.pycc left {[p.name for p in work.iterdir()]} in {work}")
@@ -214,8 +222,7 @@ def build(folder: Path | None = None, *, force: bool = False) -> Path:
     finally:
         pycc_compiler.Flags = saved_flags  # type: ignore[misc]
         shutil.rmtree(work, ignore_errors=True)
-    failed = target.with_name(target.name + ".failed")
-    failed.unlink(missing_ok=True)
+    failed_path(target).unlink(missing_ok=True)
     log.info("kldiv's kernels compiled in %.1f s: %s", time.perf_counter() - start, target)
     return target
 
@@ -236,7 +243,7 @@ def load(*, build_if_missing: bool = True) -> ModuleType | None:
         log.warning("cannot key kldiv's ahead-of-time kernels (%s); using Numba's JIT", exc)
         return None
     path = module_path(folder, key)
-    failed = path.with_name(path.name + ".failed")
+    failed = failed_path(path)
     if not path.exists():
         if failed.exists():
             log.debug("ahead-of-time kernels failed to build before (%s); using the JIT", failed)
@@ -244,7 +251,7 @@ def load(*, build_if_missing: bool = True) -> ModuleType | None:
         if not build_if_missing:
             return None
         try:
-            build(folder)
+            build(folder, key=key)
         except Exception as exc:
             reason = "".join(traceback.format_exception(exc))
             log.warning(
@@ -272,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if built")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = build(force=args.force)
-    _import(path, _module_name(kernel_key()))
+    key = kernel_key()
+    path = build(force=args.force, key=key)
+    _import(path, _module_name(key))
     sys.stdout.write(f"{path}\n")
     return 0
 

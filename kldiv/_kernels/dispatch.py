@@ -135,17 +135,16 @@ def _aot_threads() -> int:
 
 
 _POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The kernels' thread pool, with at least ``workers`` threads (grows, never shrinks)."""
-    global _POOL, _POOL_SIZE
+def _pool() -> ThreadPoolExecutor:
+    """The kernels' thread pool: the calling thread plus these make :func:`_aot_threads`."""
+    global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL_SIZE < workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="kldiv-kernel")
-            _POOL_SIZE = workers
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, _aot_threads() - 1),
+                                       thread_name_prefix="kldiv-kernel")
         return _POOL
 
 
@@ -160,7 +159,7 @@ def _in_chunks(
     parts = [tuple(a[lo:hi] for a in arrays) + rest for lo, hi in bounds]
     if len(parts) < 2:
         return [run(*p) for p in parts]
-    futures = [_pool(len(parts) - 1).submit(run, *p) for p in parts[1:]]
+    futures = [_pool().submit(run, *p) for p in parts[1:]]
     first = run(*parts[0])  # this thread takes a chunk too
     return [first] + [f.result() for f in futures]
 
@@ -238,7 +237,7 @@ def run_concurrently(tasks: Sequence[Callable[[], Any]], *, build: Kernels | Non
         finally:
             _LOCAL.one_chunk = False
 
-    futures = [_pool(workers - 1).submit(work) for _ in range(workers - 1)]
+    futures = [_pool().submit(work) for _ in range(workers - 1)]
     work()
     for future in futures:
         future.result()
@@ -418,6 +417,9 @@ def divergences(
     """``(candidates, divergence)`` like :func:`kldiv.entropy.divergence_curve`, fast."""
     from .. import entropy as ref
 
+    if opts.smoothing != "none" and opts.empty != "p":
+        # smoothing with emptiness from the raw histogram: no fast path, use the reference
+        return ref.divergence_curve(counts, opts)  # type: ignore[no-any-return]
     k = kernels() if build is None else build
     h = np.ascontiguousarray(ref.apply_zero_policy(np.asarray(counts), opts, dtype=np.int64))
     candidates = np.ascontiguousarray(ref.candidate_bins(h.size, opts), dtype=np.int64)
@@ -432,9 +434,6 @@ def divergences(
             h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p")
         )
     else:
-        if opts.empty != "p":
-            # smoothing with emptiness from the raw histogram: no fast path, use the reference
-            return ref.divergence_curve(counts, opts)  # type: ignore[no-any-return]
         div = k.curve_smoothed(
             h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps)
         )

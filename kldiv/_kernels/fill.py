@@ -38,7 +38,6 @@ from numba import types
 from numba.extending import overload
 
 from ._jit import jit
-from .dispatch import NO_TABLE_I
 
 __all__ = ["AOT_EXPORTS"]
 
@@ -94,7 +93,7 @@ def _codes_kernel(values, amax, inv_w, num_bins):  # pragma: no cover - compiled
     codes = np.empty(values.size, np.uint32)
     flast = float(num_bins - 1)
     for i in range(values.size):
-        codes[i] = _code_of(values[i], NO_TABLE_I, amax, inv_w, flast, num_bins)
+        codes[i] = _code_of(values[i], codes, amax, inv_w, flast, num_bins)  # table unused
     return codes
 
 
