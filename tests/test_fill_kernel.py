@@ -1,7 +1,7 @@
 """The Numba fill kernel against the NumPy reference (and np.histogram), bin for bin.
 
-Every test runs on both builds of the kernel (``kernel_build``: Numba's JIT and the
-ahead-of-time module), through the same wrappers (:mod:`kldiv._kernels.dispatch`).
+Every test runs on every compiled build offered (conftest's ``kernel_build``), called as
+:class:`kldiv._kernels.Kernels` is called by :mod:`kldiv.histogram`: arrays and plain numbers.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kldiv.histogram import bin_edges, fill_counts_reference
+from kldiv._kernels import Kernels
+from kldiv.histogram import FillStats, bin_edges, fill_counts_reference
 
 fill = pytest.importorskip("kldiv._kernels.fill")
-from kldiv._kernels import dispatch  # noqa: E402
+from kldiv._kernels import wrappers  # noqa: E402
 
 DTYPES = [np.float16, np.float32, np.float64]
-BUILD: dispatch.Kernels | None = None
+BUILD: Kernels | None = None
 
 
 # each test runs on each build in turn: conftest's kernel_build sets BUILD (module scope)
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("kernel_build")
 
 
 def fill_counts(values, amax, num_bins, *, clip):
-    return dispatch.fill_counts(values, amax, num_bins, clip=clip, build=BUILD)
+    assert BUILD is not None
+    return FillStats(*BUILD.fill_counts(values, amax, num_bins, clip))
 
 
 def _same(values: np.ndarray, amax: float, num_bins: int, clip: bool = False) -> np.ndarray:
@@ -203,18 +205,18 @@ def test_specials_across_code_blocks_and_chunks(dtype, clip, n):
 def test_dense_view_shares_memory_or_refuses():
     x = np.arange(24.0).reshape(2, 3, 4)
     for dense in (x, x.T, x[::-1], np.asfortranarray(x), x[:, ::-1, :]):
-        flat = dispatch.dense_view(dense)
+        flat = wrappers.dense_view(dense)
         assert flat is not None and flat.ndim == 1 and np.shares_memory(flat, dense)
         assert sorted(flat.tolist()) == sorted(dense.ravel().tolist())
-    assert dispatch.dense_view(x[:, ::2]) is None
-    assert dispatch.dense_view(x[..., 1:]) is None
+    assert wrappers.dense_view(x[:, ::2]) is None
+    assert wrappers.dense_view(x[..., 1:]) is None
 
 
 def test_strided_input_is_fed_in_bounded_blocks(monkeypatch):
-    monkeypatch.setattr(dispatch, "BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(wrappers, "BLOCK_ELEMENTS", 1000)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 200)).astype(np.float32)[:, ::3]
-    blocks = list(dispatch.blocks(x))
+    blocks = list(wrappers.blocks(x))
     assert len(blocks) > 10 and max(b.size for b in blocks) <= 1000
     _same(x, 2.5, 2048, clip=True)
 
@@ -225,16 +227,17 @@ def test_absmax_stats(dtype):
     x = (rng.standard_normal(200_001) * 7).astype(dtype)
     x[5] = np.nan
     x[-1] = -np.inf
-    mx, bad = dispatch.absmax_stats(x[::-1], build=BUILD)
+    assert BUILD is not None
+    mx, bad = BUILD.absmax(x[::-1])
     finite = np.abs(x[np.isfinite(x)].astype(np.float64))
     assert (mx, bad) == (float(finite.max()), 2)
-    assert dispatch.absmax_stats(np.zeros(10, dtype), build=BUILD) == (0.0, 0)
+    assert BUILD.absmax(np.zeros(10, dtype)) == (0.0, 0)
 
 
 def test_f16_table_is_exact():
     bits = np.arange(1 << 15, dtype=np.uint16)
     assert np.array_equal(
-        dispatch.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
+        wrappers.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
     )
 
 

@@ -4,15 +4,19 @@ Every kernel under :mod:`kldiv._kernels` is compiled through :func:`jit`, so the
 below are decided once, here, and nowhere else:
 
 ``cache=True``
-    Compiled machine code is written next to the module (``__pycache__``) and reused by the
-    next process, so the first call in a fresh interpreter costs a cache load, not a compile.
-    Numba's cache key holds the kernel's source file and types, *not* these options: after
-    changing anything in this module, touch the kernel modules (or delete their
-    ``__pycache__/*.nbi`` and ``*.nbc`` files), or the old machine code keeps being loaded.
+    Compiled machine code is kept in Numba's on-disk cache and reused by the next process,
+    so the first call in a fresh interpreter costs a cache load, not a compile. The cache is
+    the folder of :func:`kldiv._kernels.cache_dir` (a user cache folder, never the installed
+    package): Numba fixes a function's cache folder when it is decorated, so :func:`jit`
+    points ``numba.config.CACHE_DIR`` there while it decorates, and puts the caller's value
+    back afterwards. A folder that cannot be created or written turns the cache off for kldiv
+    (one warning; the kernels are compiled in each process). Numba keys its cache on the
+    kernel's source file and types, *not* on these options: after changing anything in this
+    module, touch the kernel modules or delete the cache folder.
 ``nogil=True``
-    Kernels release the GIL. Serial kernels may run in several threads at once (the
-    ahead-of-time build does, :mod:`kldiv._kernels.dispatch`); the JIT's ``prange`` kernels
-    need Numba's ``omp`` or ``tbb`` threading layer for that, so kldiv never does it.
+    Kernels release the GIL. Serial kernels may run in several threads at once; the
+    ``prange`` kernels need Numba's ``omp`` or ``tbb`` threading layer for that (the
+    fallback ``workqueue`` layer is not re-entrant), so kldiv itself never does it.
 ``fastmath=False``
     No reassociation, no flush-to-zero, no "no NaNs" assumptions: the kernels must produce the
     same bits as their NumPy references (denormals and NaN checks included).
@@ -49,13 +53,21 @@ Example
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numba
 
+from . import cache_dir
+
 __all__ = ["JIT_OPTIONS", "PARALLEL_OPTIONS", "jit", "numba_num_threads"]
 
+log = logging.getLogger(__name__)
 
 #: The options every kldiv kernel is compiled with (see the module docstring).
 JIT_OPTIONS: dict[str, Any] = {
@@ -77,6 +89,42 @@ PARALLEL_OPTIONS: dict[str, bool] = {
     "stencil": False,
     "fusion": False,
 }
+
+_DECORATING = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _usable_cache_dir() -> str | None:
+    """:func:`kldiv._kernels.cache_dir` when it can be created and written, else None (once
+    per process, with one warning)."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        log.warning(
+            "kldiv cannot write its kernel cache folder %s (%s); the kernels are compiled in "
+            "every process. Point KLDIV_CACHE_DIR at a writable folder to keep them.",
+            folder, exc,
+        )
+        return None
+    return os.fspath(folder)
+
+
+def _decorate(function: Callable[..., Any], options: dict[str, Any],
+              signatures: list[str] | None) -> Any:
+    """``numba.njit`` with Numba's cache folder pointed at kldiv's while it decorates."""
+    folder = _usable_cache_dir()
+    if folder is None:
+        options = dict(options, cache=False)
+    decorator = numba.njit(signatures, **options) if signatures else numba.njit(**options)
+    with _DECORATING:
+        saved = numba.config.CACHE_DIR
+        numba.config.CACHE_DIR = folder or saved
+        try:
+            return decorator(function)
+        finally:
+            numba.config.CACHE_DIR = saved
 
 
 def jit(
@@ -101,11 +149,10 @@ def jit(
     """
     options = dict(JIT_OPTIONS, parallel=dict(PARALLEL_OPTIONS) if parallel else False)
     if callable(signatures):  # used as @jit without parentheses
-        return numba.njit(**options)(signatures)
-    if signatures is None:
-        return numba.njit(**options)
-    sigs = [signatures] if isinstance(signatures, str) else list(signatures)
-    return numba.njit(sigs, **options)
+        return _decorate(signatures, options, None)
+    sigs = None if signatures is None else (
+        [signatures] if isinstance(signatures, str) else list(signatures))
+    return lambda function: _decorate(function, options, sigs)
 
 
 def numba_num_threads(set_to: int | None = None) -> int:

@@ -18,8 +18,8 @@ The minimum is chosen as the reference chooses it: the kernel curve agrees with 
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
 otherwise those few are re-evaluated with the reference code itself (bit-identical values) and
-the tie rule applied to them (:func:`kldiv._kernels.dispatch.search`, which calls these
-kernels through either build: Numba's JIT, or ahead of time, :mod:`kldiv._kernels.aot`).
+the tie rule applied to them (:func:`kldiv.entropy.search_threshold`, which prepares these
+kernels' arguments from its options and calls them through :func:`kldiv._kernels.resolve`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from ._jit import jit
 
-__all__ = ["AOT_EXPORTS"]
+__all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
 
 _SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64)"
 _SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64)"
@@ -387,11 +387,3 @@ def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no
             kl += pj * math.log(pj / qj)
         out[ci] = kl
     return out
-
-
-#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``.
-AOT_EXPORTS = {
-    "curve_abs_proportional": (_curve_abs_proportional, _SIG_PROP),
-    "curve_closed_form": (_curve_closed_form, _SIG_CLOSED),
-    "curve_smoothed": (_curve_smoothed, _SIG_SMOOTH),
-}

@@ -19,15 +19,15 @@ How it is fast without changing the answer
     gets a wrap-around fix-up per element, which made LLVM load the values with a gather
     instead of a vector load (1.2-1.3x slower fills, ``benchmarks/fill_kernel_ab.py``). Bin
     codes are unsigned for the same reason in the counting loop. Tensors below
-    :data:`kldiv._kernels.dispatch.SERIAL_BELOW` elements run in a serial twin of the kernel
+    :data:`kldiv._kernels.wrappers.SERIAL_BELOW` elements run in a serial twin of the kernel
     (no thread launch). float16 arrays are read as their uint16 bits: the bin code of each of
     the 2**15 magnitude patterns is computed once per fill by the same rule (a 128 KiB table),
     and the loop looks codes up, so no float32/float64 copy of the tensor is ever made.
 
-Only the loops over elements live here. :mod:`kldiv._kernels.dispatch` calls them (dtype
-views, bounded blocks of non-contiguous input, the float16 table, chunks) through either build:
-Numba's JIT, or the same functions compiled ahead of time (:data:`AOT_EXPORTS`,
-:mod:`kldiv._kernels.aot`), where the serial kernel runs per chunk in threads.
+Only the loops over elements live here; :mod:`kldiv._kernels.wrappers` calls them (dtype
+views, bounded blocks of non-contiguous input, the float16 table, the number of chunks). The
+helpers :func:`_abs_f64` and :func:`_code_of` are overloads: compiled into each kernel that
+calls them, so they have no cache of their own.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from numba.extending import overload
 
 from ._jit import jit
 
-__all__ = ["AOT_EXPORTS"]
+__all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
 
 #: Elements per block of bin codes in the float32/float64 kernel (16 KiB of uint32 codes).
 _CODE_BLOCK = 4096
@@ -60,7 +60,7 @@ def _code_of(v, codes, amax, inv_w, flast, num_bins):  # pragma: no cover - over
     raise NotImplementedError
 
 
-@overload(_abs_f64, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+@overload(_abs_f64)
 def _abs_f64_impl(v, table):
     """|v| as float64; uint16 means 'the bits of a float16', looked up in F16_ABS_TABLE."""
     if _is_f16_bits(v):
@@ -68,7 +68,7 @@ def _abs_f64_impl(v, table):
     return lambda v, table: abs(np.float64(v))
 
 
-@overload(_code_of, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+@overload(_code_of)
 def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
     """Bin code of one element, or ``num_bins`` (spill): branch-free, so loops vectorise.
 
@@ -236,21 +236,3 @@ def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
         maxes[c] = mx
         nonfinite[c] = bad
     return maxes.max(), nonfinite.sum()
-
-
-def _fill_signature(values: str, bits: str) -> str:
-    return (f"Tuple((int64[:], int64, int64, float64, float64, {bits}))({values}[::1], "
-            f"{bits}[::1], {bits}, uint32[::1], float64[::1], float64, int64, boolean)")
-
-
-#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``
-#: (float16 arrives as its uint16 bits; ``prange`` runs serially there, one chunk per call).
-AOT_EXPORTS = {
-    "fill_float32": (_fill_kernel_serial, _fill_signature("float32", "uint32")),
-    "fill_float64": (_fill_kernel_serial, _fill_signature("float64", "uint64")),
-    "fill_float16": (_fill_kernel_serial, _fill_signature("uint16", "uint16")),
-    "absmax_float32": (_absmax_kernel, "Tuple((float64, int64))(float32[::1], float64[::1], int64)"),
-    "absmax_float64": (_absmax_kernel, "Tuple((float64, int64))(float64[::1], float64[::1], int64)"),
-    "absmax_float16": (_absmax_kernel, "Tuple((float64, int64))(uint16[::1], float64[::1], int64)"),
-    "codes": (_codes_kernel, "uint32[::1](float64[::1], float64, float64, int64)"),
-}
