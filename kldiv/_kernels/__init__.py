@@ -154,7 +154,10 @@ def available() -> tuple[str, ...]:
 
 
 def _numba_installed() -> bool:
-    return "numba" in sys.modules or importlib.util.find_spec("numba") is not None
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def _available_text() -> str:
@@ -225,7 +228,7 @@ def _choose(wanted: str) -> Kernels | None:
         if wanted == "numba":
             raise KernelChoiceError(
                 f"{KERNELS_ENV}=numba, but the Numba kernels cannot load "
-                f"({type(exc).__name__}: {exc}); {_available_text()}. Install Numba "
+                f"({type(exc).__name__}: {exc}); available here: numpy. Install Numba "
                 f"(pip install numba) or set {KERNELS_ENV}=auto or numpy"
             ) from exc
         log.info(

@@ -111,18 +111,67 @@ def _usable_cache_dir() -> str | None:
     return os.fspath(folder)
 
 
+def _guard_cache(dispatcher: Any) -> None:
+    """Make a damaged or unwritable cache entry a warning and a compile, never an error.
+
+    Numba raises when an index or data file of its cache does not unpickle (a truncated write,
+    a full disk, another tool's file), on load and again on save. Here a failed load empties
+    the function's index (Numba's ``Cache.flush``) and reports a miss, so the kernel is
+    compiled and its entry written afresh; a failed save is logged and skipped.
+    """
+    cache = getattr(dispatcher, "_cache", None)
+    load = getattr(cache, "load_overload", None)
+    save = getattr(cache, "save_overload", None)
+    if load is None or save is None:  # pragma: no cover - a Numba without this cache API
+        return
+    name = getattr(dispatcher, "__name__", "kernel")
+
+    def guarded_load(sig: Any, target_context: Any) -> Any:
+        try:
+            return load(sig, target_context)
+        except Exception as exc:
+            log.warning(
+                "kldiv's cached machine code for %s is damaged (%s: %s); compiling it again "
+                "and rewriting the entry in %s", name, type(exc).__name__, exc, cache_dir(),
+            )
+            try:
+                cache.flush()
+            except Exception:  # an unwritable folder: the save below is skipped too
+                log.debug("could not reset the cache index of %s", name, exc_info=True)
+            return None
+
+    def guarded_save(sig: Any, data: Any) -> None:
+        try:
+            save(sig, data)
+        except Exception as exc:
+            log.warning(
+                "kldiv could not cache the machine code of %s in %s (%s: %s); it is compiled "
+                "again in the next process", name, cache_dir(), type(exc).__name__, exc,
+            )
+
+    cache.load_overload = guarded_load
+    cache.save_overload = guarded_save
+
+
 def _decorate(function: Callable[..., Any], options: dict[str, Any],
               signatures: list[str] | None) -> Any:
-    """``numba.njit`` with Numba's cache folder pointed at kldiv's while it decorates."""
+    """``numba.njit`` with Numba's cache folder pointed at kldiv's while it decorates (and
+    compiles the explicit signatures), and the cache guarded (:func:`_guard_cache`)."""
     folder = _usable_cache_dir()
     if folder is None:
         options = dict(options, cache=False)
-    decorator = numba.njit(signatures, **options) if signatures else numba.njit(**options)
     with _DECORATING:
         saved = numba.config.CACHE_DIR
         numba.config.CACHE_DIR = folder or saved
         try:
-            return decorator(function)
+            dispatcher = numba.njit(**options)(function)
+            if options["cache"]:
+                _guard_cache(dispatcher)
+            if signatures:  # as numba.njit(signatures) does: compile them, then no others
+                for signature in signatures:
+                    dispatcher.compile(signature)
+                dispatcher.disable_compile()
+            return dispatcher
         finally:
             numba.config.CACHE_DIR = saved
 
