@@ -37,12 +37,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._cache import CACHE_DIR_ENV, cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -70,8 +70,6 @@ KERNELS_ENV = "KLDIV_KERNELS"
 MODES: tuple[str, ...] = ("auto", "numba", "numpy")
 #: What an unset (or empty) ``KLDIV_KERNELS`` means.
 DEFAULT_MODE = "auto"
-#: The environment variable naming kldiv's cache folder (Numba's cache goes under it).
-CACHE_DIR_ENV = "KLDIV_CACHE_DIR"
 
 
 class KernelChoiceError(ValueError):
@@ -108,26 +106,6 @@ class Kernels:
     curve_abs_proportional: Callable[..., np.ndarray]
     curve_closed_form: Callable[..., np.ndarray]
     curve_smoothed: Callable[..., np.ndarray]
-
-
-def cache_dir() -> Path:
-    """The folder Numba's on-disk cache of kldiv's kernels uses (see the module docstring).
-
-    ``$KLDIV_CACHE_DIR/numba``, else ``$NUMBA_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/kldiv/numba`` (``%LOCALAPPDATA%\\kldiv\\numba`` on Windows,
-    ``~/.cache/kldiv/numba`` otherwise). Nothing is created here.
-    """
-    named = os.environ.get(CACHE_DIR_ENV)
-    if named:
-        return Path(named).expanduser() / "numba"
-    numba_named = os.environ.get("NUMBA_CACHE_DIR")
-    if numba_named:
-        return Path(numba_named).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    if not base and sys.platform == "win32":  # pragma: no cover - not tested on Windows
-        base = os.environ.get("LOCALAPPDATA")
-    root = Path(base).expanduser() if base else Path.home() / ".cache"
-    return root / "kldiv" / "numba"
 
 
 def mode() -> str:

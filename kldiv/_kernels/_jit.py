@@ -63,7 +63,7 @@ from typing import Any
 
 import numba
 
-from . import cache_dir
+from ._cache import cache_dir
 
 __all__ = ["JIT_OPTIONS", "PARALLEL_OPTIONS", "jit", "numba_num_threads"]
 
