@@ -260,3 +260,30 @@ def test_no_full_size_temporaries(backend_fill):
         assert peak < 12 << 20, (
             f"peak {peak / 2**20:.1f} MiB for a {values.nbytes / 2**20} MiB input"
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 3, 8])
+def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
+    """From SERIAL_BELOW elements on, the input is cut into one chunk per thread and the
+    partial results are added: the same counts, tallies and maxima as the reference, with
+    NaN, over-range values and the largest value in different chunks."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(3 * wrappers.SERIAL_BELOW + 11) * 0.5).astype(dtype)
+    x[[3, -2]] = np.nan
+    x[[5, x.size // 2 + 9]] = 7.0  # over the range: clipped, counted, largest kept
+    chunks: list[int] = []
+    real = wrappers._in_chunks
+
+    def spy(run, arrays, rest):
+        parts = real(run, arrays, rest)
+        chunks.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(wrappers, "threads", lambda: n_threads)
+    monkeypatch.setattr(wrappers, "_in_chunks", spy)
+    monkeypatch.setattr(wrappers, "_POOL", None)  # sized for the patched thread count
+    got = _same(x, 3.0, 2048, clip=True)
+    assert chunks == [n_threads] and got.sum() == x.size - 2
+    assert BUILD is not None and BUILD.absmax(x) == (7.0, 2)
+    monkeypatch.setattr(wrappers, "_POOL", None)

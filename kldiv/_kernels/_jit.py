@@ -14,9 +14,9 @@ below are decided once, here, and nowhere else:
     kernel's source file and types, *not* on these options: after changing anything in this
     module, touch the kernel modules or delete the cache folder.
 ``nogil=True``
-    Kernels release the GIL. Serial kernels may run in several threads at once; the
-    ``prange`` kernels need Numba's ``omp`` or ``tbb`` threading layer for that (the
-    fallback ``workqueue`` layer is not re-entrant), so kldiv itself never does it.
+    Kernels release the GIL, so several Python threads run them at once (the chunks of a
+    large fill, :mod:`kldiv._kernels.wrappers`). No kernel uses ``prange``: the threads are
+    kldiv's, whatever Numba's threading layer is.
 ``fastmath=False``
     No reassociation, no flush-to-zero, no "no NaNs" assumptions: the kernels must produce the
     same bits as their NumPy references (denormals and NaN checks included).
@@ -31,14 +31,6 @@ Signatures
     kernel module (and then come from the on-disk cache), and calls with other dtypes fail
     loudly instead of compiling a new specialization silently. Without signatures the
     function compiles lazily per input type (still cached on disk).
-
-``parallel``
-    Off by default. Kernels that ``prange`` over chunks pass ``parallel=True``, which turns on
-    explicit ``prange`` loops *only* (:data:`PARALLEL_OPTIONS`): Numba's other parallel
-    rewrites would turn every ``np.zeros``, ``.sum()`` and ``.max()`` of a kernel's set-up and
-    epilogue into a parallel region of its own, each a thread fork and join (measured: 40 of
-    the 46 microseconds a fill of a 16-element tensor cost, ten times per fill). The thread
-    count is Numba's (``NUMBA_NUM_THREADS`` / :func:`numba.set_num_threads`).
 
 Example
 -------
@@ -65,7 +57,7 @@ import numba
 
 from ._cache import cache_dir
 
-__all__ = ["JIT_OPTIONS", "PARALLEL_OPTIONS", "jit", "numba_num_threads"]
+__all__ = ["JIT_OPTIONS", "jit"]
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +68,6 @@ JIT_OPTIONS: dict[str, Any] = {
     "fastmath": False,
     "error_model": "numpy",
     "boundscheck": False,
-}
-
-#: What ``parallel=True`` means for kldiv kernels: explicit ``prange`` loops and nothing else.
-PARALLEL_OPTIONS: dict[str, bool] = {
-    "prange": True,
-    "comprehension": False,
-    "reduction": False,
-    "inplace_binop": False,
-    "setitem": False,
-    "numpy": False,
-    "stencil": False,
-    "fusion": False,
 }
 
 _DECORATING = threading.Lock()
@@ -176,11 +156,7 @@ def _decorate(function: Callable[..., Any], options: dict[str, Any],
             numba.config.CACHE_DIR = saved
 
 
-def jit(
-    signatures: str | Sequence[str] | Callable[..., Any] | None = None,
-    *,
-    parallel: bool = False,
-) -> Any:
+def jit(signatures: str | Sequence[str] | Callable[..., Any] | None = None) -> Any:
     """Compile a kernel with kldiv's JIT options (``numba.njit`` + :data:`JIT_OPTIONS`).
 
     Parameters
@@ -188,25 +164,15 @@ def jit(
     signatures : str or sequence of str or callable, optional
         Explicit Numba signature(s), compiled eagerly. May also be the function itself when
         the decorator is used bare (``@jit``), which compiles lazily per input type.
-    parallel : bool, default False
-        Enable ``numba.prange`` parallel loops.
 
     Returns
     -------
     callable
         A decorator, or the compiled dispatcher when used bare.
     """
-    options = dict(JIT_OPTIONS, parallel=dict(PARALLEL_OPTIONS) if parallel else False)
+    options = dict(JIT_OPTIONS)
     if callable(signatures):  # used as @jit without parentheses
         return _decorate(signatures, options, None)
     sigs = None if signatures is None else (
         [signatures] if isinstance(signatures, str) else list(signatures))
     return lambda function: _decorate(function, options, sigs)
-
-
-def numba_num_threads(set_to: int | None = None) -> int:
-    """The number of threads parallel kernels use (Numba's setting), after setting it to
-    ``set_to`` when given (:func:`numba.set_num_threads`, this thread only)."""
-    if set_to:
-        numba.set_num_threads(int(set_to))
-    return int(numba.get_num_threads())

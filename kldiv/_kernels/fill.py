@@ -9,8 +9,9 @@ value kept, for range growth); with ``clip`` they also go into the last bin. NaN
 counted as *non-finite* and never binned.
 
 How it is fast without changing the answer
-    The input is split into one chunk per thread (``prange``); each chunk fills a private
-    partial histogram; the partials are added at the end (no atomics, no shared writes).
+    A large input is split into one chunk per thread (:mod:`kldiv._kernels.wrappers` runs
+    the serial, GIL-free kernels in a small thread pool); each chunk fills a private partial
+    histogram; the partials are added at the end (no atomics, no shared writes).
     Chunks go in blocks through two passes: branch-free loops that LLVM vectorises compute
     the bin codes and the block's maximum (as the integer maximum of the magnitude bits),
     then the codes are counted into four interleaved copies of the histogram, so runs of one
@@ -18,9 +19,7 @@ How it is fast without changing the answer
     block (``block[j]``, never ``x[start + j]``): an index Numba cannot prove non-negative
     gets a wrap-around fix-up per element, which made LLVM load the values with a gather
     instead of a vector load (1.2-1.3x slower fills, ``benchmarks/fill_kernel_ab.py``). Bin
-    codes are unsigned for the same reason in the counting loop. Tensors below
-    :data:`kldiv._kernels.wrappers.SERIAL_BELOW` elements run in a serial twin of the kernel
-    (no thread launch). float16 arrays are read as their uint16 bits: the bin code of each of
+    codes are unsigned for the same reason in the counting loop. float16 arrays are read as their uint16 bits: the bin code of each of
     the 2**15 magnitude patterns is computed once per fill by the same rule (a 128 KiB table),
     and the loop looks codes up, so no float32/float64 copy of the tensor is ever made.
 
@@ -32,7 +31,6 @@ calls them, so they have no cache of their own.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
@@ -193,46 +191,25 @@ def _fill_combine(partial, tallies, fmax, bmax, num_bins):  # pragma: no cover -
 
 
 @jit
-def _fill_kernel_serial(  # pragma: no cover - compiled
+def _fill_kernel(  # pragma: no cover - compiled
     x, bits, mask, table, ftable, amax, num_bins, clip
 ):
-    """One chunk, no threads: small tensors (a parallel launch costs ~30 us by itself)."""
+    """Fill one chunk (the caller's threads run several chunks at once: the GIL is released)."""
     partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, 1)
     _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, 0, x.size, partial[0],
                 tallies, fmax, bmax, 0)
     return _fill_combine(partial, tallies, fmax, bmax, num_bins)
 
 
-@jit(parallel=True)
-def _fill_kernel(  # pragma: no cover - compiled
-    x, bits, mask, table, ftable, amax, num_bins, clip, n_chunks
-):
-    """``n_chunks`` chunks of :func:`_fill_chunk` in parallel, private lanes each."""
-    n = x.size
-    partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, n_chunks)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, c * step,
-                    min(n, c * step + step), partial[c], tallies, fmax, bmax, c)
-    return _fill_combine(partial, tallies, fmax, bmax, num_bins)
-
-
-@jit(parallel=True)
-def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
-    n = x.size
-    maxes = np.zeros(n_chunks, np.float64)
-    nonfinite = np.zeros(n_chunks, np.int64)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        mx = 0.0
-        bad = 0
-        chunk = x[c * step : min(n, c * step + step)]  # sliced: no per-element index wrap
-        for i in range(chunk.size):
-            a = _abs_f64(chunk[i], table)
-            if np.isfinite(a):
-                mx = max(mx, a)
-            else:
-                bad += 1
-        maxes[c] = mx
-        nonfinite[c] = bad
-    return maxes.max(), nonfinite.sum()
+@jit
+def _absmax_kernel(x, table):  # pragma: no cover - compiled
+    """``(largest finite |x|, number of non-finite values)`` of one chunk."""
+    mx = 0.0
+    bad = 0
+    for i in range(x.size):
+        a = _abs_f64(x[i], table)
+        if np.isfinite(a):
+            mx = max(mx, a)
+        else:
+            bad += 1
+    return mx, bad

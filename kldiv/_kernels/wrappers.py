@@ -1,20 +1,33 @@
 """The Python side of the Numba kernels: arrays and plain numbers in, arrays and numbers out.
 
 Everything here that is not a loop over elements: dtype views, bounded blocks for strided
-input, the float16 code table, how many chunks a large input is cut into. The loops are in
-:mod:`kldiv._kernels.fill` and :mod:`kldiv._kernels.entropy`; callers reach these functions
-through :func:`kldiv._kernels.resolve`, never directly.
+input, the float16 code table, and the threads. The loops are in :mod:`kldiv._kernels.fill`
+and :mod:`kldiv._kernels.entropy`; callers reach these functions through
+:func:`kldiv._kernels.resolve`, never directly.
+
+Threads
+    The kernels are serial and release the GIL. An input of at least :data:`SERIAL_BELOW`
+    elements is cut into one chunk per thread (:func:`threads`: ``NUMBA_NUM_THREADS``, else
+    the CPUs this process may use), run in a small pool of Python threads (the calling thread
+    takes a chunk too), and the partial results are added. Not Numba's ``prange``: its OpenMP
+    layer, on a machine with more runnable threads than cores, spent 8-24 ms per parallel
+    launch where the serial kernel took 0.2 ms (a 1 MiB tensor; measured with
+    ``benchmarks/fill_kernel_ab.py``), and its fallback layer cannot be entered from two
+    threads at once. Python threads behave the same under every layer and cost ~0.05 ms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from . import entropy, fill
-from ._jit import numba_num_threads
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -27,11 +40,12 @@ __all__ = [
     "curve_smoothed",
     "dense_view",
     "fill_counts",
+    "threads",
 ]
 
 #: Elements copied at a time when the input is not one dense block of memory.
 BLOCK_ELEMENTS = 1 << 20
-#: Below this many elements a fill runs in the serial kernel (a parallel launch costs ~30 us).
+#: Below this many elements a fill runs as one chunk on the calling thread.
 SERIAL_BELOW = 1 << 16
 #: (unsigned view, magnitude mask: every bit but the sign) by dtype, for the fill kernel.
 MAGNITUDE = {
@@ -49,6 +63,47 @@ NO_TABLE_I = np.zeros(1, np.uint32)
 curve_abs_proportional = entropy._curve_abs_proportional
 curve_closed_form = entropy._curve_closed_form
 curve_smoothed = entropy._curve_smoothed
+
+
+@lru_cache(maxsize=1)
+def threads() -> int:
+    """Chunks a large input is cut into: ``NUMBA_NUM_THREADS``, else the CPUs this process
+    may use (read once per process)."""
+    named = os.environ.get("NUMBA_NUM_THREADS")
+    if named:
+        return max(1, int(named))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The kernels' thread pool: the calling thread plus these make :func:`threads`."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, threads() - 1), thread_name_prefix="kldiv-kernel")
+        return _POOL
+
+
+def _in_chunks(
+    run: Callable[..., tuple[Any, ...]], arrays: tuple[np.ndarray, ...], rest: tuple[Any, ...],
+) -> list[tuple[Any, ...]]:
+    """``run(*chunk_of_each_array, *rest)`` over :func:`threads` slices (one when small)."""
+    n = arrays[0].size
+    n_chunks = 1 if n < SERIAL_BELOW else threads()
+    if n_chunks == 1:
+        return [run(*arrays, *rest)]
+    step = -(-n // n_chunks)
+    parts = [tuple(a[lo : lo + step] for a in arrays) + rest for lo in range(0, n, step)]
+    futures = [_pool().submit(run, *p) for p in parts[1:]]
+    first = run(*parts[0])  # this thread takes a chunk too
+    return [first] + [f.result() for f in futures]
 
 
 def kernel_view(x: np.ndarray) -> np.ndarray:
@@ -100,15 +155,6 @@ def blocks(values: np.ndarray) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(block)
 
 
-def _run_fill(x: np.ndarray, bits: np.ndarray, mask: np.generic, table: np.ndarray,
-              ftable: np.ndarray, amax: float, num_bins: int, clip: bool) -> tuple[Any, ...]:
-    if x.size < SERIAL_BELOW:
-        return fill._fill_kernel_serial(  # type: ignore[no-any-return]
-            x, bits, mask, table, ftable, amax, num_bins, clip)
-    return fill._fill_kernel(  # type: ignore[no-any-return]
-        x, bits, mask, table, ftable, amax, num_bins, clip, numba_num_threads())
-
-
 def fill_counts(
     values: np.ndarray, amax: float, num_bins: int, clip: bool
 ) -> tuple[np.ndarray, int, int, float, float]:
@@ -147,16 +193,16 @@ def fill_counts(
         if block.size == 0:
             continue
         utype, mask = MAGNITUDE[block.dtype]
-        part, bad, over, mx, mx_in, clean_bits = _run_fill(
-            kernel_view(block), block.view(utype), mask, table, ftable, amax, num_bins,
-            bool(clip),
-        )
-        mx_in = max(float(mx_in), float(np.array(clean_bits, utype).view(block.dtype)[()]))
-        counts += part
-        n_nonfinite += int(bad)
-        n_over += int(over)
-        max_over = max(max_over, float(mx))
-        max_in = max(max_in, float(mx_in))
+        for part, bad, over, mx, mx_in, clean_bits in _in_chunks(
+            fill._fill_kernel, (kernel_view(block), block.view(utype)),
+            (mask, table, ftable, amax, num_bins, bool(clip)),
+        ):
+            clean = float(np.array(clean_bits, utype).view(block.dtype)[()])
+            counts += part
+            n_nonfinite += int(bad)
+            n_over += int(over)
+            max_over = max(max_over, float(mx))
+            max_in = max(max_in, float(mx_in), clean)
     return counts, n_nonfinite, n_over, max_over, max(max_over, max_in)
 
 
@@ -168,8 +214,7 @@ def absmax(values: np.ndarray) -> tuple[float, int]:
         if block.size == 0:
             continue
         table = F16_ABS_TABLE if block.dtype == np.float16 else NO_TABLE_F
-        chunks = 1 if block.size < SERIAL_BELOW else numba_num_threads()
-        mx, bad = fill._absmax_kernel(kernel_view(block), table, chunks)
-        max_abs = max(max_abs, float(mx))
-        n_nonfinite += int(bad)
+        for mx, bad in _in_chunks(fill._absmax_kernel, (kernel_view(block),), (table,)):
+            max_abs = max(max_abs, float(mx))
+            n_nonfinite += int(bad)
     return max_abs, n_nonfinite
