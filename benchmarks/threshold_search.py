@@ -12,8 +12,8 @@ import argparse
 import time
 
 import numpy as np
-
 from kldiv._kernels.dispatch import kernels, search
+
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.entropy import PRESETS, divergence_curve, search_threshold
 from kldiv.histogram import ActivationHistogram
