@@ -12,10 +12,10 @@ import argparse
 import time
 
 import numpy as np
-from kldiv._kernels.dispatch import kernels, search
 
+from kldiv import _kernels
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
-from kldiv.entropy import PRESETS, divergence_curve, search_threshold
+from kldiv.entropy import PRESETS, divergence_curve, kernel_search, search_threshold
 from kldiv.histogram import ActivationHistogram
 
 
@@ -55,12 +55,14 @@ def main() -> None:
     abs_h = [np.histogram(np.abs(x), bins=NUM_BINS)[0].astype(np.int64) for x in xs]
     opts = PRESETS["tensorrt"]
     hists = [ActivationHistogram.from_counts(c, float(np.abs(x).max())) for c, x in zip(abs_h, xs)]
-    search_threshold(hists[0], "tensorrt", backend="numba")  # load the compiled kernel (cache)
+    kernels = _kernels.resolve()  # as KLDIV_KERNELS says (auto: the Numba kernels)
+    numba = _kernels.load("numba")
+    search_threshold(hists[0], "tensorrt")  # load the compiled kernels (cache)
     rows = [
-        ("kldiv search_threshold (tensorrt, numba)",
-         _time(lambda h: search_threshold(h, "tensorrt", backend="numba"), hists)),
-        (f"kldiv numba kernel alone ({kernels().name} build)",
-         _time(lambda c: search(c, opts), abs_h)),
+        (f"kldiv search_threshold (tensorrt, {'numpy' if kernels is None else kernels.name})",
+         _time(lambda h: search_threshold(h, "tensorrt"), hists)),
+        ("kldiv numba kernels alone (kernel_search)",
+         _time(lambda c: kernel_search(c, opts, numba), abs_h)),
     ]
     rows.append(("kldiv numpy reference", _time(lambda c: divergence_curve(c, opts), abs_h[:3])))
     few = xs[: args.peers_tensors]
