@@ -32,11 +32,9 @@ from ._jit import jit
 
 __all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
 
-_SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64)"
-_SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64)"
 
 
-@jit("float64(int64)")
+@jit
 def _xlogx(h):  # pragma: no cover - compiled
     if h <= 0:
         return 0.0
@@ -44,7 +42,7 @@ def _xlogx(h):  # pragma: no cover - compiled
     return x * math.log(x)
 
 
-@jit("UniTuple(int64, 2)(int64, int64, boolean)")
+@jit
 def _window(i, z, signed):  # pragma: no cover - compiled
     """Bins ``[lo, hi)`` kept by candidate ``i``: ``[0, i)`` for |x|, ``[z-i, z+i]`` signed."""
     if signed:
@@ -52,7 +50,7 @@ def _window(i, z, signed):  # pragma: no cover - compiled
     return 0, i
 
 
-@jit("Tuple((int64[:], int64[:], float64[:], float64[:]))(int64[:])")
+@jit
 def _prefix_sums(h):  # pragma: no cover - compiled
     """Prefix sums over the bins: counts (exact), non-empty bins, and ``h log h`` kept as a
     double-double (hi, lo) so that differences of large prefixes stay accurate."""
@@ -74,7 +72,7 @@ def _prefix_sums(h):  # pragma: no cover - compiled
     return c, nz, cl_hi, cl_lo
 
 
-@jit("float64(int64[:], int64[:], float64[:], float64[:], int64, int64)")
+@jit
 def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
     """sum_{j in [lo, hi)} h_j log h_j  -  g log(g / n): a group without outliers."""
     g = c[hi] - c[lo]
@@ -85,7 +83,7 @@ def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
     return sum_hlogh - float(g) * math.log(float(g) / float(n))
 
 
-@jit(_SIG_CLOSED)
+@jit
 def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pragma: no cover
     n_bins = h.size
     c, nz, cl_hi, cl_lo = _prefix_sums(h)
@@ -197,10 +195,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
     return out
 
 
-_SIG_PROP = "float64[:](int64[:], int64[:], int64, int64, int64)"
-
-
-@jit(_SIG_PROP)
+@jit
 def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: no cover - compiled
     """The closed form for ``domain='abs'`` with proportional grouping (TensorRT, ModelOpt).
 
@@ -307,7 +302,7 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
     return out
 
 
-@jit("boolean(float64[:], float64)")
+@jit
 def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
     """MXNet smoothing; False when it cannot make every entry positive."""
     n_zero = 0
@@ -329,7 +324,7 @@ def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
     return ok
 
 
-@jit(_SIG_SMOOTH)
+@jit
 def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no cover
     """O(i) per candidate: MXNet / ONNX Runtime eps smoothing, emptiness from P."""
     n_bins = h.size
