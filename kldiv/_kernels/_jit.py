@@ -102,7 +102,7 @@ def _guard_cache(dispatcher: Any) -> None:
     the function's index (Numba's ``Cache.flush``) and reports a miss, so the kernel is
     compiled and its entry written afresh; a failed save is logged and skipped.
     """
-    cache = getattr(dispatcher, "_cache", None)
+    cache: Any = getattr(dispatcher, "_cache", None)
     load = getattr(cache, "load_overload", None)
     save = getattr(cache, "save_overload", None)
     if load is None or save is None:  # pragma: no cover - a Numba without this cache API
@@ -143,9 +143,10 @@ def _decorate(function: Callable[..., Any], options: dict[str, Any],
     folder = _usable_cache_dir()
     if folder is None:
         options = dict(options, cache=False)
+    config: Any = numba.config
     with _DECORATING:
-        saved = numba.config.CACHE_DIR
-        numba.config.CACHE_DIR = folder or saved
+        saved = config.CACHE_DIR
+        config.CACHE_DIR = folder or saved
         try:
             dispatcher = numba.njit(**options)(function)
             if options["cache"]:
@@ -156,7 +157,7 @@ def _decorate(function: Callable[..., Any], options: dict[str, Any],
                 dispatcher.disable_compile()
             return dispatcher
         finally:
-            numba.config.CACHE_DIR = saved
+            config.CACHE_DIR = saved
 
 
 def jit(signatures: str | Sequence[str] | Callable[..., Any] | None = None) -> Any:

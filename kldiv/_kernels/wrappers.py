@@ -127,7 +127,8 @@ def dense_view(values: np.ndarray) -> np.ndarray | None:
     order = sorted(range(v.ndim), key=lambda ax: v.strides[ax], reverse=True)
     v = v.transpose(order)
     if v.flags.c_contiguous:
-        return v.reshape(-1)
+        flat: np.ndarray = v.reshape(-1)
+        return flat
     return None
 
 
