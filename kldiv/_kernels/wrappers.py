@@ -45,8 +45,9 @@ __all__ = [
 
 #: Elements copied at a time when the input is not one dense block of memory.
 BLOCK_ELEMENTS = 1 << 20
-#: Below this many elements a fill runs as one chunk on the calling thread.
-SERIAL_BELOW = 1 << 16
+#: Below this many elements a fill runs as one chunk on the calling thread: handing chunks to
+#: the pool and back costs 0.05-0.1 ms, as much as filling a 256 Ki-element tensor alone.
+SERIAL_BELOW = 1 << 20
 #: (unsigned view, magnitude mask: every bit but the sign) by dtype, for the fill kernel.
 MAGNITUDE = {
     np.dtype(np.float16): (np.uint16, np.uint16(0x7FFF)),
