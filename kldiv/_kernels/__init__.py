@@ -29,7 +29,8 @@ Where compiled code goes
 Modules
     :mod:`~kldiv._kernels.fill` and :mod:`~kldiv._kernels.entropy` hold the Numba loops,
     :mod:`~kldiv._kernels.wrappers` the array plumbing around them (dtype views, blocks,
-    chunks), :mod:`~kldiv._kernels._jit` the one decorator with every JIT option.
+    chunks), :mod:`~kldiv._kernels._jit` the one decorator with every JIT option,
+    :mod:`~kldiv._kernels._cache` the cache folder (no Numba needed to ask).
 """
 
 from __future__ import annotations
