@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLIP_WARN_FRACTION",
     "COMPARE_RTOL",
     "COMPARE_ULP_TOLERANCE",
     "DEFAULT_ALGORITHM",
@@ -57,12 +58,17 @@ DEFAULT_QDQ_BIAS: Final[str] = "float"
 DEFAULT_PERCENTILE: Final[float] = 99.99
 #: Batch size of calibration batches when none is named.
 DEFAULT_BATCH_SIZE: Final[int] = 8
-#: Regression cutoff written in a legacy-calibrator cache header when none is given
-#: (TensorRT's sampleINT8 legacy calibrator; the real legacy fixtures hold 1.0).
+#: Regression cutoff of the legacy calibrator (``method="legacy"``) and of its cache header
+#: when none is given: TensorRT leaves it to the user; 1.0 is what TensorRT's sampleINT8 legacy
+#: cache (``legacy-mnist-trt6.cache``) and the MLPerf 3D-UNet legacy cache hold.
 DEFAULT_LEGACY_CUTOFF: Final[float] = 1.0
-#: Quantile written in a legacy-calibrator cache header when none is given (the MLPerf 3D-UNet
-#: legacy cache holds 0.99999).
-DEFAULT_LEGACY_QUANTILE: Final[float] = 0.99999
+#: Quantile of the legacy calibrator and of its cache header when none is given: TensorRT
+#: leaves it to the user; 1 - 1e-6 is what TensorRT's sampleINT8 legacy cache holds (the
+#: MLPerf 3D-UNet legacy cache holds 0.99999).
+DEFAULT_LEGACY_QUANTILE: Final[float] = 0.999999
+#: Summaries flag a tensor whose threshold clips more than this fraction of its histogram's
+#: mass (see docs/fidelity.md, "Clipping").
+CLIP_WARN_FRACTION: Final[float] = 0.01
 
 # --- histograms (appended by helper HIST) ---
 #: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".
