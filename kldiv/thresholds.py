@@ -288,7 +288,7 @@ def clipping_outliers(
     ----------
     results : mapping of str to ThresholdResult
         Per tensor.
-    limit : float, default CLIP_WARN_FRACTION (0.01)
+    limit : float, default CLIP_WARN_FRACTION (0.05)
         The flag rule: more than this fraction of the values saturate (docs/fidelity.md).
 
     Returns
