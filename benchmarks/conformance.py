@@ -12,7 +12,8 @@ accuracy on the MNIST test set (onnxruntime, CPU): FP32 top-1, and INT8 top-1 of
 model (:func:`kldiv.to_qdq_onnx`) with kldiv's reproduced scales and with TensorRT's own cached
 scales, beside the figures NVIDIA's sampleINT8 README reports for TensorRT.
 
-Another reproducible cache is one more :class:`kldiv.conformance.ConformanceCase` in ``CASES``.
+Another reproducible cache is one more :class:`kldiv.conformance.ConformanceCase` in
+``EXTRA_CASES``.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 README_TOP1 = {"fp32": 0.9904, "int8": 0.9908}
 
 
-def cases(fixtures: Path) -> list[tuple[ConformanceCase, float]]:
-    """The cases, each with the pixel scale its images were calibrated with (for accuracy)."""
+#: More reproducible caches: ``ConformanceCase(name, model, batches, cache[, method=...])``.
+EXTRA_CASES: list[ConformanceCase] = []
+
+
+def sampleint8(fixtures: Path) -> list[tuple[ConformanceCase, float]]:
+    """sampleINT8's cases, each with the pixel scale its images were calibrated with (the
+    accuracy runs use the same)."""
     scales = {"sampleINT8 TRT 7.0": 1 / 255}
     return [(c, scales.get(c.name, 2.0**-8)) for c in sampleint8_cases(fixtures)]
 
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     reports = []
-    for case, _ in cases(args.fixtures):
+    for case in [c for c, _ in sampleint8(args.fixtures)] + EXTRA_CASES:
         report = run_case(case)
         reports.append(report)
         print(report.to_text())
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsampleINT8 accuracy, MNIST test set (10,000 images), onnxruntime CPU, "
           "Q/DQ export with per-channel int8 weights")
     print(f"  {'scales':<44}{'FP32 top-1':>12}{'INT8 top-1':>12}{'agree':>9}")
-    for (case, scale), report in zip(cases(args.fixtures), reports):
+    for (case, scale), report in zip(sampleint8(args.fixtures), reports):
         ours = sampleint8_accuracy(args.fixtures, report.table, scale=scale)
         trt = read_cache(case.cache)
         theirs_table = report.table.copy()
