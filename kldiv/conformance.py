@@ -247,8 +247,16 @@ def _check_names(case: ConformanceCase, cache_names: list[str], collected: list[
         )
 
 
-def run_case(case: ConformanceCase) -> CaseReport:
+def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
     """Calibrate ``case``'s batches with kldiv and compare every entry of its cache.
+
+    Parameters
+    ----------
+    case : ConformanceCase
+        The case.
+    collector : HistogramCollector, optional
+        Histograms already collected from ``case``'s model and batches (e.g. to compare several
+        options on one collection): the model is not run again.
 
     Raises
     ------
@@ -275,7 +283,8 @@ def run_case(case: ConformanceCase) -> CaseReport:
             )
         options.setdefault("quantile", header.quantile)
         options.setdefault("regression_cutoff", header.cutoff)
-    collector = collect_histograms(case.model, case.batches())
+    if collector is None:
+        collector = collect_histograms(case.model, case.batches())
     results = choose_thresholds(collector, preset=case.preset, method=case.method, **options)
     rule_off: dict[str, Any] = {}
     if case.method == "entropy":

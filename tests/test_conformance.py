@@ -118,3 +118,43 @@ def test_sampleint8_accuracy(reports: dict[str, CaseReport]) -> None:
     assert acc["n"] == 10_000
     assert acc["fp32"] == pytest.approx(0.9904, abs=5e-5)  # the sample READMEs' Top1
     assert acc["int8"] >= 0.99
+
+
+@pytest.fixture(scope="module")
+def collectors() -> dict[str, object]:
+    from kldiv.pipeline import collect_histograms
+
+    return {c.name: collect_histograms(c.model, c.batches()) for c in _cases()
+            if c.method == "entropy"}
+
+
+def _off_bins(case: ConformanceCase, collector: object, **options: object) -> dict[str, int]:
+    from dataclasses import replace
+
+    r = run_case(replace(case, options=options), collector=collector)
+    return {e.tensor: e.bins_apart for e in r.entries if e.bins_apart}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ENTROPY)
+def test_what_the_caches_pin(collectors: dict[str, object], name: str) -> None:
+    """The alternatives the sampleINT8 caches rule out (docs/threshold-search.md table)."""
+    case = next(c for c in _cases() if c.name == name)
+    col = collectors[name]
+    assert _off_bins(case, col) == {}
+    assert _off_bins(case, col, zeros="drop") == {}  # bin1 vs drop: both fit (open)
+    kept = _off_bins(case, col, zeros="keep")  # the zero spike kept: ip1 far off
+    assert kept["ip1"] > 700  # TensorRT 1231 / 1155, kept spike ~384
+    floor = _off_bins(case, col, grouping="floor")
+    assert len({t for t in floor if not t.startswith("pool")}) >= 4
+    assert set(_off_bins(case, col, empty="p")) == {"ip2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["append", "global"])
+def test_range_growth_is_pinned(policy: str) -> None:
+    from kldiv.pipeline import collect_histograms
+
+    case = next(c for c in _cases() if c.name == "sampleINT8 TRT 7.0")
+    col = collect_histograms(case.model, case.batches(), range_policy=policy)
+    r = run_case(case, collector=col)
+    assert r.in_bin <= 4  # pow2 growth: 8 of 8
