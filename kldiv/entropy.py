@@ -231,12 +231,12 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # Our reconstruction of IInt8EntropyCalibrator2 (algorithm.md §4). Pinned by real
         # caches: |x| domain, 2048 bins / 128 levels, i = 2048 is a candidate (softmax,
         # constant tensors), (m + 0.5) * w, divisor 127, float32 order; proportional grouping
-        # (MNIST data = 3c008912 needs i = 2040, whatever the zero policy). Not pinned
-        # (documented defaults): emptiness from the raw histogram, no smoothing, first minimum,
-        # and exact zeros handled as NVIDIA's ModelOpt does (bin 0 := bin 1). Keeping the zero
-        # spike would make every ReLU output pick tiny thresholds (group 0 spreads the spike),
-        # which real caches contradict: in the NVDLA ResNet-50 cache (TRT 5.1) post-ReLU amaxes
-        # are 0.55-1.16x (median 0.9) of the pre-ReLU ones, where keeping zeros predicts ~0.4x;
+        # (MNIST data = 3c008912 needs i = 2040, whatever the zero policy); emptiness from the
+        # raw histogram and the zero spike not kept (sampleINT8 TRT 5.1 / 7.0 reproduced, 16 of
+        # 16 entries in TensorRT's bin: docs/fidelity.md). Not pinned (documented defaults): no
+        # smoothing, and bin 0 := bin 1 as NVIDIA's ModelOpt does rather than dropping it (both
+        # fit every cache). Keeping the zero spike would make every ReLU output pick tiny
+        # thresholds (group 0 spreads the spike): sampleINT8's ip1 lands ~800 bins low with it,
         # and EfficientNet-Lite0 falls to 0% top-1 agreement (docs/threshold-search.md).
         # Ties (#11, unknown): divergences within 1e-12 of the minimum are ties and the last
         # (widest) candidate wins, as in ModelOpt. Without it, sparse discrete data (pixels
