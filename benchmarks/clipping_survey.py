@@ -36,7 +36,7 @@ LIMITS = (0.01, 0.05, 0.10, 0.50)
 
 def _ocr(folder: Path) -> Iterator[tuple[str, HistogramCollector]]:
     try:
-        import rapidocr_onnxruntime
+        import rapidocr_onnxruntime  # type: ignore[import-untyped]
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
         print("(PP-OCR skipped: rapidocr_onnxruntime or Pillow is not installed)")
