@@ -40,6 +40,17 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def _fraction(text: str) -> float:
+    """A number in (0, 1] (the legacy calibrator's quantile and cutoff)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
 def _size(text: str) -> int | tuple[int, int]:
     try:
         parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
@@ -61,10 +72,10 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
                    help=f"threshold method (default {DEFAULT_METHOD})")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --method percentile (default kldiv.defaults)")
-    p.add_argument("--quantile", type=float, default=None,
+    p.add_argument("--quantile", type=_fraction, default=None,
                    help=f"quantile for --method legacy, in (0, 1] (default "
                         f"{DEFAULT_LEGACY_QUANTILE}, TensorRT's sampleINT8)")
-    p.add_argument("--regression-cutoff", type=float, default=None,
+    p.add_argument("--regression-cutoff", type=_fraction, default=None,
                    help=f"regression cutoff for --method legacy (default "
                         f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
