@@ -292,15 +292,23 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
             collector, preset=case.preset, method="entropy",
             **{**options, "min_nonempty_bins": 1},
         )
-    offset = 0.0 if case.method == "legacy" else float(
-        results[next(iter(results))].options.get("threshold_offset", 0.5)
-    )
+    offset = 0.0
+    if case.method == "entropy":
+        from .entropy import resolve_options
+
+        fields = set(resolve_options(case.preset).as_dict())
+        offset = resolve_options(
+            case.preset, **{k: v for k, v in options.items() if k in fields}
+        ).threshold_offset
     entries = []
     for name in cache:
         r = results[name]
-        source = r.options.get("source") if r.method == "inherited" else None
-        searched = results[source] if source is not None else r
-        hist_name = source if source is not None else name
+        source = None
+        hist_name = name
+        while results[hist_name].method == "inherited":  # pooling chains: the searched tensor
+            hist_name = results[hist_name].options["source"]
+            source = hist_name
+        searched = results[hist_name]
         hist = collector[hist_name]
         width = hist.amax / hist.num_bins
         trt_bits = cache.bits(name)
