@@ -45,6 +45,7 @@ calibratable tensors (``force=True`` applies it anyway), and every result passes
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -523,6 +524,18 @@ def check_table(
 
 
 # -- the export ---------------------------------------------------------------------------------
+def _folds_into(user: Any, tensor: str, activations: set[str]) -> bool:
+    """Whether ``user`` (reading ``tensor`` out of a weighted op) folds into that op in
+    TensorRT: a BatchNormalization, or a per-channel scale/shift (``Add``/``Sub``/``Mul``/
+    ``Div`` by a constant)."""
+    if user.op_type == "BatchNormalization":
+        return True
+    if user.op_type in ("Add", "Sub", "Mul", "Div") and len(user.input) == 2:
+        other = user.input[1] if user.input[0] == tensor else user.input[0]
+        return other not in activations
+    return False
+
+
 def _residual_inputs(nodes: list[Any], producer: Mapping[str, Any], activations: set[str],
                      ops: Collection[str]) -> dict[int, str]:
     """``Add`` nodes of a skip connection -> their residual input (by ``id`` of the node).
@@ -646,7 +659,8 @@ def to_qdq_onnx(
     onnx.ModelProto
         The Q/DQ model; passes ``onnx.checker.check_model(full_check=True)``. Its
         ``metadata_props`` record what was quantized (``kldiv_qdq_activations``,
-        ``kldiv_qdq_weights``, ``kldiv_qdq_excluded``).
+        ``kldiv_qdq_weights``, ``kldiv_qdq_excluded``, and ``kldiv_qdq_scale_from``: JSON
+        of tensor -> the table entry whose scale it uses where that is not its own).
 
     Raises
     ------
@@ -815,6 +829,13 @@ def to_qdq_onnx(
         if node.op_type not in ops or id(node) in skip_node_ids:
             continue
         data_inputs = [0, 1] if node.op_type == "MatMul" else [0]
+        if any(i < len(node.input) and node.input[i] in excluded for i in data_inputs):
+            # TensorRT runs a layer reading a tensor without a scale in higher precision:
+            # its weights stay in float too
+            for i in data_inputs:
+                if i < len(node.input) and node.input[i] in excluded:
+                    summary.skipped[node.input[i]] = "excluded"
+            continue
         for idx in range(min(len(node.input), 2)):
             name = node.input[idx]
             if name in activations and idx in data_inputs:
@@ -889,6 +910,14 @@ def to_qdq_onnx(
                             "it in higher precision inside the fused layer)"
                         )
                         continue
+                elif prod is not None and prod.op_type in QUANTIZABLE_OPS and (
+                    _folds_into(user, tensor, activations)
+                ):
+                    summary.skipped[tensor] = (
+                        f"the {user.op_type} that reads it folds into the {prod.op_type} "
+                        "(TensorRT never materializes it)"
+                    )
+                    continue
                 elif user.op_type == "Concat" and quantized_as_own(out):
                     scale_of = out  # Q commutes with Concat; TensorRT shares the scale
             if tensor not in dq_of and tensor not in table and scale_of is None and (
@@ -933,6 +962,7 @@ def to_qdq_onnx(
             "kldiv_qdq_activations": ",".join(summary.activations),
             "kldiv_qdq_weights": ",".join(summary.weights),
             "kldiv_qdq_excluded": ",".join(sorted(excluded)),
+            "kldiv_qdq_scale_from": json.dumps(summary.scale_from, sort_keys=True),
             "kldiv_qdq_options": f"weights={weights} placement={placement} bias={bias}",
         },
     )
