@@ -941,7 +941,7 @@ def to_qdq_onnx(
     g.initializer.extend(keep_inits)
 
     for name, why in summary.skipped.items():
-        if why == "excluded" or why.startswith("fused"):
+        if why == "excluded" or why.startswith(("fused", "the ")):
             logger.info("Q/DQ: tensor %r stays in float: %s", name, why)
         else:
             logger.warning("Q/DQ: tensor %r stays in float: %s", name, why)
