@@ -180,7 +180,8 @@ def _quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.
     if axis is not None:
         shape[axis] = -1
     q = np.rint(w.astype(np.float32) / scales.reshape(shape))
-    return np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
+    out: np.ndarray = np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8)
+    return out
 
 
 class _Namer:
@@ -565,7 +566,7 @@ def _residual_inputs(nodes: list[Any], producer: Mapping[str, Any], activations:
         dist: dict[int, int] = {}
         frontier = [(tensor, 0)]
         while frontier:
-            nxt = []
+            nxt: list[tuple[str, int]] = []
             for t, d in frontier:
                 node = producer.get(t)
                 if node is None or id(node) in dist:
@@ -753,7 +754,7 @@ def to_qdq_onnx(
         d_name = namer(f"{base}_dequantized")
         new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
         new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, zero_type), z_name))
-        attrs = {"axis": axis} if axis is not None else {}
+        attrs: dict[str, Any] = {"axis": axis} if axis is not None else {}
         node_name = namer(f"{base}_DequantizeLinear")
         qnode_tensor[node_name] = base
         new_nodes.append(

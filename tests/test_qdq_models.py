@@ -169,10 +169,11 @@ OCR = {  # kind -> (H, W), mean, std (PP-OCR's own preprocessing)
     "cls": ((48, 192), (0.5,) * 3, (0.5,) * 3),
 }
 WORDS = ["kldiv: 2048 bins", "TensorRT INT8 cache", "KL(P || Q) = 0.031", "PP-OCR det/rec/cls"]
-# lowest cosine similarity of any sample's output with FP32 (max-|x| tables, 4 text lines);
-# measured 0.91-0.99 here, so these bounds catch a broken export (a wrong scale drops it to
-# 0.1-0.5) without depending on float summation order
-MIN_COSINE = {"det": 0.9, "rec": 0.7, "cls": 0.85}
+# lowest cosine similarity of any sample's output with FP32 (max-|x| tables, 4 text lines).
+# Measured: det 0.954 / 0.961 (inputs / all), rec 0.918 / 0.727, cls 0.913 / 0.989; giving
+# Sigmoid/HardSigmoid inputs their activation's output scale and quantizing conv outputs
+# before their BatchNormalization drops "all" to det 0.547, rec 0.528
+MIN_COSINE = {"det": 0.9, "rec": 0.65, "cls": 0.85}
 
 
 def _ocr_inputs(kind):
