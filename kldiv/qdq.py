@@ -580,7 +580,7 @@ def _residual_inputs(nodes: list[Any], producer: Mapping[str, Any], activations:
 
     out: dict[int, str] = {}
     for node in nodes:
-        if node.op_type != "Add" or len(node.input) != 2:
+        if node.op_type not in ("Add", "Sum") or len(node.input) != 2:
             continue
         a, b = node.input
         if a not in activations or b not in activations or a == b:
@@ -678,7 +678,13 @@ def to_qdq_onnx(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from .runners import FLOAT_ELEM_TYPES, _elem_types, load_model, value_aliases
+    from .runners import (
+        FLOAT_ELEM_TYPES,
+        _elem_types,
+        calibration_tensor_names,
+        load_model,
+        value_aliases,
+    )
 
     for value, allowed, what in (
         (weights, _WEIGHT_MODES, "weights"),
@@ -739,10 +745,12 @@ def to_qdq_onnx(
 
     # which tensors are float activations (graph inputs and node outputs, not constants)
     types = _elem_types(m)
-    activations = {i.name for i in g.input if i.name not in inits}
-    activations |= set(producer)
-    activations -= set(const_nodes)
-    activations = {t for t in activations if types.get(t, TensorProto.FLOAT) in FLOAT_ELEM_TYPES}
+    # (a tensor computed from constants only is a weight TensorRT folds, not an activation)
+    calib_inputs, calib_outputs, _ = calibration_tensor_names(m)
+    activations = {
+        t for t in (*calib_inputs, *calib_outputs)
+        if types.get(t, TensorProto.FLOAT) in FLOAT_ELEM_TYPES
+    }  # fmt: skip
     aliases = value_aliases(m, activations)
 
     def dequantize(

@@ -224,3 +224,42 @@ def test_pp_ocr_exports_check_and_run(kind, caplog):
                                  if p.key == "kldiv_qdq_scale_from"))
     readers = {i: n.op_type for n in fp32.graph.node for i in n.input}
     assert not {t for t in scale_from if readers.get(t) in ("Sigmoid", "HardSigmoid")}
+
+
+def test_resnet50_structure_quantizes_each_shortcut():
+    """onnx's structure-only ResNet-50 (weights from ConstantOfShape): every residual ``Sum``
+    gets exactly one quantized input, the shortcut — the identity (a ReLU output) or the
+    downsampling convolution, never the three-convolution main branch."""
+    path = Path(onnx.__file__).parent / "backend/test/data/light/light_resnet50.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this onnx wheel")
+    from kldiv.scales import CalibrationTable
+
+    m = onnx.load(str(path))
+    names = [i.name for i in m.graph.input] + [o for n in m.graph.node for o in n.output]
+    q = to_qdq_onnx(m, CalibrationTable.from_amaxes({n: 4.0 for n in names}), force=True)
+    onnx.checker.check_model(q, full_check=True)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+
+    def convs_to_fork(t):
+        """Convolutions on the way back from ``t`` to the tensor the two branches share."""
+        count = 0
+        while True:
+            node = producer[t]
+            count += node.op_type == "Conv"
+            t = node.input[0]
+            if readers.get(t, 0) >= 2:
+                return count
+
+    sums = [n for n in q.graph.node if n.op_type == "Sum"]
+    assert len(sums) == 16
+    for node in sums:
+        quantized = [i for i in node.input if i.endswith("_dequantized")]
+        assert len(quantized) == 1
+        skip = quantized[0][: -len("_dequantized")]
+        main = next(i for i in node.input if not i.endswith("_dequantized"))
+        assert producer[skip].op_type == "Relu" or convs_to_fork(skip) < convs_to_fork(main)
