@@ -253,6 +253,48 @@ def _constant_value(name: str, inits: Mapping[str, Any], const_nodes: Mapping[st
     return None
 
 
+def _fold_constant(
+    name: str, producer: Mapping[str, Any], inits: Mapping[str, Any], model: Any, label: str
+) -> np.ndarray | None:
+    """Evaluate a tensor computed from constants only (``ConstantOfShape``, a ``Transpose`` of
+    an initializer ...) with onnx's reference evaluator; None if it cannot."""
+    import onnx
+    from onnx import helper
+
+    nodes: list[Any] = []
+    seen: set[str] = set()
+    needed: set[str] = set()
+    stack = [name]
+    while stack:
+        t = stack.pop()
+        if t in seen or not t:
+            continue
+        seen.add(t)
+        if t in inits:
+            needed.add(t)
+            continue
+        node = producer.get(t)
+        if node is None:
+            return None
+        if id(node) not in {id(n) for n in nodes}:
+            nodes.append(node)
+        stack.extend(node.input)
+    order = {id(n): k for k, n in enumerate(producer.values())}
+    nodes.sort(key=lambda n: order.get(id(n), 0))
+    out = helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+    graph = helper.make_graph(nodes, "fold", [], [out], [inits[i] for i in sorted(needed)])
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        folded = helper.make_model(graph, opset_imports=list(model.opset_import))
+        value = list(ReferenceEvaluator(folded).run(None, {}))[0]
+    except Exception as exc:  # noqa: BLE001 - any op the reference evaluator lacks
+        logger.info("%s: weight %r is computed in the graph and could not be folded (%s); "
+                    "it stays in float", label, name, exc)  # fmt: skip
+        return None
+    return np.asarray(value)
+
+
 def _clip_min_is_zero(node: Any, inits: Mapping[str, Any], const_nodes: Mapping[str, Any]) -> bool:
     """Whether a ``Clip`` has the constant lower bound 0 (and a constant or no upper bound)."""
     import onnx
@@ -733,8 +775,14 @@ def to_qdq_onnx(
         id(n) for n in g.node if n.name in excluded_nodes or any(o in excluded for o in n.output)
     }
 
+    folded: dict[str, np.ndarray | None] = {}
+
     def constant(name: str) -> np.ndarray | None:
         value = _constant_value(name, inits, const_nodes)
+        if value is None and name in producer and name not in activations:
+            if name not in folded:  # a weight computed from constants only: fold it
+                folded[name] = _fold_constant(name, producer, inits, m, label)
+            value = folded[name]
         return None if value is None else np.asarray(value)
 
     new_nodes: list[Any] = []
@@ -745,6 +793,7 @@ def to_qdq_onnx(
 
     # which tensors are float activations (graph inputs and node outputs, not constants)
     types = _elem_types(m)
+    folded_ok: set[str] = set()  # outputs of constant-only nodes
     # (a tensor computed from constants only is a weight TensorRT folds, not an activation)
     calib_inputs, calib_outputs, _ = calibration_tensor_names(m)
     activations = {
@@ -752,6 +801,13 @@ def to_qdq_onnx(
         if types.get(t, TensorProto.FLOAT) in FLOAT_ELEM_TYPES
     }  # fmt: skip
     aliases = value_aliases(m, activations)
+    const_ids: set[int] = set()  # nodes that compute constants only (weights TensorRT folds)
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if (n.output and not _subgraphs(n) and all(o not in activations for o in n.output if o)
+                and all(i in inits or i in const_nodes or i in folded_ok for i in ins)):
+            const_ids.add(id(n))
+            folded_ok.update(o for o in n.output if o)
 
     def dequantize(
         base: str, q_name: str, scale: np.ndarray, zero_type: Any, axis: int | None = None
@@ -940,9 +996,17 @@ def to_qdq_onnx(
                 if id(user) not in skip_node_ids:
                     rewire(user, tensor, dq)
 
-    # drop float weights (initializers or Constant nodes) that nothing reads any more
-    used = _used_names([*g.node, *new_nodes]) | {o.name for o in g.output}
-    keep_nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] not in used)]
+    # drop float weights (initializers, Constant nodes, folded constant-only nodes) that
+    # nothing reads any more
+    keep_nodes = list(g.node)
+    while True:
+        used = _used_names([*keep_nodes, *new_nodes]) | {o.name for o in g.output}
+        dead = [n for n in keep_nodes if (n.op_type == "Constant" or id(n) in const_ids)
+                and not any(o in used for o in n.output)]  # fmt: skip
+        if not dead:
+            break
+        dead_ids = {id(n) for n in dead}
+        keep_nodes = [n for n in keep_nodes if id(n) not in dead_ids]
     del g.node[:]
     g.node.extend(keep_nodes)
     keep_inits = [i for i in g.initializer if i.name in used]

@@ -567,3 +567,26 @@ def test_checker_failure_names_the_model_and_the_node(tmp_path):
     onnx.save(m, str(path))
     with pytest.raises(QuantizationError, match=r"half\.onnx.*x_QuantizeLinear.*exclude=\['x'\]"):
         to_qdq_onnx(path, CalibrationTable.from_amaxes({"x": 1.0, "y": 1.0}))
+
+
+def test_weights_computed_from_constants_are_folded_and_quantized():
+    """A Conv weight that is a Transpose of an initializer (TensorRT folds it) is stored as int8
+    like any weight, and the float weight and its Transpose leave the graph."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)  # (kh, kw, C_in, C_out)
+    w_init = numpy_helper.from_array(w, "w_hwio")
+    tr = helper.make_node("Transpose", ["w_hwio"], ["w"], name="to_oihw", perm=[3, 2, 0, 1])
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1] * 4)
+    m = _model([tr, conv], [w_init], [_x()], [_y()])
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    q = to_qdq_onnx(m, _table_for(m, x))
+    onnx.checker.check_model(q, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    assert "w_hwio" not in inits and all(n.op_type != "Transpose" for n in q.graph.node)
+    oihw = w.transpose(3, 2, 0, 1)
+    np.testing.assert_array_equal(
+        inits["w_scale"], np.abs(oihw).reshape(4, -1).max(1).astype(np.float32) / np.float32(127)
+    )
+    assert inits["w_quantized"].dtype == np.int8
+    ref = _sess(m).run(None, {"x": x})[0]
+    assert np.abs(_sess(q).run(None, {"x": x})[0] - ref).max() <= 0.03 * np.abs(ref).max()
