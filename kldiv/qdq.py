@@ -483,10 +483,15 @@ def table_coverage(model: Any, table: Mapping[str, Any], *, exclude: Iterable[st
     -------
     TableCoverage
     """
-    from .runners import calibration_tensor_names, load_model, value_aliases
+    from .runners import load_model
 
     proto, _, sha = load_model(model)
-    excluded = _resolve(proto, exclude)[0]
+    return _coverage(proto, sha, table, _resolve(proto, exclude)[0])
+
+
+def _coverage(proto: Any, sha: str, table: Mapping[str, Any], excluded: set[str]) -> TableCoverage:
+    from .runners import calibration_tensor_names, value_aliases
+
     inputs, outputs, _ = calibration_tensor_names(proto)
     calibratable = [n for n in (*inputs, *outputs) if n not in excluded]
     names = set(table)
@@ -536,7 +541,14 @@ def check_table(
         If the table's provenance records another model's SHA-256, or it covers less than
         ``min_coverage`` of the calibratable tensors (and ``force`` is false).
     """
-    cov = table_coverage(model, table, exclude=exclude)
+    from .runners import load_model
+
+    proto, _, sha = load_model(model)
+    return _check_coverage(_coverage(proto, sha, table, _resolve(proto, exclude)[0]), force,
+                           min_coverage)  # fmt: skip
+
+
+def _check_coverage(cov: TableCoverage, force: bool, min_coverage: float) -> TableCoverage:
     problems: list[str] = []
     if cov.same_model is False:
         where = f" ({cov.table_model})" if cov.table_model else ""
@@ -736,13 +748,11 @@ def to_qdq_onnx(
         if value not in allowed:
             raise QuantizationError(f"unknown {what}={value!r}; choose one of {allowed}")
 
-    proto, label, _ = load_model(model)
+    proto, label, sha = load_model(model)
     m = onnx.ModelProto()
     m.CopyFrom(proto)
-    exclude = list(exclude)
     excluded, excluded_nodes = _resolve(m, exclude)
-    check_table(model if not isinstance(model, onnx.ModelProto) else proto, table,
-                exclude=exclude, force=force)
+    _check_coverage(_coverage(proto, sha, table, excluded), force, MIN_TABLE_COVERAGE)
 
     target = max(_opset(m), _MIN_OPSET) if opset is None else int(opset)
     if target < _MIN_OPSET:
