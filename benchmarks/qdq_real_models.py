@@ -1,7 +1,8 @@
 """Q/DQ export on real models: checker, onnxruntime, agreement with FP32, both placements.
 
 For each model and each placement (``inputs``: TensorRT's recommendation; ``all``: every
-calibrated tensor, implicit-INT8 style), the table's scales go through
+calibrated tensor, implicit-INT8 style; and "weights only": int8 weights with every activation
+in float, to show the weights' share of the error), the table's scales go through
 ``kldiv.qdq.to_qdq_onnx``; the result must pass ``onnx.checker.check_model(full_check=True)``
 and run in onnxruntime (CPU) next to the FP32 model. Printed per row: export seconds, the
 number of tensors given a Q/DQ pair, top-1 agreement (argmax over the last axis: per class,
@@ -62,9 +63,14 @@ def _row(name: str, model: Path, table: Any, batches: list[dict[str, np.ndarray]
 
     print(f"\n{name}: {table_coverage(model, table).to_text()}")
     ref = _run(model, batches)
-    for placement in ("inputs", "all"):
+    from kldiv.scales import CalibrationTable
+
+    for placement in ("inputs", "all", "weights only"):
         t = time.perf_counter()
-        q = to_qdq_onnx(model, table, placement=placement)
+        if placement == "weights only":  # int8 weights, float activations: the weights' share
+            q = to_qdq_onnx(model, CalibrationTable(), force=True)
+        else:
+            q = to_qdq_onnx(model, table, placement=placement)
         seconds = time.perf_counter() - t
         onnx.checker.check_model(q, full_check=True)
         out = _run(q, batches)
@@ -74,8 +80,8 @@ def _row(name: str, model: Path, table: Any, batches: list[dict[str, np.ndarray]
         sqnr = 10 * np.log10((a**2).sum() / ((a - b) ** 2).sum())
         agree = (ref.argmax(-1) == out.argmax(-1)).mean()
         meta = {p.key: p.value for p in q.metadata_props}
-        n = len(meta["kldiv_qdq_activations"].split(","))
-        print(f"  {placement:6s} export {seconds:4.1f} s, {n:3d} Q/DQ tensors, checker OK, "
+        n = len([a for a in meta["kldiv_qdq_activations"].split(",") if a])
+        print(f"  {placement:12s} export {seconds:4.1f} s, {n:3d} Q/DQ tensors, checker OK, "
               f"top-1 agreement {agree:7.2%}, cosine min {cos.min():.3f} mean {cos.mean():.3f}, "
               f"SQNR {sqnr:5.1f} dB")  # fmt: skip
 
