@@ -348,6 +348,9 @@ def _resolve(model: Any, exclude: Iterable[str]) -> tuple[set[str], set[str]]:
                 if n.name:
                     out_nodes.add(n.name)
             found = True
+        if not found and item in _subgraph_names(model.graph.node):
+            out_tensors.add(item)  # inside an If/Loop/Scan body: in float already
+            found = True
         if not found:
             candidates = sorted(tensors | set(by_name) | set(by_type))
             close = difflib.get_close_matches(item, candidates, n=5, cutoff=0.6)

@@ -308,7 +308,10 @@ def _if_loop_model():
 
 
 def test_subgraph_model_orders_outer_reads_and_passes_full_check():
+    from kldiv.qdq import resolve_exclusions
+
     m = _if_loop_model()
+    assert resolve_exclusions(m, ["then_out", "If"]) == {"then_out", "y"}
     x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
     table = CalibrationTable.from_amaxes({"x": float(np.abs(x).max()), "c": 8.0, "c0": 8.0})
     for t, force in ((CalibrationTable(), True), (table, False)):  # empty table: weights only
