@@ -680,6 +680,7 @@ def to_qdq_onnx(
     exclude: Iterable[str] = (),
     opset: int | None = None,
     force: bool = False,
+    check: bool = True,
 ) -> Any:
     """Return a copy of ``model`` with the table's scales inserted as Q/DQ nodes.
 
@@ -711,6 +712,9 @@ def to_qdq_onnx(
     force : bool, optional
         Apply a table that :func:`check_table` would refuse (another model's, or covering
         too little of this one), with a logged warning.
+    check : bool, optional
+        Run :func:`check_table` (default). ``False`` skips it silently, for callers that
+        checked the table once and now export many variants of it (one tensor at a time ...).
 
     Returns
     -------
@@ -755,7 +759,8 @@ def to_qdq_onnx(
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     excluded, excluded_nodes = _resolve(m, exclude)
-    _check_coverage(_coverage(proto, sha, table, excluded), force, MIN_TABLE_COVERAGE)
+    if check:
+        _check_coverage(_coverage(proto, sha, table, excluded), force, MIN_TABLE_COVERAGE)
 
     target = max(_opset(m), _MIN_OPSET) if opset is None else int(opset)
     if target < _MIN_OPSET:

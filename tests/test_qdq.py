@@ -546,6 +546,10 @@ def test_table_of_another_model_is_refused(lenet, minmax_table, caplog):
     with caplog.at_level(logging.WARNING, logger="kldiv.qdq"):
         q = to_qdq_onnx(lenet, other, force=True)
     assert "applied anyway" in caplog.text and _qdq_pairs(q)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kldiv.qdq"):
+        q = to_qdq_onnx(lenet, CalibrationTable({"pool1": minmax_table["pool1"]}), check=False)
+    assert set(_qdq_pairs(q)) == {"pool1"} and "does not match" not in caplog.text
 
 
 def test_own_calibration_is_accepted(lenet):
