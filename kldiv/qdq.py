@@ -355,7 +355,8 @@ def _resolve(model: Any, exclude: Iterable[str]) -> tuple[set[str], set[str]]:
             candidates = sorted(tensors | set(by_name) | set(by_type))
             close = difflib.get_close_matches(item, candidates, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
-                "; list the model's tensors with `kldiv cache show` or Netron"
+                "; tensor names are the graph inputs and node outputs (as in Netron or a "
+                "calibration cache of this model), op types as in the ONNX spec ('Sigmoid')"
             )
             raise UnknownNameError(
                 f"--exclude {item!r}: the model has no tensor, node or op type of that name"
