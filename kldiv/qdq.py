@@ -352,6 +352,13 @@ def _resolve(model: Any, exclude: Iterable[str]) -> tuple[set[str], set[str]]:
             out_tensors.add(item)  # inside an If/Loop/Scan body: in float already
             found = True
         if not found:
+            import onnx
+
+            if onnx.defs.has(item):
+                raise UnknownNameError(
+                    f"--exclude {item!r}: the model has no {item} node (its op types: "
+                    f"{', '.join(sorted(by_type))})"
+                )
             candidates = sorted(tensors | set(by_name) | set(by_type))
             close = difflib.get_close_matches(item, candidates, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
