@@ -973,6 +973,15 @@ def to_qdq_onnx(
             return (t in table and t in activations and t not in excluded
                     and t not in graph_outputs)  # fmt: skip
 
+        def concat_scale(t: str) -> str | None:
+            """The Concat output whose scale ``t`` takes (read only by that Concat)."""
+            users = consumers.get(t, [])
+            if len(users) == 1 and users[0].op_type == "Concat" and users[0].output:
+                out = users[0].output[0]
+                if quantized_as_own(out) and id(users[0]) not in skip_node_ids:
+                    return str(out)
+            return None
+
         order = [i.name for i in g.input] + [o for n in nodes for o in n.output if o]
         for tensor in dict.fromkeys(order):
             if tensor in graph_outputs or tensor not in activations:
@@ -988,8 +997,11 @@ def to_qdq_onnx(
                 if user.op_type in _FUSED_ACTIVATIONS and prod is not None and (
                     prod.op_type in _FUSING_PRODUCERS
                 ):
+                    # ReLU commutes with Q at any scale; Clip(0, b) only when its output's
+                    # own pair follows (same scale), which a Concat reading it would replace
                     exact = user.op_type == "Relu" or (
                         user.op_type == "Clip" and _clip_min_is_zero(user, inits, const_nodes)
+                        and concat_scale(out) is None
                     )
                     if exact and quantized_as_own(out) and id(user) not in skip_node_ids:
                         # Q commutes with ReLU / Clip(0, b) when the output is quantized with
@@ -1009,8 +1021,8 @@ def to_qdq_onnx(
                         "(TensorRT never materializes it)"
                     )
                     continue
-                elif user.op_type == "Concat" and quantized_as_own(out):
-                    scale_of = out  # Q commutes with Concat; TensorRT shares the scale
+                elif concat_scale(tensor) is not None:
+                    scale_of = concat_scale(tensor)  # Q commutes with Concat; TensorRT shares it
             if tensor not in dq_of and tensor not in table and scale_of is None and (
                 tensor not in aliases
             ):

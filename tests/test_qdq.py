@@ -597,3 +597,20 @@ def test_weights_computed_from_constants_are_folded_and_quantized():
     assert inits["w_quantized"].dtype == np.int8
     ref = _sess(m).run(None, {"x": x})[0]
     assert np.abs(_sess(q).run(None, {"x": x})[0] - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+def test_clip0_input_keeps_float_when_a_concat_rescales_the_clip_output():
+    """Clip(0, b)'s rewrite is exact only if the output's own pair follows; a Concat reading
+    the output gives it the concatenation's scale instead, so the Clip input stays float."""
+    rng = np.random.default_rng(12)
+    c1, i1 = _conv("conv1", "x", "c", 2, 3, rng)
+    lo, hi = (numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "lo"), (1.3, "hi")))
+    clip = helper.make_node("Clip", ["c", "lo", "hi"], ["a"], name="clip")
+    c2, i2 = _conv("conv2", "x", "d", 2, 3, rng)
+    cat = helper.make_node("Concat", ["a", "d"], ["cat"], name="cat", axis=1)
+    c3, i3 = _conv("conv3", "cat", "y", 6, 2, rng)
+    m = _model([c1, clip, c2, cat, c3], [*i1, lo, hi, *i2, *i3], [_x()], [_y()])
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    q = to_qdq_onnx(m, _table_for(m, x), placement="all")
+    assert "c" not in _qdq_pairs(q)
+    assert json_scale_from(q) == {"a": "cat", "d": "cat"}
