@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_TOPK",
     "DEFAULT_TRT_VERSION",
     "DEFAULT_WORKSPACE",
+    "MIN_TABLE_COVERAGE",
     "INT8_MAX",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
@@ -52,6 +53,9 @@ DEFAULT_METHOD: Final[str] = "entropy"
 DEFAULT_TOPK: Final[tuple[int, ...]] = (1, 5)
 #: Q/DQ export: weight quantization ("per_channel" or "per_tensor") when none is named.
 DEFAULT_QDQ_WEIGHTS: Final[str] = "per_channel"
+#: Applying a table: the smallest fraction of the model's calibratable tensors it must cover
+#: (a genuine TensorRT cache covers 80-100 %; a table for another model, almost none).
+MIN_TABLE_COVERAGE: Final[float] = 0.5
 #: Q/DQ export: bias handling ("float" kept, or "int32" quantized) when none is named.
 DEFAULT_QDQ_BIAS: Final[str] = "float"
 #: Percentile used by the ``percentile`` method when none is named.

@@ -319,6 +319,22 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         t._bits = dict(self._bits)
         return t
 
+    def without(self, names: Iterable[str]) -> CalibrationTable:
+        """A copy without the entries ``names`` (names the table lacks are ignored).
+
+        TensorRT runs a layer in INT8 only when every tensor it reads and writes has a scale, so
+        a cache written from the result leaves the layers around the dropped tensors in higher
+        precision. The header is kept; ``provenance["excluded"]`` lists the names dropped
+        (added to any list already there).
+        """
+        drop = set(names)
+        t = self.copy()
+        t._bits = {n: b for n, b in self._bits.items() if n not in drop}
+        dropped = [n for n in self._bits if n in drop]
+        if dropped:
+            t.provenance["excluded"] = [*t.provenance.get("excluded", []), *dropped]
+        return t
+
     def is_finite(self, name: str) -> bool:
         """Whether ``name``'s scale is a finite number."""
         return math.isfinite(float(self[name]))
