@@ -35,7 +35,7 @@ PUBLIC: dict[str, dict[str, str]] = {
         **dict.fromkeys(
             ["CacheFormatError", "DataSourceError", "HistogramError", "HistogramRangeError",
              "KldivError", "ModelError", "NonFiniteError", "OutputExistsError", "PresetError",
-             "QuantizationError"], "exception"),
+             "QuantizationError", "TableMismatchError", "UnknownNameError"], "exception"),
         **dict.fromkeys(
             ["amax_to_scale", "calibrate", "calibrate_histograms", "choose_threshold",
              "collect_histograms", "compare", "format_cache", "header_for", "hex_to_scale",

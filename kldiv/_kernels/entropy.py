@@ -14,6 +14,10 @@ own. With normalizations ``S = sum(P)`` and ``S_Q = sum(H[kept])``::
 
 With ``smoothing='eps'`` the closed form breaks; an O(i) loop computes the reference formula.
 
+Every kernel takes ``min_nonempty`` (``EntropyOptions.min_nonempty_bins``): a candidate whose
+window holds at least one but fewer than ``min_nonempty`` non-empty bins is degenerate and gets
+``inf``, as in the reference (one comparison per candidate, from the non-empty prefix sum).
+
 The minimum is chosen as the reference chooses it: the kernel curve agrees with the reference
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
@@ -31,7 +35,6 @@ import numpy as np
 from ._jit import jit
 
 __all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
-
 
 
 @jit
@@ -84,7 +87,9 @@ def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
 
 
 @jit
-def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pragma: no cover
+def _curve_closed_form(
+    h, candidates, signed, levels, grouping, empty_p, min_nonempty
+):  # pragma: no cover
     n_bins = h.size
     c, nz, cl_hi, cl_lo = _prefix_sums(h)
     total = c[n_bins]
@@ -104,7 +109,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
         left_out = c[lo]
         right_out = total - c[hi]
         s_q = c[hi] - c[lo]
-        if s_q == 0:
+        if s_q == 0 or nz[hi] - nz[lo] < min_nonempty:  # empty or degenerate window
             out[ci] = np.inf
             continue
         width = length // levels
@@ -196,7 +201,9 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
 
 
 @jit
-def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: no cover - compiled
+def _curve_abs_proportional(
+    h, candidates, levels, shift, empty_p, min_nonempty
+):  # pragma: no cover - compiled
     """The closed form for ``domain='abs'`` with proportional grouping (TensorRT, ModelOpt).
 
     The same terms as :func:`_curve_closed_form`, organized for speed on one core:
@@ -231,7 +238,7 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
         i = candidates[ci]
         right_out = total - c[i]
         s_q = c[i]
-        if s_q == 0:
+        if s_q == 0 or nz[i] < min_nonempty:  # empty or degenerate window
             out[ci] = np.inf
             continue
         width = i // levels
@@ -325,7 +332,9 @@ def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
 
 
 @jit
-def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no cover
+def _curve_smoothed(
+    h, candidates, signed, levels, grouping, eps, min_nonempty
+):  # pragma: no cover
     """O(i) per candidate: MXNet / ONNX Runtime eps smoothing, emptiness from P."""
     n_bins = h.size
     z = n_bins // 2
@@ -341,9 +350,15 @@ def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no
         length = hi - lo
         p = np.empty(length, dtype=np.float64)
         s_q = 0
+        n_nonempty = 0
         for j in range(length):
             p[j] = float(h[lo + j])
             s_q += h[lo + j]
+            if h[lo + j] != 0:
+                n_nonempty += 1
+        if 0 < n_nonempty < min_nonempty:  # degenerate window
+            out[ci] = np.inf
+            continue
         left = 0
         for j in range(lo):
             left += h[j]
