@@ -468,7 +468,7 @@ class ActivationHistogram:
     @property
     def counts(self) -> np.ndarray:
         """Int64 counts, shape ``(num_bins,)``, read-only view."""
-        view = self._counts.view()
+        view: np.ndarray = self._counts.view()
         view.flags.writeable = False
         return view
 
