@@ -287,3 +287,21 @@ def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
     assert chunks == [n_threads] and got.sum() == x.size - 2
     assert BUILD is not None and BUILD.absmax(x) == (7.0, 2)
     monkeypatch.setattr(wrappers, "_POOL", None)
+
+
+def test_fills_from_several_threads_at_once():
+    """The kernels release the GIL and share nothing: fills called from several Python threads
+    at once (large ones chunked on the kernel pool too) give each caller the reference's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert BUILD is not None
+    rng = np.random.default_rng(9)
+    inputs = [(rng.standard_normal(n) * s).astype(dt) for n, s, dt in
+              [(5_000, 1.0, np.float32), (wrappers.SERIAL_BELOW + 7, 3.0, np.float32),
+               (70_000, 0.5, np.float16), (2 * wrappers.SERIAL_BELOW, 2.0, np.float64)] * 3]
+    want = [fill_counts_reference(x, 4.0, 2048, clip=True).counts for x in inputs]
+    build = BUILD
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: build.fill_counts(x, 4.0, 2048, True)[0], inputs))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
