@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # the one-time kernel compile (a few seconds) is announced, not a silent pause
+    logging.getLogger("kldiv._kernels._jit").setLevel(min(level, logging.INFO))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Fill and search in a fresh process; prints what ran, the results and Numba's cache use.
 _WORK = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 import numpy as np
 import kldiv
 from kldiv import _kernels
@@ -66,21 +67,24 @@ def _package_artifacts() -> set[Path]:
 
 @pytest.fixture(scope="module")
 def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A kernel cache filled by one fresh process; its results."""
+    """A kernel cache filled by one fresh process; its results (and its log, as "log")."""
     folder = tmp_path_factory.mktemp("kldiv-cache")
     before = _package_artifacts()
-    first, _ = _run(_WORK, KLDIV_CACHE_DIR=str(folder))
+    first, log = _run(_WORK, KLDIV_CACHE_DIR=str(folder))
     assert _package_artifacts() == before, "compiled code was written into the package"
-    return folder, first
+    return folder, {**first, "log": log}
 
 
 def test_a_fresh_cache_is_filled_outside_the_package_and_reused(warm_cache):
     folder, first = warm_cache
     assert first["kernels"] == "numba" and first["misses"] > 0 and first["hits"] == 0
+    assert first["log"].count("compiling kldiv's kernels on first use") == 1  # announced once
+    assert str(folder / "numba") in first["log"]
     entries = sorted(p.name for p in (folder / "numba").rglob("*.nbi"))
     assert any(n.startswith("fill._fill_kernel-") for n in entries), entries
-    second, _ = _run(_WORK, KLDIV_CACHE_DIR=str(folder))
+    second, log = _run(_WORK, KLDIV_CACHE_DIR=str(folder))
     assert second["misses"] == 0 and second["hits"] > 0  # loaded, not compiled
+    assert "compiling" not in log
     assert {k: second[k] for k in ("counts", "bin", "scale")} == {
         k: first[k] for k in ("counts", "bin", "scale")}
 

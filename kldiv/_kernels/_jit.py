@@ -94,6 +94,19 @@ def _usable_cache_dir() -> str | None:
     return os.fspath(folder)
 
 
+_ANNOUNCED = threading.Event()
+
+
+def _announce_compile() -> None:
+    """Say once per process (``INFO``; the CLI shows it) that kernels are being compiled."""
+    if not _ANNOUNCED.is_set():
+        _ANNOUNCED.set()
+        log.info(
+            "compiling kldiv's kernels on first use (a few seconds, once: the machine code is "
+            "kept in %s)", cache_dir(),
+        )
+
+
 def _guard_cache(dispatcher: Any) -> None:
     """Make a damaged or unwritable cache entry a warning and a compile, never an error.
 
@@ -111,7 +124,10 @@ def _guard_cache(dispatcher: Any) -> None:
 
     def guarded_load(sig: Any, target_context: Any) -> Any:
         try:
-            return load(sig, target_context)
+            found = load(sig, target_context)
+            if found is None:
+                _announce_compile()
+            return found
         except Exception as exc:
             log.warning(
                 "kldiv's cached machine code for %s is damaged (%s: %s); compiling it again "
