@@ -544,7 +544,9 @@ def _parse_chunks(
         carry = block[cut:]
         if cut and not _parse_block(block[:cut], names, bits, hashes, state):
             return None
-    if carry and not _parse_block(carry + b"\n", names, bits, hashes, state):
+    if carry and not carry.endswith(b"\n"):
+        carry += b"\n"  # the last line has no line break
+    if carry and not _parse_block(carry, names, bits, hashes, state):
         return None
     if hashes:
         h = np.concatenate(hashes)

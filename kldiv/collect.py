@@ -246,6 +246,8 @@ class HistogramCollector:
             if source in self._hists and name not in self._hists:
                 self._hists[name] = self._hists[source].copy()
                 self._absmax[name] = self._absmax[source]
+                if source in self.dropped:
+                    self.dropped[name] = self.dropped[source]
         if order is not None:
             ranked = [n for n in dict.fromkeys(order) if n in self._hists]
             listed = set(ranked)

@@ -36,6 +36,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import compress, islice
 from typing import Any, overload
 
 import numpy as np
@@ -442,6 +443,66 @@ def _classify_array(bits_a: np.ndarray, bits_b: np.ndarray, a: np.ndarray, b: np
     return out
 
 
+def _hashes(table: CalibrationTable) -> np.ndarray:
+    """Python's hash of every name, in order (names made a block at a time, not kept)."""
+    return np.fromiter(map(hash, table), dtype=np.int64, count=len(table))
+
+
+def _names_at(table: CalibrationTable, positions: np.ndarray) -> list[str]:
+    names = table._names
+    return [names[int(i)] for i in positions]
+
+
+def _match_by_hash(a: CalibrationTable, b: CalibrationTable) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(ia, ib)`` of the names both tables hold, in a's order.
+
+    Names are matched by their hash (sorted and searched with NumPy: no dict of millions of
+    str), then every matched pair is checked to be the same name.
+    """
+    ha, hb = _hashes(a), _hashes(b)
+    if _has_repeats(ha) or _has_repeats(hb):
+        # two names of one table share a hash: match through a dict (exact, slower)
+        pos = {name: j for j, name in enumerate(b)}
+        pairs = [(i, pos[name]) for i, name in enumerate(a) if name in pos]
+        ia = np.array([p[0] for p in pairs], dtype=np.int64)
+        ib = np.array([p[1] for p in pairs], dtype=np.int64)
+        return ia, ib
+    _, ia, ib = np.intersect1d(ha, hb, assume_unique=True, return_indices=True)
+    del ha, hb
+    order = np.argsort(ia, kind="stable")
+    ia, ib = ia[order].astype(np.int64), ib[order].astype(np.int64)
+    return _checked(a, b, ia, ib)
+
+
+def _has_repeats(h: np.ndarray) -> bool:
+    s = np.sort(h)
+    return bool(s.size > 1 and np.any(s[1:] == s[:-1]))
+
+
+def _checked(a: CalibrationTable, b: CalibrationTable, ia: np.ndarray,
+             ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs whose names are equal (equal hashes almost always are; this makes sure)."""
+    same = np.ones(ia.size, dtype=bool)
+    if ia.size and np.all(ib[1:] > ib[:-1]):  # same relative order: both in one pass
+        wanted_a = np.zeros(len(a), dtype=bool)
+        wanted_a[ia] = True
+        wanted_b = np.zeros(len(b), dtype=bool)
+        wanted_b[ib] = True
+        names_a = compress(a, wanted_a.tolist())
+        names_b = compress(b, wanted_b.tolist())
+        block = 1 << 16
+        for start in range(0, ia.size, block):
+            xa = list(islice(names_a, block))
+            xb = list(islice(names_b, block))
+            if xa != xb:  # compared in C; element by element only when they differ
+                same[start : start + len(xa)] = [x == y for x, y in zip(xa, xb)]
+    else:
+        na, nb = a._names, b._names
+        same = np.fromiter((na[int(i)] == nb[int(j)] for i, j in zip(ia, ib)), dtype=bool,
+                           count=ia.size)
+    return ia[same], ib[same]
+
+
 def _pairs(a: CalibrationTable, b: CalibrationTable, match: str,
            norm: Callable[[str], str] | None
            ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], bool]:
@@ -454,25 +515,13 @@ def _pairs(a: CalibrationTable, b: CalibrationTable, match: str,
     if match != "name":
         raise CacheFormatError(f"unknown match {match!r}", hint="use match='name' or 'position'")
     if norm is None:
-        pos_b: dict[str, int] = {}
-        for j, name in enumerate(b):
-            pos_b[name] = j
-        ia_l: list[int] = []
-        ib_l: list[int] = []
-        only_a: list[str] = []
-        for i, name in enumerate(a):
-            j = pos_b.get(name)
-            if j is None:
-                only_a.append(name)
-            else:
-                ia_l.append(i)
-                ib_l.append(j)
-        del pos_b
-        ib = np.array(ib_l, dtype=np.int64)
-        in_a = np.zeros(len(b), dtype=bool)
-        in_a[ib] = True
-        only_b = [name for name, hit in zip(b, in_a.tolist()) if not hit]
-        ia = np.array(ia_l, dtype=np.int64)
+        ia, ib = _match_by_hash(a, b)
+        matched_b = np.zeros(len(b), dtype=bool)
+        matched_b[ib] = True
+        matched_a = np.zeros(len(a), dtype=bool)
+        matched_a[ia] = True
+        only_a = _names_at(a, np.flatnonzero(~matched_a))
+        only_b = _names_at(b, np.flatnonzero(~matched_b))
     else:
         ka, kb = _index(a, norm, "a"), _index(b, norm, "b")
         posa = {name: i for i, name in enumerate(a)}

@@ -45,6 +45,7 @@ from .cachefile import (
     format_cache,
     parse_cache,
     parse_header,
+    read_cache,
     read_input_bytes,
 )
 from .errors import CacheFormatError, NotAFileError
@@ -623,6 +624,21 @@ _READERS = {
 }
 
 
+def _starts_like_a_cache(path: Path) -> bool:
+    """Whether ``path`` opens with a TensorRT cache header (read from its first 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False  # the reader below reports it
+    first = head.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
+    try:
+        parse_header(first.decode("utf-8"))
+    except (UnicodeDecodeError, CacheFormatError):
+        return False
+    return True
+
+
 def read_table(
     path: str | os.PathLike[str], *, format: str = "auto", allow_unknown_header: bool = False
 ) -> CalibrationTable:
@@ -640,6 +656,8 @@ def read_table(
                 f"{folder} is a folder without calibration.flatbuffers; give a calibration "
                 "cache file (a folder is read only as ONNX Runtime's output)", path=str(folder),
             )
+    if format in ("auto", "trt") and _starts_like_a_cache(p):
+        return read_cache(p, allow_unknown_header=allow_unknown_header)  # streamed
     data = read_input_bytes(p, what="calibration table")
     fmt = detect_format(data, path=str(p)) if format == "auto" else format
     if fmt == "trt":

@@ -323,8 +323,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.from_histograms and (args.model or args.data):
         given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data)) if v)
+        verb = "were" if " and " in given else "was"
         raise DataSourceError(
-            f"--from-histograms replaces running the model, but {given} was given too; drop "
+            f"--from-histograms replaces running the model, but {given} {verb} given too; drop "
             f"{given} to recompute from {args.from_histograms}, or drop --from-histograms"
         )
     if not args.from_histograms and (not args.model or not args.data):
@@ -369,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
                           force=args.force)
     write_cache(table, args.out, force=args.force)
     if quiet(args):
-        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text})")
+        dropped = sum(table.provenance.get("nonfinite_dropped", {}).values())
+        note = f"; {dropped:,} NaN/Inf values dropped" if dropped else ""
+        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text}{note})")
     else:
         print(format_summary(results, collector, table))
         print(f"wrote {args.out}")
