@@ -498,7 +498,7 @@ def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
         if arr is not None:
             wrong = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0)))
             if wrong.size:
-                raise bad(f"tensor {names[wrong[0]]!r}: {key} {arr[wrong[0]]!r} is not a "
+                raise bad(f"tensor {names[wrong[0]]!r}: {key} {float(arr[wrong[0]])!r} is not a "
                           "finite number >= 0")
     bins = out["num_bins"]
     wrong = np.flatnonzero((bins < 1) | (bins > counts.shape[1]))

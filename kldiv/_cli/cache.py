@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +185,16 @@ def _show(args: argparse.Namespace) -> int:
     out.append(f"{'tensor':<{width}}  {'hex':>8}  {'scale':>14}  {'amax':>14}  flag")
     write = sys.stdout.write
     write("\n".join(out) + "\n")
-    scales = bits.view(np.float32).tolist()
     labels = ("", *(f + " (unusable)" if f in _UNUSABLE else f for f in _FLAGS))
-    block: list[str] = []
-    for name, b, x, c in zip(table, bits.tolist(), scales, codes.tolist()):
-        block.append(f"{name:<{width}}  {b:>8x}  {x:>14.8g}  {x * 127.0:>14.8g}  "
-                     f"{labels[c]}".rstrip())
-        if len(block) >= 4096:
-            write("\n".join(block) + "\n")
-            block.clear()
-    if block:
+    names = iter(table)
+    step = 4096  # rows formatted and written at a time
+    for start in range(0, len(table), step):
+        part = slice(start, start + step)
+        block = [
+            f"{name:<{width}}  {b:>8x}  {x:>14.8g}  {x * 127.0:>14.8g}  {labels[c]}".rstrip()
+            for name, b, x, c in zip(islice(names, step), bits[part].tolist(),
+                                     bits[part].view(np.float32).tolist(), codes[part].tolist())
+        ]
         write("\n".join(block) + "\n")
     return 0
 
