@@ -64,17 +64,20 @@ def check_num_bins(num_bins: Any, *, option: str = "num_bins") -> int:
     HistogramError
         Naming the option and the limit.
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
+    value = -1
+    if not isinstance(num_bins, bool) and isinstance(num_bins, numbers.Integral):
+        value = int(num_bins)
+    if value < 1:
         raise HistogramError(
             f"{option} must be a positive whole number, got {num_bins!r}; TensorRT uses {NUM_BINS}"
         )
-    if num_bins > MAX_NUM_BINS:
+    if value > MAX_NUM_BINS:
         raise HistogramError(
-            f"{option}={num_bins:,} is above the limit of {MAX_NUM_BINS:,} bins (the counts of "
+            f"{option}={value:,} is above the limit of {MAX_NUM_BINS:,} bins (the counts of "
             "every tensor are kept in memory and the entropy search grows with the square of "
             f"the bin count); TensorRT uses {NUM_BINS}, MXNet 8001"
         )
-    return int(num_bins)
+    return value
 
 
 def check_options(

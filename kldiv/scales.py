@@ -410,7 +410,7 @@ class PackedNames(Sequence[str]):
 
     Parameters
     ----------
-    blob : bytes
+    blob : bytes or bytearray
         The names, UTF-8, each followed by ``b"\\n"`` (names hold no line break).
     offsets : numpy.ndarray
         int64, ``len(names) + 1`` entries: name ``i`` is ``blob[offsets[i]:offsets[i+1] - 1]``.
@@ -418,7 +418,7 @@ class PackedNames(Sequence[str]):
 
     _BLOCK = 1 << 16  # names decoded at a time while iterating
 
-    def __init__(self, blob: bytes, offsets: np.ndarray) -> None:
+    def __init__(self, blob: bytes | bytearray, offsets: np.ndarray) -> None:
         self.blob = blob
         self.offsets = offsets
 

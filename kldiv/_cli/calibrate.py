@@ -277,7 +277,7 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
     dropped: dict[str, int] = dict(getattr(collector, "dropped", {}) or {})
     dropped.update(collector.meta.get("nonfinite_dropped", {}))
     show_dropped = any(dropped.values())
-    rows = [("tensor", "range R", "bin", "amax", "scale", "hex")]
+    rows: list[tuple[str, ...]] = [("tensor", "range R", "bin", "amax", "scale", "hex")]
     if show_dropped:
         rows[0] += ("NaN/Inf dropped",)
     for name, r in results.items():
@@ -339,8 +339,8 @@ def run(args: argparse.Namespace) -> int:
     for what, path in outputs.items():
         if path is not None:
             check_writable(path, force=args.force, inputs=inputs, what=what)
-    given = [p for p in outputs.values() if p is not None]
-    if any(same_file(a, b) for i, a in enumerate(given) for b in given[i + 1:]):
+    written = [p for p in outputs.values() if p is not None]
+    if any(same_file(a, b) for i, a in enumerate(written) for b in written[i + 1:]):
         raise DataSourceError("--out, --save-histograms and --provenance must be different files")
     if args.from_histograms:
         collector = HistogramCollector.load(args.from_histograms)
