@@ -514,8 +514,8 @@ def _parse_chunks(
         head += chunk
         if b"\n" in head:
             break
-    if head.startswith(b"\xef\xbb\xbf"):
-        logger.warning("%s: skipping a UTF-8 byte-order mark", path or "cache")
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if bom:
         head = head[3:]
     first, newline, rest = head.partition(b"\n")
     if not newline or b"\x00" in first:
@@ -561,6 +561,8 @@ def _parse_chunks(
         provenance["source"] = str(path)
     if state["crlf"]:
         provenance["line_endings"] = "crlf"
+    if bom:  # said here, once: a file the line reader takes over warns there
+        logger.warning("%s: skipping a UTF-8 byte-order mark", path or "cache")
     return CalibrationTable._from_validated_columns(
         names.packed(), bits, header=header, provenance=provenance
     )
@@ -611,6 +613,8 @@ def _parse_block(
         state["crlf"] = True
     # The line's last ": " is followed by 1-8 hex digits: it lies within the line's last ten
     # bytes, and the nearest to the end there is the last one.
+    if np.any(ends - starts < 4):  # shorter than "x: 0" (a blank line, say)
+        return False
     sep = np.full(nl.size, -1, dtype=nl.dtype)
     for width in range(1, 9):
         at = np.maximum(ends - width - 2, 0)
