@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_num_bins
 from ._io import atomic_write_bytes
 from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
 from .errors import (
@@ -92,7 +93,7 @@ class HistogramCollector:
             )
         if nonfinite not in _NONFINITE:
             raise HistogramError(f"nonfinite must be 'raise' or 'drop', got {nonfinite!r}")
-        self.num_bins = int(num_bins)
+        self.num_bins = check_num_bins(num_bins)
         self.range_policy = range_policy
         self.ranges = dict(ranges) if ranges is not None else None
         self.nonfinite = nonfinite

@@ -156,6 +156,8 @@ def test_collect_histograms_checks_its_options_first(work: Path, no_model_run: l
                    {"range_policy": "bogus"}, {"nonfinite": "ignore"}):
         with pytest.raises(ValueError):
             collect_histograms(MODEL, str(work / "data"), **kwargs)
+    with pytest.raises(HistogramError, match="above the limit"):
+        HistogramCollector(num_bins=10**9)
     assert not no_model_run
 
 
