@@ -116,7 +116,8 @@ def check_options(
             except (HistogramError, PresetError) as exc:
                 raise type(exc)(f"preset {preset!r} with {num_bins} bins: {exc}") from None
         return
-    _check_options(method, opts, _OPTIONS[method])
+    if method in _OPTIONS:
+        _check_options(method, opts, _OPTIONS[method])
     if method == "percentile" and "percentile" in opts:
         p = opts["percentile"]
         if not isinstance(p, numbers.Real) or not 0.0 < float(p) <= 100.0:
@@ -129,8 +130,8 @@ def check_options(
 def header_algorithm(method: str, algorithm: str | None) -> str:
     """The calibration algorithm a cache made with ``method`` names in its header.
 
-    ``minmax`` results name ``MinMaxCalibration`` and entropy results ``EntropyCalibration2``
-    unless told otherwise. TensorRT has no percentile or MSE calibrator, so for those the
+    ``minmax`` results name ``MinMaxCalibration`` (``legacy`` the legacy calibrator's header)
+    and entropy results ``EntropyCalibration2`` unless told otherwise. TensorRT has no percentile or MSE calibrator, so for those the
     caller must say which calibrator will read the cache (``algorithm="entropy2"`` for
     ``IInt8EntropyCalibrator2``, ...): a header claiming an algorithm the numbers did not come
     from is written only when asked for.
@@ -155,7 +156,9 @@ def header_algorithm(method: str, algorithm: str | None) -> str:
             "--algorithm entropy2 (algorithm='entropy2') for IInt8EntropyCalibrator2, or "
             "minmax, entropy, legacy"
         )
-    return "minmax" if method == "minmax" else DEFAULT_ALGORITHM
+    if method in ("minmax", "legacy"):  # the calibrators of those names
+        return method
+    return DEFAULT_ALGORITHM
 
 
 def check_header_choice(trt_version: Any, algorithm: str | None, method: str) -> None:
