@@ -14,6 +14,12 @@ of the scale, lowercase, unpadded (zero is ``0``).
 :func:`parse_cache` and :func:`format_cache` are pure functions on ``str``;
 :func:`read_cache` and :func:`write_cache` add the file (writes are atomic and never overwrite
 without ``force``). A table parsed from a file TensorRT wrote formats back byte for byte.
+
+Reading is streamed: :func:`read_cache` takes the file a chunk at a time and checks each
+chunk's lines with NumPy, keeping only the names (packed, :class:`~kldiv.scales.PackedNames`)
+and the bits (``array("I")``), so a cache of millions of entries reads at tens of MB/s in about
+its own size of memory. A file with anything unusual (a bad or blank line, a duplicate name,
+binary data, no header) is read again line by line, which names the problem.
 """
 
 from __future__ import annotations
