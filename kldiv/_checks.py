@@ -99,7 +99,7 @@ def check_options(
         Naming the option and what to change.
     """
     from .entropy import candidate_bins, resolve_options
-    from .thresholds import _OPTIONS, METHODS, _check_options
+    from .thresholds import METHODS, check_method_options
 
     if method not in METHODS:
         raise PresetError(f"unknown threshold method {method!r}; choose one of "
@@ -116,8 +116,7 @@ def check_options(
             except (HistogramError, PresetError) as exc:
                 raise type(exc)(f"preset {preset!r} with {num_bins} bins: {exc}") from None
         return
-    if method in _OPTIONS:
-        _check_options(method, opts, _OPTIONS[method])
+    check_method_options(method, opts)  # names, and the legacy calibrator's values
     if method == "percentile" and "percentile" in opts:
         p = opts["percentile"]
         if not isinstance(p, numbers.Real) or not 0.0 < float(p) <= 100.0:

@@ -299,9 +299,11 @@ def choose_thresholds(
         The histograms.
     preset : str, default DEFAULT_PRESET
         Entropy preset (``method="entropy"``), see :data:`kldiv.entropy.PRESETS`.
-    method : {"entropy", "minmax", "percentile", "mse"}
+    method : {"entropy", "minmax", "percentile", "mse", "legacy"}
         ``"minmax"`` uses the exact largest ``|x|`` seen (as TensorRT's MinMax calibrator),
-        not the histogram's range. The others go through
+        not the histogram's range. ``"legacy"`` is TensorRT's legacy calibrator (options
+        ``quantile``, ``regression_cutoff``; pooling outputs are searched, not inherited, as
+        the real legacy cache shows). The others go through
         :func:`kldiv.entropy.search_threshold` / :func:`kldiv.thresholds.choose_threshold`.
     activation_bounds : bool, optional
         Give tensors whose range the graph bounds (``Clip`` with constant limits, i.e. ReLU6;
@@ -400,7 +402,7 @@ def _threshold_of(
             amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
             method="activation-bound", preset=preset if method == "entropy" else None,
             options={"source": "Clip limits in the graph", "bound": float(bound)},
-            histogram=hist,
+            histogram=hist, clipped_fraction=0.0,  # every |x| seen is within the bound
         )
     if method == "minmax":
         if hist.total == 0:
@@ -408,7 +410,7 @@ def _threshold_of(
         a = collector.absmax(name)
         return ThresholdResult(
             amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
-            options={"source": "largest |x| seen"}, histogram=hist,
+            options={"source": "largest |x| seen"}, histogram=hist, clipped_fraction=0.0,
         )
     if method == "entropy":
         return search_threshold(hist, preset, **options)
@@ -432,8 +434,9 @@ def build_table(
         TensorRT version whose header is written (:func:`kldiv.cachefile.header_for`).
     algorithm : str, optional
         Header algorithm; default ``"minmax"`` for minmax results, else
-        :data:`~kldiv.defaults.DEFAULT_ALGORITHM` (``entropy2``) — TensorRT reads a cache only
-        with the header of the calibrator that uses it.
+        :data:`~kldiv.defaults.DEFAULT_ALGORITHM` (``entropy2``), and ``"legacy"`` (with the
+        results' cutoff and quantile) for legacy results — TensorRT reads a cache only with the
+        header of the calibrator that uses it.
     provenance : mapping, optional
         Stored on the table.
     """
@@ -445,9 +448,14 @@ def build_table(
         # one method made the searched thresholds; more than one means hand-made results
         method = methods.pop() if len(methods) == 1 else DEFAULT_METHOD
         algorithm = header_algorithm(method, None)
+    legacy = next((r.options for r in results.values() if r.method == "legacy"), {})
+    header_options = {
+        k: legacy[o] for k, o in (("cutoff", "regression_cutoff"), ("quantile", "quantile"))
+        if o in legacy
+    }
     table = CalibrationTable(
         ((n, r.scale) for n, r in results.items()),
-        header=header_for(number, algorithm or DEFAULT_ALGORITHM),
+        header=header_for(number, algorithm or DEFAULT_ALGORITHM, **header_options),
         provenance=provenance,
     )
     return table
@@ -488,6 +496,7 @@ def calibrate_histograms(
     check_options(method=method, preset=preset, options=options, num_bins=None)
     check_header_choice(trt_version, algorithm, method)
     results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
+    clipping = _thresholds.clipping_outliers(results)  # logs a warning naming them
     searched = [r for r in results.values() if r.method not in RULE_METHODS]
     first = searched[0] if searched else None
     bounded = [n for n, r in results.items() if r.method == "activation-bound"]
@@ -501,6 +510,7 @@ def calibrate_histograms(
         "thresholds_from_activation_bounds": bounded,
         "thresholds_inherited_from_inputs": inherited,
         "thresholds_of_value_aliases": aliased,
+        "clipping_above_limit": clipping,
         "range_policy": collector.range_policy,
         "num_bins": collector.num_bins,
         "trt_version": trt_version,
@@ -543,8 +553,8 @@ def calibrate(
         Calibration data (see :func:`kldiv.data.as_source`); ignored with ``histograms=``.
     preset : str, default DEFAULT_PRESET
         Entropy preset (``"tensorrt"``, ``"gtc2017"``, ``"modelopt"`` ...).
-    method : {"entropy", "minmax", "percentile", "mse"}, default "entropy"
-        Threshold method.
+    method : {"entropy", "minmax", "percentile", "mse", "legacy"}, default "entropy"
+        Threshold method. Its options are checked before the model runs.
     options : mapping, optional
         Options for the preset / method.
     trt_version : str, default DEFAULT_TRT_VERSION

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import (
+    CLIP_WARN_FRACTION,
+    DEFAULT_LEGACY_CUTOFF,
+    DEFAULT_LEGACY_QUANTILE,
     DEFAULT_METHOD,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
@@ -21,29 +24,18 @@ from ..defaults import (
 )
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
-from ..thresholds import METHODS
+from ..thresholds import METHODS, check_method_options
 
 __all__ = [
     "add_table_options",
     "check_table_options",
     "format_summary",
+    "method_options",
     "quiet",
     "register",
     "run",
     "thresholds_and_table",
 ]
-
-
-def _checked(check: Any) -> Any:
-    """An argparse ``type=`` from one of kldiv's checks (its message becomes the usage error)."""
-    def convert(text: str) -> Any:
-        try:
-            return check(text)
-        except (KldivError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = check.__name__.lstrip("_")
-    return convert
 
 
 def _whole(text: str) -> int:
@@ -122,6 +114,17 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def _fraction(text: str) -> float:
+    """A number in (0, 1] (the legacy calibrator's quantile and cutoff)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
 def _size(text: str) -> int | tuple[int, int]:
     try:
         parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
@@ -145,13 +148,20 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=_percentile, default=None,
                    help="percentile for --method percentile, above 0 and at most 100 "
                         "(default kldiv.defaults.DEFAULT_PERCENTILE)")
+    p.add_argument("--quantile", type=_fraction, default=None,
+                   help=f"quantile for --method legacy, in (0, 1] (default "
+                        f"{DEFAULT_LEGACY_QUANTILE}, TensorRT's sampleINT8)")
+    p.add_argument("--regression-cutoff", type=_fraction, default=None,
+                   help=f"regression cutoff for --method legacy (default "
+                        f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, type=_trt_version,
                    help=f"TensorRT version whose cache header is written, 5.x to 10.x, or the "
                         f"header number a newer TensorRT writes (default {DEFAULT_TRT_VERSION})")
     p.add_argument("--algorithm", default=None, type=_algorithm,
                    help="calibrator named in the header: entropy2, entropy, minmax or legacy "
-                        "(default from --method: minmax for minmax, else entropy2; required "
-                        "for percentile and mse, which no TensorRT calibrator computes)")
+                        "(default from --method: minmax for minmax, legacy for legacy, else "
+                        "entropy2; required for percentile and mse, which no TensorRT "
+                        "calibrator computes)")
     p.add_argument("--no-activation-bounds", action="store_true",
                    help="search Clip/ReLU6 outputs too, instead of writing their bound as "
                         "TensorRT does (tensorrt preset)")
@@ -219,31 +229,6 @@ def _preprocess(args: argparse.Namespace) -> Any:
     return Preprocess.from_dict(given) if given else None
 
 
-def _table_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if args.method == "percentile" and args.percentile is not None:
-        options["percentile"] = args.percentile
-    if args.no_activation_bounds:
-        options["activation_bounds"] = False
-    if args.no_pooling_inherits:
-        options["pooling_inherits"] = False
-    return options
-
-
-def check_table_options(args: argparse.Namespace, num_bins: int | None) -> None:
-    """Before any work: the method, preset, options and header options fit together."""
-    from .._checks import check_header_choice, check_options
-
-    if args.percentile is not None and args.method != "percentile":
-        raise PresetError(
-            f"--percentile applies to --method percentile only (the method is {args.method}); "
-            "drop --percentile or add --method percentile"
-        )
-    check_options(method=args.method, preset=args.preset, options=_table_options(args),
-                  num_bins=num_bins)
-    check_header_choice(args.trt_version, args.algorithm, args.method)
-
-
 def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
     """A tqdm bar on stderr (off when not a terminal or quiet) and its callback."""
     if quiet or not sys.stderr.isatty():
@@ -261,6 +246,47 @@ def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
     return bar, on_batch
 
 
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The threshold method's options from ``--percentile/--quantile/...``, checked (raises
+    :class:`~kldiv.errors.PresetError` before any model runs)."""
+    options: dict[str, Any] = {}
+    if args.percentile is not None and args.method != "percentile":
+        raise PresetError(
+            f"--percentile applies to --method percentile only (the method is {args.method}); "
+            "drop --percentile or add --method percentile"
+        )
+    if args.method == "percentile" and args.percentile is not None:
+        options["percentile"] = args.percentile
+    legacy = {"quantile": getattr(args, "quantile", None),
+              "regression_cutoff": getattr(args, "regression_cutoff", None)}
+    given = {k: v for k, v in legacy.items() if v is not None}
+    if given and args.method != "legacy":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise PresetError(f"{flags} apply to --method legacy only")
+    if args.method == "legacy":
+        options.update(given)
+    check_method_options(args.method, options)
+    return options
+
+
+def _table_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = method_options(args)
+    if args.no_activation_bounds:
+        options["activation_bounds"] = False
+    if args.no_pooling_inherits:
+        options["pooling_inherits"] = False
+    return options
+
+
+def check_table_options(args: argparse.Namespace, num_bins: int | None) -> None:
+    """Before any work: the method, preset, options and header options fit together."""
+    from .._checks import check_header_choice, check_options
+
+    check_options(method=args.method, preset=args.preset, options=_table_options(args),
+                  num_bins=num_bins)
+    check_header_choice(args.trt_version, args.algorithm, args.method)
+
+
 def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
     from ..pipeline import calibrate_histograms
@@ -272,15 +298,22 @@ def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any,
 
 
 def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> str:
-    """The summary table: tensor, histogram range, bin index, amax, scale and its hex (and,
-    when NaN/Inf values were dropped, how many per tensor)."""
+    """The summary table: tensor, histogram range, bin index, amax, scale, its hex, the
+    share of the values the threshold clips (``!`` above
+    :data:`~kldiv.defaults.CLIP_WARN_FRACTION`) and, when NaN/Inf values were dropped, how
+    many per tensor."""
     dropped: dict[str, int] = dict(getattr(collector, "dropped", {}) or {})
     dropped.update(collector.meta.get("nonfinite_dropped", {}))
     show_dropped = any(dropped.values())
-    rows: list[tuple[str, ...]] = [("tensor", "range R", "bin", "amax", "scale", "hex")]
+    rows: list[tuple[str, ...]] = [("tensor", "range R", "bin", "amax", "scale", "hex", "clipped")]
     if show_dropped:
         rows[0] += ("NaN/Inf dropped",)
+    flagged = []
     for name, r in results.items():
+        clipped = float(r.clipped_fraction)
+        flag = clipped > CLIP_WARN_FRACTION
+        if flag:
+            flagged.append(name)
         row: tuple[str, ...] = (
             name,
             f"{collector[name].amax:.6g}",
@@ -288,6 +321,7 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"{r.amax:.6g}",
             f"{float(r.scale):.6g}",
             table.hex(name),
+            _percent(clipped) + (" !" if flag else "  "),
         )
         if show_dropped:
             row += (f"{dropped.get(name, 0):,}",)
@@ -300,6 +334,11 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
     lines.insert(1, "  ".join("-" * w for w in width))
     meta = collector.meta
     foot = [f"{len(results)} tensors; header {table.header.text}"]
+    if flagged:
+        foot.append(
+            f"! {len(flagged)} tensor(s) clip more than {_percent(CLIP_WARN_FRACTION).strip()} "
+            f"of their values: {', '.join(flagged)} (see docs/fidelity.md, \"Clipping\")"
+        )
     if show_dropped:
         hit = {n: c for n, c in dropped.items() if c}
         foot.append(f"--drop-nonfinite: {sum(hit.values()):,} NaN/Inf values dropped in "
@@ -311,6 +350,15 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"(fingerprint {str(meta.get('data_fingerprint'))[:12]}); {meta.get('seconds')} s"
         )
     return "\n".join([*lines, *foot])
+
+
+def _percent(fraction: float) -> str:
+    """A clipped fraction as a short percentage (``0.0123%``, ``99.9%``, ``0%``)."""
+    if fraction != fraction:  # NaN: no histogram
+        return "-"
+    if fraction == 0:
+        return "0%"
+    return f"{100 * fraction:.3g}%"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ import ast
 import math
 from typing import Any
 
-from ..defaults import DEFAULT_METHOD, DEFAULT_PRESET
+from ..defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
 from ..entropy import PRESETS
 from ..errors import PresetError
-from ..thresholds import METHODS
+from ..thresholds import METHODS, check_method_options
 
 __all__ = ["register", "run", "parse_option"]
 
@@ -50,9 +50,11 @@ def register(subparsers: Any) -> None:
         help="thresholds from saved histograms, for one or several presets",
         description=(
             "Recompute thresholds from histograms saved by `kldiv calibrate --save-histograms` "
-            "and print, per tensor and per preset, the chosen bin, amax, scale and its "
+            "and print, per tensor and per preset, the chosen bin, amax, the share of values "
+            f"the threshold clips (! above {100 * CLIP_WARN_FRACTION:g}%), scale and its "
             "TensorRT hex. Override any single option of the search with --option KEY=VALUE "
-            "(see kldiv.entropy.EntropyOptions)."
+            "(see kldiv.entropy.EntropyOptions; --method legacy takes quantile=, "
+            "regression_cutoff=)."
         ),
     )
     p.add_argument("histograms", metavar="H.npz", help="histogram file from --save-histograms")
@@ -107,6 +109,8 @@ def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
     best = "-"
     if result.bin_index is not None and len(result.divergence):
         best = f"{result.divergence_at(result.bin_index):.6g}"
+    clipped = float(result.clipped_fraction)
+    flag = " !" if clipped > CLIP_WARN_FRACTION else "  "
     return (
         name,
         label,
@@ -115,12 +119,14 @@ def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
         f"{float(result.scale):.7g}",
         result.scale_hex,
         best,
+        ("-" if clipped != clipped else "0%" if clipped == 0 else f"{100 * clipped:.3g}%")
+        + flag,
         _rule(result),
     )
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL", "rule")
+    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL", "clipped", "rule")
     allrows = [head, *rows]
     width = [max(len(r[i]) for r in allrows) for i in range(len(head))]
     left = (0, 1, len(head) - 1)
@@ -152,11 +158,14 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv search``."""
     from ..collect import HistogramCollector
     from ..pipeline import choose_thresholds
+    from ..thresholds import clipping_outliers
 
     presets = args.presets or [DEFAULT_PRESET]
     if args.method != "entropy" and args.presets:
         raise PresetError("--preset applies to --method entropy only; drop --preset or the method")
     overrides = dict(args.option)
+    if args.method != "entropy":
+        check_method_options(args.method, overrides)
     collector = HistogramCollector.load(args.histograms)
     names = list(collector.names)
     if args.tensors:
@@ -169,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         names = args.tensors
     rows: list[tuple[str, ...]] = []
     curves: list[str] = []
+    by_label: dict[str, dict[str, Any]] = {}
     for preset in presets if args.method == "entropy" else [DEFAULT_PRESET]:
         results = choose_thresholds(collector, preset=preset, method=args.method, **overrides)
         label = (preset if args.method == "entropy" else args.method) + (
@@ -176,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for name in names:
             result = results[name]
-            rows.append((name, label, *_row(name, label, result)[2:]))
+            rows.append(_row(name, label, result))
+            by_label.setdefault(label, {})[name] = result
             if args.curve and result.method == "entropy":
                 curves.append(f"{name} [{label}]\n{_neighbourhood(result)}")
     order = {n: i for i, n in enumerate(names)}
@@ -185,6 +196,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "minmax" and collector.meta.get("absmax_from_range"):
         print(f"note: {args.histograms} does not record the largest |x| of each tensor (an "
               "older file); minmax shows each histogram's range, an upper bound")
+    for label, results in by_label.items():
+        flagged = clipping_outliers(results)  # and a logged warning naming them
+        if flagged:
+            print(f"! [{label}] {len(flagged)} tensor(s) clip more than "
+                  f"{100 * CLIP_WARN_FRACTION:g}% of their values: {', '.join(flagged)}")
     if curves:
         print("\nKL around the chosen candidate (* = chosen):")
         print("\n".join(curves))
