@@ -526,6 +526,8 @@ def clipped_fraction(counts: Any, hist_amax: float, threshold: float) -> float:
     if abs(pos - round(pos)) < 1e-9 * max(1.0, pos):  # on an edge, up to rounding
         pos = float(round(pos))
     j = int(math.floor(pos))
+    if j >= n:  # a threshold a rounding below the range's top: nothing is clipped
+        return 0.0
     above = float(c[j + 1:].sum()) + float(c[j]) * ((j + 1) - pos)
     return min(1.0, max(0.0, above / total))
 

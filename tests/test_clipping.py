@@ -121,3 +121,11 @@ def test_cli_search_shows_and_flags(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert f"clip more than {100 * CLIP_WARN_FRACTION:g}%" in out
     assert main(["search", str(h), "--method", "legacy", "--option", "quantile=3"]) == 2
     assert "quantile" in capsys.readouterr().err
+
+
+def test_threshold_a_rounding_below_the_top_clips_nothing() -> None:
+    from kldiv.scales import clipped_fraction
+
+    top = 49 * (2.0 / 49)  # 1.9999999999999998: the last bin's upper edge, rounded down
+    assert top < 2.0
+    assert clipped_fraction(np.ones(49), 2.0, top) == 0.0
