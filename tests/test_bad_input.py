@@ -194,6 +194,16 @@ def test_out_folder_missing_or_a_folder(
     assert isinstance(OutputFolderError("x"), FileNotFoundError)
 
 
+def test_preset_checked_against_the_histogram_file(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = work / "mx.cache"
+    code, _, err = _cli(capsys, "calibrate", "--from-histograms", str(work / "h.npz"),
+                        "--preset", "mxnet", "--out", str(out))
+    assert code == 2 and "preset 'mxnet' with 2048 bins" in _one_line(err)
+    assert not out.exists()
+
+
 def test_from_histograms_with_model_or_data_is_an_error(
     work: Path, capsys: pytest.CaptureFixture[str], no_model_run: list[str]
 ) -> None:

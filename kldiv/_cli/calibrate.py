@@ -392,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataSourceError("--out, --save-histograms and --provenance must be different files")
     if args.from_histograms:
         collector = HistogramCollector.load(args.from_histograms)
+        check_table_options(args, collector.num_bins)  # the preset against the file's bins
     else:
         source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
         total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
