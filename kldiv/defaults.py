@@ -29,8 +29,10 @@ __all__ = [
     "DEFAULT_WORKSPACE",
     "MIN_TABLE_COVERAGE",
     "INT8_MAX",
+    "MAX_NUM_BINS",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
+    "TRT_MAJOR_RANGE",
 ]
 
 #: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
@@ -98,3 +100,13 @@ DEFAULT_WORKSPACE: Final[int] = 1 << 30
 DEFAULT_PRECISION: Final[str] = "fp32"
 #: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
+
+# --- limits of user options ---
+#: Most histogram bins a calibration accepts (``--num-bins``): 32x TensorRT's 2048 and 8x
+#: MXNet's 8001. Each tensor keeps its int64 counts in memory and the entropy search grows with
+#: the square of the bin count (kldiv._checks.check_num_bins).
+MAX_NUM_BINS: Final[int] = 1 << 16
+#: Oldest and newest TensorRT major versions whose cache header number kldiv writes from a
+#: version string (the real caches it was checked on span 5.1 to 10.14; a newer TensorRT's
+#: header number can be given as a number).
+TRT_MAJOR_RANGE: Final[tuple[int, int]] = (5, 10)
