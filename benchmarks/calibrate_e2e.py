@@ -163,7 +163,7 @@ def child_kldiv(model: str, data: Batches) -> dict:
 
     imported = _peak_mb()
     t0 = time.perf_counter()
-    table = kldiv.calibrate(model, data, preset="tensorrt")
+    table = kldiv.calibrate(model, data, preset="tensorrt").table
     return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
 
 
@@ -172,7 +172,7 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
     import onnxruntime  # noqa: F401
 
     from kldiv.collect import HistogramCollector
-    from kldiv.pipeline import apply_graph_rules, calibrate_histograms
+    from kldiv.pipeline import attach_graph_facts, calibrate_histograms
     from kldiv.runners import OnnxRuntimeRunner
 
     imported = _peak_mb()
@@ -188,9 +188,9 @@ def child_kldiv_parts(model: str, data: Batches) -> dict:
         t_hist += time.perf_counter() - b
         t_run += b - a
         del acts
-    apply_graph_rules(collector, runner)  # as kldiv.calibrate does
+    attach_graph_facts(collector, runner)  # as kldiv.calibrate does
     s = time.perf_counter()
-    _, table = calibrate_histograms(collector)
+    table = calibrate_histograms(collector).table
     t_search = time.perf_counter() - s
     total = time.perf_counter() - t0
     return {"seconds": total, "run": t_run, "hist": t_hist, "search": t_search,

@@ -115,7 +115,7 @@ def _ocr() -> None:
             imgs.append(np.asarray(img.resize((w, h)), dtype=np.float32).transpose(2, 0, 1) / 255)
         x = ((np.stack(imgs) - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1)))
         x = x.astype(np.float32)
-        table = calibrate(path, [{"x": x[:2]}, {"x": x[2:]}], method="minmax")
+        table = calibrate(path, [{"x": x[:2]}, {"x": x[2:]}], method="minmax").table
         _row(f"PP-OCR {kind} ({path.name}), minmax table, 4 text lines", path, table,
              [{"x": x}])  # fmt: skip
 
@@ -132,7 +132,7 @@ def _efficientnet() -> None:
     photos = qa._photos()
     cal = qa._crops(photos[0::2], 8, seed=1)
     ev = qa._crops(photos[1::2], 8, seed=2)
-    table = calibrate(qa.EFFICIENTNET, qa._batches(cal, "input", 8))
+    table = calibrate(qa.EFFICIENTNET, qa._batches(cal, "input", 8)).table
     _row("EfficientNet-Lite0, entropy tensorrt table, 80 evaluation crops", qa.EFFICIENTNET,
          table, qa._batches(ev, "input", 8))  # fmt: skip
 

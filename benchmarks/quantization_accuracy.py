@@ -103,7 +103,7 @@ def _kldiv_rows(model: Path, cal: list[dict[str, np.ndarray]], tmp: Path) -> Ite
 
     hist = tmp / "hist.npz"
     t = time.perf_counter()
-    table = kldiv.calibrate(model, cal, preset="tensorrt", save_histograms=hist)
+    table = kldiv.calibrate(model, cal, preset="tensorrt", save_histograms=hist).table
     yield "kldiv entropy preset=tensorrt", table, time.perf_counter() - t
     for label, kw in (
         ("kldiv entropy preset=modelopt", {"preset": "modelopt"}),
@@ -111,7 +111,7 @@ def _kldiv_rows(model: Path, cal: list[dict[str, np.ndarray]], tmp: Path) -> Ite
         ("kldiv percentile 99.99", {"method": "percentile"}),
     ):
         t = time.perf_counter()
-        table = kldiv.calibrate(None, histograms=hist, **kw)
+        table = kldiv.calibrate_histograms(hist, **kw).table
         yield label + " (same histograms)", table, time.perf_counter() - t
 
 

@@ -41,7 +41,9 @@ _LAZY: dict[str, str] = {
     "ComparisonReport": "comparison",
     # end to end, explicit quantization
     "calibrate": "pipeline",
+    "Calibration": "pipeline",
     "collect_histograms": "pipeline",
+    "GraphFacts": "graph",
     "calibrate_histograms": "pipeline",
     "OnnxRuntimeRunner": "runners",
     "Preprocess": "data",
@@ -66,11 +68,13 @@ __all__ = [
     "ActivationHistogram",
     "CacheFormatError",
     "CacheHeader",
+    "Calibration",
     "CalibrationTable",
     "ComparisonReport",
     "DataSourceError",
     "EntropyOptions",
     "EvaluationReport",
+    "GraphFacts",
     "HistogramCollector",
     "HistogramError",
     "HistogramRangeError",
@@ -143,8 +147,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .evaluate import EvaluationReport
     from .exports import read_table, write_table
+    from .graph import GraphFacts
     from .histogram import ActivationHistogram
-    from .pipeline import calibrate, calibrate_histograms, collect_histograms
+    from .pipeline import Calibration, calibrate, calibrate_histograms, collect_histograms
     from .qdq import to_qdq_onnx
     from .runners import OnnxRuntimeRunner
     from .scales import (

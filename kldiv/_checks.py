@@ -83,7 +83,7 @@ def check_num_bins(num_bins: Any, *, option: str = "num_bins") -> int:
 def check_options(
     *,
     method: str,
-    preset: str,
+    preset: Any,
     options: Mapping[str, Any] | None,
     num_bins: int | None,
 ) -> None:
@@ -98,24 +98,27 @@ def check_options(
     PresetError, HistogramError
         Naming the option and what to change.
     """
-    from .entropy import candidate_bins, resolve_options
+    from .entropy import candidate_bins, preset_name, resolve_options
+    from .graph import GraphRules
     from .thresholds import METHODS, check_method_options
 
     if method not in METHODS:
         raise PresetError(f"unknown threshold method {method!r}; choose one of "
                           f"{', '.join(METHODS)}")
     opts = dict(options or {})
-    for key in ("activation_bounds", "pooling_inherits"):
-        opts.pop(key, None)
-    if method == "entropy":
-        entropy_opts = {k: v for k, v in opts.items() if k != "backend"}
-        resolved = resolve_options(preset, **entropy_opts)
+    if method == "entropy":  # the graph rules are fields of the entropy options
+        resolved = resolve_options(preset, **opts)
         if num_bins is not None:
             try:
                 candidate_bins(num_bins, resolved)
             except (HistogramError, PresetError) as exc:
-                raise type(exc)(f"preset {preset!r} with {num_bins} bins: {exc}") from None
+                name = preset_name(preset) or "options"
+                raise type(exc)(f"preset {name!r} with {num_bins} bins: {exc}") from None
         return
+    for key in GraphRules.names():
+        value = opts.pop(key, None)
+        if value is not None and not isinstance(value, bool):
+            raise PresetError(f"option {key}={value!r} must be True or False")
     check_method_options(method, opts)  # names, and the legacy calibrator's values
     if method == "percentile" and "percentile" in opts:
         p = opts["percentile"]

@@ -32,6 +32,7 @@ from array import array
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -814,7 +815,7 @@ def read_input_bytes(
 
 
 def write_cache(
-    table: CalibrationTable,
+    table: Any,
     path: str | os.PathLike[str],
     *,
     header: CacheHeader | str | None = None,
@@ -824,8 +825,8 @@ def write_cache(
 
     Parameters
     ----------
-    table : CalibrationTable
-        The scales.
+    table : CalibrationTable or Calibration
+        The scales (a :class:`kldiv.pipeline.Calibration` writes its ``table``).
     path : path-like
         Output file.
     header : CacheHeader or str, optional
@@ -843,4 +844,8 @@ def write_cache(
     OutputExistsError
         If ``path`` exists and ``force`` is false.
     """
+    if not isinstance(table, CalibrationTable) and isinstance(
+        getattr(table, "table", None), CalibrationTable
+    ):
+        table = table.table
     return atomic_write_text(path, format_cache(table, header=header), force=force)

@@ -30,6 +30,7 @@ from .errors import (
     NonFiniteError,
     NotAFileError,
 )
+from .graph import FACT_KEYS, GraphFacts
 from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, GrowthPolicy, absmax
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
@@ -101,6 +102,8 @@ class HistogramCollector:
         self.nonfinite = nonfinite
         self.batches = 0
         self.meta: dict[str, Any] = {}
+        #: What the model's graph says about the collected tensors (saved with the file).
+        self.graph = GraphFacts()
         self._hists: dict[str, ActivationHistogram] = {}
         self._absmax: dict[str, float] = {}
         #: Non-finite values skipped per tensor (``nonfinite="drop"``), in first-seen order.
@@ -271,6 +274,7 @@ class HistogramCollector:
         )
         out.batches = self.batches + other.batches
         out.meta = dict(self.meta)
+        out.graph = self.graph if self.graph else other.graph
         for name in [*self._hists, *(n for n in other._hists if n not in self._hists)]:
             h1, h2 = self._hists.get(name), other._hists.get(name)
             if h1 is None or h2 is None:
@@ -314,7 +318,9 @@ class HistogramCollector:
         ``counts`` (int64, one zero-padded row per tensor), ``amax`` (each histogram's range),
         ``absmax`` (the largest finite ``|x|`` seen: what ``method="minmax"`` uses),
         ``num_bins``, ``dropped`` (non-finite values skipped per tensor), ``range_policy``,
-        ``batches`` and ``meta`` (JSON). Version 1 files lack ``dropped``.
+        ``batches`` and ``meta`` (JSON; the graph facts, :attr:`graph`, are stored in it under
+        ``activation_bounds``, ``scale_sources`` and ``value_aliases``). Version 1 files lack
+        ``dropped``.
         """
         if not self._hists:
             raise HistogramError("no histograms to save: observe() some activations first")
@@ -323,7 +329,7 @@ class HistogramCollector:
         counts = np.zeros((len(names), int(bins.max())), dtype=np.int64)
         for t, n in enumerate(names):
             counts[t, : bins[t]] = self._hists[n].counts
-        info = {**self.meta, **(meta or {})}
+        info = {**self.meta, **self.graph.to_dict(), **(meta or {})}
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
@@ -419,7 +425,9 @@ class HistogramCollector:
             ranges={n: h.amax for n, h in hists.items()} if policy in ("global", "fixed") else None,
         )
         out.batches = a["batches"]
-        out.meta = a["meta"]
+        out.meta = dict(a["meta"])
+        facts = {k: out.meta.pop(k) for k in FACT_KEYS if k in out.meta}
+        out.graph = GraphFacts.from_dict(facts, where=f"{p}: meta")
         out._hists = hists
         absmax = a["absmax"]
         if absmax is None:

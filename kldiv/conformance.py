@@ -337,7 +337,7 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
         ))
     not_in_cache = tuple(n for n in collector.names if n not in cache)
     table = CalibrationTable((n, r.scale) for n, r in results.items())
-    for alias, src in collector.meta.get("value_aliases", {}).items():
+    for alias, src in collector.graph.value_aliases.items():
         if alias in table and src in table:
             table[alias] = table[src]
     return CaseReport(case, tuple(entries), not_in_cache, table)

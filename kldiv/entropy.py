@@ -43,6 +43,7 @@ import numpy as np
 from . import _kernels
 from .defaults import DEFAULT_PRESET, INT8_MAX, NUM_QUANT_LEVELS
 from .errors import HistogramError, PresetError
+from .graph import GraphRules
 from .scales import ThresholdResult, amax_to_scale
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "is_degenerate",
     "kl_divergence",
     "pick_minimum",
+    "preset_name",
     "resolve_options",
     "search_threshold",
     "threshold_from_bin",
@@ -137,9 +139,20 @@ class EntropyOptions:
         bin ``m`` (slide, TensorRT, MXNet), 0.0 on its lower edge (ModelOpt, PPQ).
     divisor : int
         #13. ``scale = float32(float32(threshold) / divisor)``: 127 (TensorRT) or 128 (PPQ).
+    activation_bounds : bool
+        Graph rule, not part of one histogram's search: a ``Clip``/ReLU6 output gets its bound
+        as threshold (see :class:`kldiv.graph.GraphRules`). On in the ``tensorrt`` preset.
+    pooling_inherits : bool
+        Graph rule: a pooling output gets its input's scale. On in the ``tensorrt`` preset.
+    alias_inherits : bool
+        Graph rule: a ``Reshape``/``Flatten``/... output gets its source's final scale.
 
     Notes
     -----
+    The graph rules are applied by :func:`kldiv.pipeline.choose_thresholds`, which knows the
+    graph (:class:`kldiv.graph.GraphFacts`); they live here so that a preset's name and its
+    object give the same table.
+
     Ambiguities #3 and #4 (initial range, growth) belong to histogram collection
     (:mod:`kldiv.histogram`, :mod:`kldiv.collect`), not to the search.
     """
@@ -162,8 +175,16 @@ class EntropyOptions:
     tie_tolerance: float = 0.0
     threshold_offset: float = 0.5
     divisor: int = INT8_MAX
+    activation_bounds: bool = False
+    pooling_inherits: bool = False
+    alias_inherits: bool = True
 
     def __post_init__(self) -> None:
+        for name in GraphRules.names():
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise PresetError(
+                    f"option {name}={getattr(self, name)!r} must be True or False"
+                )
         choices = {
             "domain": ("abs", "signed"),
             "zeros": ("keep", "bin1", "drop"),
@@ -211,6 +232,11 @@ class EntropyOptions:
         _check_option_names(changes)
         return dataclasses.replace(self, **changes)
 
+    @property
+    def rules(self) -> GraphRules:
+        """The graph rules of these options (see :class:`kldiv.graph.GraphRules`)."""
+        return GraphRules(**{name: bool(getattr(self, name)) for name in GraphRules.names()})
+
     def as_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (JSON-serializable)."""
         # shallow: every field is a scalar (dataclasses.asdict deep-copies, ~0.2 ms a call)
@@ -246,8 +272,12 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # Degenerate windows (#6, algorithm.md §4): a candidate whose window holds a single
         # non-empty bin has KL = 0 and is not taken; a real TRT 7.0 cache is the KL curve's
         # second minimum, 1 ulp away, once that candidate is skipped.
+        # Graph rules (algorithm.md §4): Clip/ReLU6 outputs written with their bound (MLPerf
+        # SSD-MobileNet, TRT 7.2: all 35 Relu6 = 6/127), pooling outputs with their input's
+        # scale (every real entropy cache with pooling, TRT 5.1 to 10.3).
         "tensorrt": EntropyOptions(
-            zeros="bin1", ties="last", tie_tolerance=1e-12, min_nonempty_bins=2
+            zeros="bin1", ties="last", tie_tolerance=1e-12, min_nonempty_bins=2,
+            activation_bounds=True, pooling_inherits=True,
         ),
         # The slide, literally: range(128, 2048), (m + 0.5) * w, plain KL. It does not say how
         # to group when 128 does not divide i; we take the widespread floor width with the
@@ -286,6 +316,14 @@ def resolve_options(preset: str | EntropyOptions = DEFAULT_PRESET, **options: An
             )
         base = PRESETS[preset]
     return base.replace(**options) if options else base
+
+
+def preset_name(preset: str | EntropyOptions) -> str | None:
+    """The name of ``preset``: itself for a name, the :data:`PRESETS` key of an equal object,
+    else ``None`` (options built by hand)."""
+    if isinstance(preset, str):
+        return preset
+    return next((name for name, opts in PRESETS.items() if opts == preset), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,7 +712,7 @@ def search_threshold(
     :func:`kldiv._kernels.resolve` decides (``KLDIV_KERNELS=auto|numba|numpy``).
     """
     opts = resolve_options(preset, **options)
-    preset_name = preset if isinstance(preset, str) else None
+    name = preset_name(preset)
     counts, amax = histogram_counts(hist)
     num_bins = counts.size
     candidate_bins(num_bins, opts)  # validates bins vs levels and the candidate range
@@ -686,7 +724,7 @@ def search_threshold(
 
     common = {
         "method": "entropy",
-        "preset": preset_name,
+        "preset": name,
         "options": opts.as_dict(),
         "histogram": hist,
         "explainer": explain,

@@ -1,17 +1,19 @@
-"""``calibrate()``: calibration data → model → histograms → thresholds → CalibrationTable.
+"""``calibrate()``: calibration data → model → histograms → thresholds → :class:`Calibration`.
 
 The three steps are public so that each can be changed or inspected:
 
 1. :func:`collect_histograms` runs the model over the data (one batch at a time) and returns
-   a :class:`~kldiv.collect.HistogramCollector` whose ``meta`` holds the model hash and the
-   data fingerprint;
+   a :class:`~kldiv.collect.HistogramCollector` with the model hash and data fingerprint in
+   ``meta`` and the graph's facts (:class:`~kldiv.graph.GraphFacts`) in ``graph``;
 2. :func:`choose_thresholds` picks a threshold per histogram (an entropy preset, or another
-   method) and returns the :class:`~kldiv.scales.ThresholdResult` of each tensor;
+   method), applying the preset's graph rules to the graph facts it is given, and returns the
+   :class:`~kldiv.scales.ThresholdResult` of each tensor;
 3. :func:`build_table` turns those into a :class:`~kldiv.scales.CalibrationTable` with the
    TensorRT header and the provenance.
 
-:func:`calibrate` does all three; with ``histograms=`` it skips step 1 and recomputes the
-thresholds from a saved histogram file.
+:func:`calibrate` does all three and returns a :class:`Calibration` (table, per-tensor
+results, histograms, graph facts); :func:`calibrate_histograms` does steps 2 and 3 on
+histograms collected before (a collector or a saved ``.npz`` file).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,12 +48,15 @@ from .defaults import (
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
-from .entropy import search_threshold
+from .entropy import EntropyOptions, preset_name, resolve_options, search_threshold
 from .errors import DataSourceError, HistogramError, NonFiniteError, PresetError
+from .graph import GraphFacts, GraphRules
 from .scales import CalibrationTable, ThresholdResult, amax_to_scale
 
 __all__ = [
     "METHODS",
+    "Calibration",
+    "attach_graph_facts",
     "build_table",
     "calibrate",
     "calibrate_histograms",
@@ -105,7 +111,7 @@ def _kldiv_version() -> str:
 
 def collect_histograms(
     model: Any,
-    data: Any,
+    data: Any = None,
     *,
     num_bins: int = NUM_BINS,
     range_policy: str = DEFAULT_RANGE_POLICY,
@@ -150,7 +156,8 @@ def collect_histograms(
     -------
     HistogramCollector
         With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
-        ``samples``, ``seconds``.
+        ``samples``, ``seconds``; and ``graph``: the :class:`~kldiv.graph.GraphFacts` of the
+        collected tensors.
 
     Raises
     ------
@@ -199,7 +206,7 @@ def collect_histograms(
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
-    apply_graph_rules(collector, runner)
+    attach_graph_facts(collector, runner)
     if nonfinite == "drop":
         collector.meta["nonfinite_dropped"] = {n: c for n, c in collector.dropped.items() if c}
     collector.meta.update(
@@ -214,10 +221,9 @@ def collect_histograms(
     return collector
 
 
-def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
-    """After the last batch: give value aliases their source's histogram, and record what
-    the graph says about the collected tensors (Clip bounds, pooling inputs, aliases) in
-    ``collector.meta`` for :func:`choose_thresholds`.
+def attach_graph_facts(collector: HistogramCollector, runner: Any) -> GraphFacts:
+    """After the last batch: give value aliases their source's histogram, and set
+    ``collector.graph`` to the runner's graph facts about the collected tensors.
 
     Parameters
     ----------
@@ -225,18 +231,15 @@ def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
         Filled from ``runner`` (which did not fetch the aliases).
     runner : kldiv.runners.OnnxRuntimeRunner
         The runner of the model.
+
+    Returns
+    -------
+    GraphFacts
+        The facts set on ``collector.graph``.
     """
     collector.alias(runner.value_aliases, order=runner.network_order)
-    collected = set(collector.names)
-    collector.meta["activation_bounds"] = {
-        n: b for n, b in runner.activation_bounds.items() if n in collected
-    }
-    collector.meta["scale_sources"] = {
-        out: src for out, src in runner.scale_sources.items() if out in collected
-    }
-    collector.meta["value_aliases"] = {
-        n: src for n, src in runner.value_aliases.items() if n in collected
-    }
+    collector.graph = runner.graph.restrict(collector.names)
+    return collector.graph
 
 
 def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:
@@ -263,10 +266,28 @@ def _absmax_pass(
     return {n: probe.absmax(n) for n in probe}
 
 
+def _rules_and_options(
+    method: str,
+    preset: str | EntropyOptions,
+    options: Mapping[str, Any],
+    overrides: Mapping[str, bool | None],
+) -> tuple[GraphRules, dict[str, Any]]:
+    """The graph rules in force, and the method's options (rule switches included for the
+    entropy preset, whose options carry them; taken out for the other methods)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if method == "entropy":
+        opts = {**options, **given}
+        return resolve_options(preset, **opts).rules, opts
+    opts = {k: v for k, v in options.items() if k not in GraphRules.names()}
+    rules = {k: v for k, v in options.items() if k in GraphRules.names()}
+    return GraphRules(**{k: bool(v) for k, v in {**rules, **given}.items()}), opts
+
+
 def choose_thresholds(
     collector: HistogramCollector,
+    graph: GraphFacts | None = None,
     *,
-    preset: str = DEFAULT_PRESET,
+    preset: str | EntropyOptions = DEFAULT_PRESET,
     method: str = DEFAULT_METHOD,
     activation_bounds: bool | None = None,
     pooling_inherits: bool | None = None,
@@ -278,25 +299,30 @@ def choose_thresholds(
     ----------
     collector : HistogramCollector
         The histograms.
-    preset : str, default DEFAULT_PRESET
-        Entropy preset (``method="entropy"``), see :data:`kldiv.entropy.PRESETS`.
+    graph : GraphFacts, optional
+        What the graph says about the tensors (Clip bounds, pooling inputs, value aliases).
+        Default: ``collector.graph``, the facts collected (or saved) with the histograms.
+    preset : str or EntropyOptions, default DEFAULT_PRESET
+        Entropy preset (``method="entropy"``), a name in :data:`kldiv.entropy.PRESETS` or
+        an options object; its graph rules (:attr:`EntropyOptions.rules`) say which graph
+        facts set thresholds. A name and its object give the same thresholds.
     method : {"entropy", "minmax", "percentile", "mse", "legacy"}
         ``"minmax"`` uses the exact largest ``|x|`` seen (as TensorRT's MinMax calibrator),
         not the histogram's range. ``"legacy"`` is TensorRT's legacy calibrator (options
         ``quantile``, ``regression_cutoff``; pooling outputs are searched, not inherited, as
         the real legacy cache shows). The others go through
         :func:`kldiv.entropy.search_threshold` / :func:`kldiv.thresholds.choose_threshold`.
+        Methods other than entropy apply only the value-alias rule unless told otherwise.
     activation_bounds : bool, optional
-        Give tensors whose range the graph bounds (``Clip`` with constant limits, i.e. ReLU6;
-        recorded by :func:`collect_histograms` in ``collector.meta["activation_bounds"]``)
-        that bound as threshold, as TensorRT does (all 35 ReLU6 outputs of the MLPerf
-        SSD-MobileNet cache are exactly ``6/127``). Default: on for the ``tensorrt`` entropy
-        preset, off otherwise.
+        Override the preset's rule: give tensors whose range the graph bounds (``Clip`` with
+        constant limits, i.e. ReLU6) that bound as threshold, as TensorRT does (all 35 ReLU6
+        outputs of the MLPerf SSD-MobileNet cache are exactly ``6/127``). On in the
+        ``tensorrt`` preset.
     pooling_inherits : bool, optional
-        Give pooling outputs (``MaxPool``, ``AveragePool`` and their global forms; recorded in
-        ``collector.meta["scale_sources"]``) their input's threshold, as TensorRT does (every
-        real entropy cache with pooling shows it, TensorRT 5.1 to 10.3; see
-        :func:`kldiv.runners.scale_sources`). Default: on for the ``tensorrt`` entropy preset.
+        Override the preset's rule: give pooling outputs (``MaxPool``, ``AveragePool`` and
+        their global forms) their input's threshold, as TensorRT does (every real entropy
+        cache with pooling shows it, TensorRT 5.1 to 10.3; see
+        :func:`kldiv.graph.scale_sources`). On in the ``tensorrt`` preset.
     **options
         Options of the preset / method (e.g. ``percentile=99.99``).
 
@@ -307,24 +333,21 @@ def choose_thresholds(
     if method not in METHODS:
         raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
     check_options(method=method, preset=preset, options=options, num_bins=None)
-    tensorrt_rules = method == "entropy" and preset == "tensorrt"
-    if activation_bounds is None:
-        activation_bounds = tensorrt_rules
-    if pooling_inherits is None:
-        pooling_inherits = tensorrt_rules
-    bounds: Mapping[str, float] = (
-        collector.meta.get("activation_bounds", {}) if activation_bounds else {}
+    rules, options = _rules_and_options(
+        method, preset, options,
+        {"activation_bounds": activation_bounds, "pooling_inherits": pooling_inherits},
     )
-    sources: Mapping[str, str] = (
-        collector.meta.get("scale_sources", {}) if pooling_inherits else {}
-    )
-    aliases: Mapping[str, str] = collector.meta.get("value_aliases", {})
+    facts = collector.graph if graph is None else graph
+    bounds = facts.activation_bounds if rules.activation_bounds else {}
+    sources = facts.scale_sources if rules.pooling_inherits else {}
+    aliases = facts.value_aliases if rules.alias_inherits else {}
     results: dict[str, ThresholdResult] = {}
     for name, hist in collector.items():
         try:
             results[name] = _threshold_of(
-                name, hist, collector, results, method=method, preset=preset, bound=bounds.get(name),
-                source=sources.get(name), alias_of=aliases.get(name), options=options,
+                name, hist, collector, results, method=method, preset=preset,
+                bound=bounds.get(name), source=sources.get(name), alias_of=aliases.get(name),
+                options=options,
             )
         except HistogramError as exc:
             raise _tensor_error(exc, name, collector) from None
@@ -351,7 +374,7 @@ def _threshold_of(
     results: Mapping[str, ThresholdResult],
     *,
     method: str,
-    preset: str,
+    preset: str | EntropyOptions,
     bound: float | None,
     source: str | None,
     alias_of: str | None,
@@ -381,18 +404,12 @@ def _threshold_of(
     if bound is not None and collector.absmax(name) <= bound:
         return ThresholdResult(
             amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
-            method="activation-bound", preset=preset if method == "entropy" else None,
+            method="activation-bound", preset=preset_name(preset) if method == "entropy" else None,
             options={"source": "Clip limits in the graph", "bound": float(bound)},
             histogram=hist, clipped_fraction=0.0,  # every |x| seen is within the bound
         )
     if method == "minmax":
-        if hist.total == 0:
-            _thresholds.choose_threshold(hist, "minmax")  # the empty-histogram error
-        a = collector.absmax(name)
-        return ThresholdResult(
-            amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
-            options={"source": "largest |x| seen"}, histogram=hist, clipped_fraction=0.0,
-        )
+        return _thresholds.minmax_threshold(hist, absmax=collector.absmax(name), **options)
     if method == "entropy":
         return search_threshold(hist, preset, **options)
     return _thresholds.choose_threshold(hist, method, **options)
@@ -454,29 +471,115 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """The result of :func:`calibrate`: the table and everything it was made from.
+
+    Attributes
+    ----------
+    table : CalibrationTable
+        The scales in network order, the TensorRT header and the provenance; write it with
+        :func:`kldiv.write_cache` (which also takes the :class:`Calibration` itself).
+    results : mapping of str to ThresholdResult
+        Per tensor, in network order: bin index, divergence curve, clipped fraction, and for
+        graph rules the tensor or bound the scale came from.
+    histograms : HistogramCollector
+        The histograms (save them with ``histograms.save(path)`` to re-threshold later with
+        :func:`calibrate_histograms`).
+    graph : GraphFacts
+        The graph facts the thresholds used.
+
+    Notes
+    -----
+    ``len()``, iteration, ``in``, ``[name]`` (the scale), :meth:`hex` and :attr:`provenance`
+    are the table's, so code written for a :class:`CalibrationTable` keeps working.
+    """
+
+    table: CalibrationTable
+    results: Mapping[str, ThresholdResult]
+    histograms: HistogramCollector
+    graph: GraphFacts
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The table's provenance: model hash, data fingerprint, preset, options ..."""
+        return self.table.provenance
+
+    def hex(self, name: str) -> str:
+        """The scale of ``name`` as TensorRT writes it (8 hex digits)."""
+        return self.table.hex(name)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.table
+
+    def __getitem__(self, name: str) -> Any:
+        return self.table[name]
+
+    def __repr__(self) -> str:
+        return f"Calibration({len(self.table)} tensors, {self.table.header!r})"
+
+
+def _load_histograms(
+    histograms: HistogramCollector | str | os.PathLike[str],
+) -> HistogramCollector:
+    if isinstance(histograms, HistogramCollector):
+        return histograms
+    if not isinstance(histograms, (str, os.PathLike)):
+        raise DataSourceError(
+            f"histograms must be a HistogramCollector or the path of a .npz file written by "
+            f"save_histograms=, got {type(histograms).__name__}"
+        )
+    return HistogramCollector.load(histograms)
+
+
 def calibrate_histograms(
-    collector: HistogramCollector,
+    histograms: HistogramCollector | str | os.PathLike[str],
     *,
-    preset: str = DEFAULT_PRESET,
+    graph: GraphFacts | None = None,
+    preset: str | EntropyOptions = DEFAULT_PRESET,
     method: str = DEFAULT_METHOD,
     options: Mapping[str, Any] | None = None,
     trt_version: str = DEFAULT_TRT_VERSION,
     algorithm: str | None = None,
-) -> tuple[dict[str, ThresholdResult], CalibrationTable]:
-    """Steps 2 and 3: thresholds of collected histograms, and the table with provenance.
+) -> Calibration:
+    """Thresholds and table from histograms collected before, without running the model.
 
-    Parameters are those of :func:`calibrate`.
+    Parameters
+    ----------
+    histograms : HistogramCollector or path-like
+        A collector, or a ``.npz`` file written by ``save_histograms=`` /
+        :meth:`HistogramCollector.save`.
+    graph : GraphFacts, optional
+        Graph facts; default the histograms' own (``histograms.graph``, saved in the file).
+    preset, method, options, trt_version, algorithm
+        As for :func:`calibrate`. The preset is checked against the histograms' bins before
+        any search.
 
     Returns
     -------
-    results : dict of str to ThresholdResult
-        Per tensor, in network order (bin index, divergence curve ...).
-    table : CalibrationTable
-        The scales, header and provenance.
+    Calibration
+        The table (provenance names the file in ``histograms`` when one was read), the
+        per-tensor results, the histograms and the graph facts.
+
+    Examples
+    --------
+    >>> result = calibrate_histograms("h.npz", preset="modelopt")   # doctest: +SKIP
+    >>> kldiv.write_cache(result, "modelopt.cache")                  # doctest: +SKIP
     """
-    check_options(method=method, preset=preset, options=options, num_bins=None)
     check_header_choice(trt_version, algorithm, method)
-    results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
+    check_options(method=method, preset=preset, options=options, num_bins=None)
+    collector = _load_histograms(histograms)
+    check_options(method=method, preset=preset, options=options, num_bins=collector.num_bins)
+    facts = collector.graph if graph is None else graph
+    results = choose_thresholds(
+        collector, facts, preset=preset, method=method, **dict(options or {})
+    )
     clipping = _thresholds.clipping_outliers(results)  # logs a warning naming them
     searched = [r for r in results.values() if r.method not in RULE_METHODS]
     first = searched[0] if searched else None
@@ -485,7 +588,8 @@ def calibrate_histograms(
     aliased = {n: r.options["source"] for n, r in results.items() if r.method == "alias"}
     provenance = {
         **collector.meta,
-        "preset": preset if method == "entropy" else None,
+        **facts.to_dict(),
+        "preset": preset_name(preset) if method == "entropy" else None,
         "method": method,
         "options": first.options if first is not None else dict(options or {}),
         "thresholds_from_activation_bounds": bounded,
@@ -498,17 +602,19 @@ def calibrate_histograms(
         "kldiv_version": _kldiv_version(),
         "tensors": len(results),
     }
+    if not isinstance(histograms, HistogramCollector):
+        provenance["histograms"] = str(histograms)
     table = build_table(
         results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
     )
-    return results, table
+    return Calibration(table=table, results=results, histograms=collector, graph=facts)
 
 
 def calibrate(
     model: Any,
     data: Any = None,
     *,
-    preset: str = DEFAULT_PRESET,
+    preset: str | EntropyOptions = DEFAULT_PRESET,
     method: str = DEFAULT_METHOD,
     options: Mapping[str, Any] | None = None,
     trt_version: str = DEFAULT_TRT_VERSION,
@@ -519,36 +625,35 @@ def calibrate(
     preprocess: Preprocess | None = None,
     max_batches: int | None = None,
     nonfinite: str = "raise",
-    histograms: HistogramCollector | str | os.PathLike[str] | None = None,
     save_histograms: str | os.PathLike[str] | None = None,
     force: bool = False,
     on_batch: ProgressCallback | None = None,
-) -> CalibrationTable:
-    """Calibrate an ONNX model: run it over data, histogram, search, return the table.
+) -> Calibration:
+    """Calibrate an ONNX model: run it over data, histogram, search, return the result.
 
     Parameters
     ----------
-    model : path-like, bytes or onnx.ModelProto, or None
-        The ONNX model. May be ``None`` with ``histograms=``.
+    model : path-like, bytes or onnx.ModelProto
+        The ONNX model.
     data : path-like, array, dict or iterable of batches
-        Calibration data (see :func:`kldiv.data.as_source`); ignored with ``histograms=``.
-    preset : str, default DEFAULT_PRESET
-        Entropy preset (``"tensorrt"``, ``"gtc2017"``, ``"modelopt"`` ...).
+        Calibration data (see :func:`kldiv.data.as_source`).
+    preset : str or EntropyOptions, default DEFAULT_PRESET
+        Entropy preset (``"tensorrt"``, ``"gtc2017"``, ``"modelopt"`` ...) or an options
+        object; its graph rules come with it (a name and its object give the same table).
     method : {"entropy", "minmax", "percentile", "mse", "legacy"}, default "entropy"
         Threshold method. Its options are checked before the model runs.
     options : mapping, optional
-        Options for the preset / method.
+        Options for the preset / method (graph rules included, e.g.
+        ``{"activation_bounds": False}``).
     trt_version : str, default DEFAULT_TRT_VERSION
         TensorRT version whose cache header the table carries.
     algorithm : str, optional
         Header algorithm (default from ``method``; see :func:`build_table`).
     num_bins, range_policy, batch_size, preprocess, max_batches, nonfinite
         See :func:`collect_histograms`.
-    histograms : HistogramCollector or path-like, optional
-        Histograms collected before (a collector or a ``.npz`` file from ``save_histograms``):
-        the model is not run; only the thresholds are recomputed.
     save_histograms : path-like, optional
-        Also write the histograms to this ``.npz`` file (atomically).
+        Also write the histograms (with the graph facts) to this ``.npz`` file, atomically;
+        :func:`calibrate_histograms` re-thresholds them without the model.
     force : bool, optional
         Overwrite ``save_histograms`` if it exists.
     on_batch : callable, optional
@@ -556,57 +661,43 @@ def calibrate(
 
     Returns
     -------
-    CalibrationTable
-        Scales in network order, the TensorRT header, and ``provenance``: ``model``,
-        ``model_sha256``, ``data_fingerprint``, ``batches``, ``samples``, ``preset``,
-        ``method``, ``options``, ``range_policy``, ``num_bins``, ``trt_version``,
-        ``kldiv_version``.
+    Calibration
+        ``.table``: scales in network order, the TensorRT header, and ``provenance``
+        (``model``, ``model_sha256``, ``data_fingerprint``, ``batches``, ``samples``,
+        ``preset``, ``method``, ``options``, ``range_policy``, ``num_bins``, ``trt_version``,
+        ``kldiv_version`` ...); ``.results``: per-tensor threshold results; ``.histograms``;
+        ``.graph``.
 
     Examples
     --------
     >>> from kldiv.examples import lenet_model_path, lenet_calibration_data
-    >>> table = calibrate(lenet_model_path(), lenet_calibration_data())  # doctest: +SKIP
-    >>> kldiv.write_cache(table, "lenet.cache")                           # doctest: +SKIP
+    >>> result = calibrate(lenet_model_path(), lenet_calibration_data())  # doctest: +SKIP
+    >>> kldiv.write_cache(result.table, "lenet.cache")                    # doctest: +SKIP
     """
-    if histograms is not None and (model is not None or data is not None):
+    if model is None or data is None:
         raise DataSourceError(
-            "histograms= replaces running the model: pass model=None and no data with it, or "
-            "leave histograms out to calibrate the model on the data"
+            "calibrate() needs a model and calibration data; to re-threshold saved "
+            "histograms use calibrate_histograms(H.npz)"
         )
     check_count("batch_size", batch_size)
     check_count("max_batches", max_batches)
-    if histograms is None:
-        check_num_bins(num_bins)
-    check_options(method=method, preset=preset, options=options,
-                  num_bins=num_bins if histograms is None else None)
+    check_num_bins(num_bins)
+    check_options(method=method, preset=preset, options=options, num_bins=num_bins)
     check_header_choice(trt_version, algorithm, method)
     if save_histograms is not None:
         from ._io import check_writable
 
-        inputs = [p for p in (model, histograms) if isinstance(p, (str, os.PathLike))]
+        inputs = [model] if isinstance(model, (str, os.PathLike)) else []
         check_writable(save_histograms, force=force, inputs=inputs, what="save_histograms")
-    if histograms is not None:
-        collector = (
-            histograms
-            if isinstance(histograms, HistogramCollector)
-            else HistogramCollector.load(histograms)
-        )
-    else:
-        if model is None or data is None:
-            raise DataSourceError(
-                "calibrate() needs a model and calibration data (or histograms=FILE.npz)"
-            )
-        collector = collect_histograms(
-            model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
-            preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-            on_batch=on_batch,
-        )
-    _, table = calibrate_histograms(
+    collector = collect_histograms(
+        model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
+        preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
+        on_batch=on_batch,
+    )
+    result = calibrate_histograms(
         collector, preset=preset, method=method, options=options, trt_version=trt_version,
         algorithm=algorithm,
     )
-    if histograms is not None and not isinstance(histograms, HistogramCollector):
-        table.provenance["histograms"] = str(histograms)
     if save_histograms is not None:
         collector.save(save_histograms, force=force)
-    return table
+    return result

@@ -41,6 +41,7 @@ import numpy as np
 
 from .defaults import DEFAULT_ORT_OPTIMIZATION
 from .errors import DataSourceError, ModelError
+from .graph import GraphFacts, activation_bounds, scale_sources, value_aliases
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -177,148 +178,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
             types[vi.name] = t
     return types
 
-
-
-def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
-    """Outputs whose range the graph itself bounds: ``Clip`` with constant limits.
-
-    TensorRT writes such tensors with the activation's bound, not a searched threshold: in the
-    MLPerf SSD-MobileNet cache (TensorRT 7.2) all 35 ``Relu6`` outputs hold exactly ``6/127``
-    (algorithm.md §4). ReLU6 reaches ONNX as ``Clip(0, 6)``.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        The model (main graph only; subgraphs are not collected anyway).
-
-    Returns
-    -------
-    dict of str to float
-        Tensor name -> ``max(|min|, |max|)`` for each ``Clip`` whose limits are constants
-        (attributes before opset 11; initializers or ``Constant`` outputs from opset 11) and
-        finite.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    g = model.graph
-    # only the Clip limits are needed: converting every weight would copy the whole model
-    wanted = {i for n in g.node if n.op_type == "Clip" for i in n.input[1:3] if i}
-    consts: dict[str, np.ndarray] = {
-        t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted
-    }
-    for node in g.node:
-        if node.op_type == "Constant" and node.output and node.output[0] in wanted:
-            for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
-                elif a.name in ("value_float", "value_floats"):
-                    consts[node.output[0]] = np.asarray(
-                        onnx.helper.get_attribute_value(a), dtype=np.float64
-                    )
-    bounds: dict[str, float] = {}
-    for node in g.node:
-        if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or not node.output:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        limits: list[float] = []
-        if "min" in attrs or "max" in attrs:  # opset < 11
-            limits = [float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))]
-        else:
-            for name in list(node.input[1:3]) + [""] * (3 - len(node.input)):
-                if not name:
-                    limits.append(np.inf)  # an absent limit: unbounded on that side
-                elif name in consts and consts[name].size == 1:
-                    limits.append(float(consts[name].reshape(())))
-                else:
-                    limits = []  # computed at run time: no static bound
-                    break
-        if len(limits) == 2:
-            bound = max(abs(limits[0]), abs(limits[1]))
-            if np.isfinite(bound) and bound > 0:
-                bounds[node.output[0]] = bound
-    return bounds
-
-
-
-#: Ops whose output TensorRT gives its input's scale (see :func:`scale_sources`).
-POOLING_OPS = frozenset({"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"})
-
-
-def scale_sources(model: onnx.ModelProto) -> dict[str, str]:
-    """Pooling outputs and the tensor whose scale TensorRT gives them: their input.
-
-    In every real entropy cache we hold that has pooling, the pooled tensor carries exactly its
-    input's scale: sampleINT8 MNIST (TensorRT 5.1 and 7.0) ``pool1 = conv1``, ``pool2 =
-    conv2``; NVDLA ResNet-50 (5.1) ``pool1 = conv1`` and the average pool ``pool5 = res5c``;
-    MLPerf ResNet-50 (6.0, 7.2) ``MaxPool_0 = Relu_0``; a YOLO cache (10.3) three chained
-    MaxPools equal to the convolution before them.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        The model (main graph).
-
-    Returns
-    -------
-    dict of str to str
-        Output name -> data-input name, for every ``MaxPool`` / ``AveragePool`` /
-        ``GlobalMaxPool`` / ``GlobalAveragePool`` of the default domain, in network order.
-    """
-    return {
-        node.output[0]: node.input[0]
-        for node in model.graph.node
-        if node.op_type in POOLING_OPS
-        and node.domain in ("", "ai.onnx")
-        and node.output
-        and node.input
-        and node.input[0]
-    }
-
-
-#: Ops whose output holds exactly the values of their (first) input, only rearranged.
-VALUE_PRESERVING_OPS = frozenset(
-    {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
-)
-
-
-def value_aliases(model: onnx.ModelProto, collected: Iterable[str]) -> dict[str, str]:
-    """Tensors that hold exactly the values of another collected tensor, and that tensor.
-
-    The output of ``Identity``, ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze`` or
-    ``Transpose`` is a rearrangement of its data input: the same multiset of values in every
-    batch, hence the same absmax, the same range growth and the same histogram, count for
-    count. Such tensors need not be fetched from onnxruntime nor histogrammed; the collector
-    copies the source's histogram (:meth:`~kldiv.collect.HistogramCollector.alias`).
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        The model (main graph).
-    collected : iterable of str
-        The tensors being collected; only sources among them are used.
-
-    Returns
-    -------
-    dict of str to str
-        Output name -> the collected tensor it copies, chains followed to their root
-        (``Transpose -> Reshape -> Flatten`` all point to the tensor before the Transpose),
-        in network order.
-    """
-    names = set(collected)
-    aliases: dict[str, str] = {}
-    for node in model.graph.node:
-        if (
-            node.op_type in VALUE_PRESERVING_OPS
-            and node.domain in ("", "ai.onnx")
-            and len(node.output) == 1
-            and node.input
-            and node.output[0] in names
-        ):
-            src = aliases.get(node.input[0], node.input[0])
-            if src in names and src != node.output[0]:
-                aliases[node.output[0]] = src
-    return aliases
 
 
 def calibration_tensor_names(
@@ -479,9 +338,12 @@ class OnnxRuntimeRunner:
         floating is dropped from this list on the first batch).
     model_sha256 : str
         SHA-256 of the model file.
-    value_aliases : dict of str to str
-        Collected tensors that are rearrangements of another collected tensor -> that tensor
-        (found whatever ``fetch_aliases`` says).
+    graph : kldiv.graph.GraphFacts
+        Clip bounds, pooling sources and value aliases of the calibrated tensors.
+    activation_bounds, scale_sources, value_aliases : dict
+        The same facts as plain dicts. ``value_aliases``: collected tensors that are
+        rearrangements of another collected tensor -> that tensor (found whatever
+        ``fetch_aliases`` says).
     network_order : list of str
         Every calibratable tensor in network order, aliases included.
 
@@ -511,9 +373,6 @@ class OnnxRuntimeRunner:
                 f"got {graph_optimization_level!r}"
             )
         proto, self.label, self.model_sha256 = load_model(model)
-        #: Graph facts TensorRT uses (read once here, so the model is not parsed twice).
-        self.activation_bounds = activation_bounds(proto)
-        self.scale_sources = scale_sources(proto)
         opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
         self.opset = opsets.get("ai.onnx")
         if self.opset is not None and self.opset not in TESTED_OPSETS:
@@ -526,7 +385,11 @@ class OnnxRuntimeRunner:
                 self.label, n_sub,
             )
         self.network_order = [*inputs, *outputs]
-        self.value_aliases = value_aliases(proto, self.network_order)
+        #: What the graph says about the calibrated tensors (read once, while parsed).
+        self.graph = GraphFacts.from_model(proto, self.network_order)
+        self.activation_bounds = dict(self.graph.activation_bounds)
+        self.scale_sources = dict(self.graph.scale_sources)
+        self.value_aliases = dict(self.graph.value_aliases)
         if not fetch_aliases:
             outputs = [o for o in outputs if o not in self.value_aliases]
         self._input_floats = set(inputs)

@@ -35,7 +35,7 @@ from .defaults import (
 )
 from .entropy import _require_nonempty, histogram_counts, search_threshold
 from .errors import HistogramError, PresetError
-from .scales import ThresholdResult, amax_to_scale
+from .scales import ThresholdResult, amax_to_scale, clipped_fraction
 
 __all__ = [
     "METHODS",
@@ -67,20 +67,43 @@ def _nonempty(hist: Any) -> tuple[np.ndarray, float]:
     return counts, amax
 
 
-def minmax_threshold(hist: Any, *, divisor: int = INT8_MAX) -> ThresholdResult:
-    """``T = max |x|``: the histogram's range (``IInt8MinMaxCalibrator``, algorithm.md §6).
+def minmax_threshold(
+    hist: Any, *, absmax: float | None = None, divisor: int = INT8_MAX
+) -> ThresholdResult:
+    """``T = max |x|`` (``IInt8MinMaxCalibrator``, algorithm.md §6).
 
-    :func:`kldiv.pipeline.choose_thresholds` uses the collector's exact largest ``|x|``
-    instead, when the range has grown beyond it.
+    Parameters
+    ----------
+    hist : ActivationHistogram or object with ``.counts`` and ``.amax``
+        The ``|x|`` histogram (must hold at least one value).
+    absmax : float, optional
+        The exact largest ``|x|`` seen (:meth:`kldiv.collect.HistogramCollector.absmax`), which
+        :func:`kldiv.pipeline.choose_thresholds` passes: a histogram's range may have grown
+        beyond it. Without it, the histogram's range ``hist.amax``, an upper bound.
+    divisor : int, default 127
+        ``scale = T / divisor``.
+
+    Returns
+    -------
+    ThresholdResult
+        ``options["source"]`` says which of the two the threshold is.
     """
-    _, t = _nonempty(hist)
+    counts, t = _nonempty(hist)
+    exact = absmax is not None
+    if absmax is not None:
+        t = float(absmax)
+        if not (math.isfinite(t) and t >= 0):
+            raise HistogramError(f"absmax must be finite and >= 0, got {absmax!r}")
     return ThresholdResult(
         amax=t,
         bin_index=None,
         scale=amax_to_scale(t, divisor=divisor),
         method="minmax",
-        options={"divisor": divisor},
+        options={"source": "largest |x| seen" if exact else "histogram range",
+                 "divisor": divisor},
         histogram=hist,
+        # the exact largest |x| clips nothing, whatever the bins say
+        clipped_fraction=0.0 if exact else clipped_fraction(counts, float(hist.amax), t),
     )
 
 

@@ -10,8 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kldiv.cachefile import read_cache
-from kldiv.pipeline import calibrate, collect_histograms
-from kldiv.runners import activation_bounds
+from kldiv.entropy import PRESETS
+from kldiv.graph import activation_bounds
+from kldiv.pipeline import calibrate, calibrate_histograms, collect_histograms
 
 
 def test_every_relu6_in_the_mlperf_ssd_cache_is_six_over_127(trt_caches: Path) -> None:
@@ -63,16 +64,42 @@ def test_tensorrt_preset_writes_the_bound_others_search(opset: int) -> None:
     # small values: the ReLU6 output never reaches 6, so a search picks less than the bound
     data = [{"x": (rng.normal(size=(4, 1, 8, 8)) * 0.3).astype(np.float32)} for _ in range(4)]
     model = _model(opset)
-    table = calibrate(model, data, preset="tensorrt")
+    table = calibrate(model, data, preset="tensorrt").table
     assert table.hex("relu6") == "3d418306"  # exactly 6/127, like TensorRT
     assert table.provenance["thresholds_from_activation_bounds"] == ["relu6"]
     assert table.hex("dyn") != "3d418306"
-    searched = calibrate(model, data, preset="modelopt")
+    searched = calibrate(model, data, preset="modelopt").table
     assert searched.hex("relu6") != "3d418306"
     collector = collect_histograms(model, data)
     assert collector.absmax("relu6") < 6.0
-    off = calibrate(
-        None, histograms=collector, preset="tensorrt", options={"activation_bounds": False}
-    )
+    off = calibrate_histograms(
+        collector, preset="tensorrt", options={"activation_bounds": False}
+    ).table
     assert off.hex("relu6") != "3d418306"
     assert off.hex("dyn") == table.hex("dyn")
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_preset_name_and_preset_object_give_the_same_table(opset: int) -> None:
+    """The graph rules belong to the preset object, not to its name."""
+    rng = np.random.default_rng(1)
+    data = [{"x": (rng.normal(size=(4, 1, 8, 8)) * 0.3).astype(np.float32)} for _ in range(4)]
+    collector = collect_histograms(_model(opset), data)
+    by_name = calibrate_histograms(collector, preset="tensorrt")
+    by_object = calibrate_histograms(collector, preset=PRESETS["tensorrt"])
+    assert by_object.table.hex("relu6") == "3d418306"  # the bound, as TensorRT writes it
+    assert by_object.table == by_name.table
+    assert by_object.provenance["preset"] == "tensorrt"
+    assert by_object.results["relu6"].method == "activation-bound"
+    # a hand-made object without the rule searches the tensor, by name or not
+    searched = calibrate_histograms(
+        collector, preset=PRESETS["tensorrt"].replace(activation_bounds=False)
+    )
+    assert searched.table.hex("relu6") != "3d418306"
+    assert searched.table == calibrate_histograms(
+        collector, preset="tensorrt", options={"activation_bounds": False}
+    ).table
+    # and a preset without the rule can be given it
+    assert calibrate_histograms(
+        collector, preset=PRESETS["modelopt"].replace(activation_bounds=True)
+    ).table.hex("relu6") == "3d418306"

@@ -29,7 +29,8 @@ KINDS: dict[str, Callable[[object], bool]] = {
 PUBLIC: dict[str, dict[str, str]] = {
     "kldiv": {
         **dict.fromkeys(
-            ["ActivationHistogram", "CacheHeader", "CalibrationTable", "ComparisonReport",
+            ["ActivationHistogram", "CacheHeader", "Calibration", "CalibrationTable",
+             "ComparisonReport", "GraphFacts",
              "EntropyOptions", "EvaluationReport", "HistogramCollector", "OnnxRuntimeRunner",
              "Preprocess", "ThresholdResult"], "class"),
         **dict.fromkeys(

@@ -40,7 +40,7 @@ def test_demo_prints_table_and_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, _ = _run(capsys, "demo")
     assert code == 0
-    expected = calibrate(MODEL, lenet_calibration_data())
+    expected = calibrate(MODEL, lenet_calibration_data()).table
     for name in expected:
         assert name in out and expected.hex(name) in out
     assert list(tmp_path.iterdir()) == []
@@ -57,7 +57,7 @@ def test_calibrate_npy_and_batch_files_agree_with_library(tmp_path, capsys, data
                         str(out_a), "--save-histograms", str(tmp_path / "h.npz"),
                         "--provenance", str(tmp_path / "p.json"))
     assert code == 0 and "conv1" in out and "wrote" in out
-    assert read_cache(out_a) == calibrate(MODEL, batches)
+    assert read_cache(out_a) == calibrate(MODEL, batches).table
     code, *_ = _run(capsys, "calibrate", MODEL, "--data", str(root / "batches"), "--out",
                     str(out_b), "-q")
     assert code == 0 and out_a.read_text() == out_b.read_text()
@@ -67,7 +67,7 @@ def test_calibrate_npy_and_batch_files_agree_with_library(tmp_path, capsys, data
     code, *_ = _run(capsys, "calibrate", "--from-histograms", str(tmp_path / "h.npz"),
                     "--preset", "modelopt", "--out", str(tmp_path / "m.cache"), "-q")
     assert code == 0
-    assert read_cache(tmp_path / "m.cache") == calibrate(MODEL, batches, preset="modelopt")
+    assert read_cache(tmp_path / "m.cache") == calibrate(MODEL, batches, preset="modelopt").table
     # with global ranges, re-cutting the batches changes neither the histograms nor the cache
     for size, name in (("3", "r3.cache"), ("5", "r5.cache")):
         code, *_ = _run(capsys, "calibrate", MODEL, "--data", str(root / "npy"), "--batch-size",
@@ -105,7 +105,7 @@ def test_images_with_declared_preprocessing(tmp_path, capsys):
     pre = Preprocess(resize=(8, 8), color="L", scale=1 / 255)
     from kldiv.data import ImageFolder
 
-    expected = calibrate(MODEL, ImageFolder(tmp_path / "img", pre, batch_size=2))
+    expected = calibrate(MODEL, ImageFolder(tmp_path / "img", pre, batch_size=2)).table
     assert read_cache(tmp_path / "i.cache") == expected
 
 

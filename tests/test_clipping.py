@@ -88,9 +88,9 @@ def test_flag_rule_and_warning(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_calibrate_records_flagged_tensors() -> None:
-    _, table = calibrate_histograms(
+    table = calibrate_histograms(
         _collector(), method="percentile", options={"percentile": 90.0}, algorithm="entropy2"
-    )
+    ).table
     assert set(table.provenance["clipping_above_limit"]) == {"a", "b"}
 
 

@@ -14,6 +14,7 @@ from kldiv.cli import main
 from kldiv.collect import HistogramCollector
 from kldiv.defaults import DEFAULT_LEGACY_CUTOFF, DEFAULT_LEGACY_QUANTILE
 from kldiv.errors import PresetError
+from kldiv.graph import GraphFacts
 from kldiv.pipeline import calibrate, calibrate_histograms
 from kldiv.thresholds import choose_threshold, legacy_threshold
 from tests._hist_strategies import counts_arrays, make_hist
@@ -69,20 +70,21 @@ def _collector() -> HistogramCollector:
     for _ in range(3):
         x = rng.standard_normal((8, 4, 6, 6)).astype(np.float32)
         c.observe({"conv": x, "pool": x[..., ::2, ::2]})
-    c.meta["scale_sources"] = {"pool": "conv"}
+    c.graph = GraphFacts(scale_sources={"pool": "conv"})
     return c
 
 
 def test_header_and_no_pooling_inheritance() -> None:
-    results, table = calibrate_histograms(
+    result = calibrate_histograms(
         _collector(), method="legacy", trt_version="6.0.1", options={"quantile": 0.999999}
     )
+    results, table = result.results, result.table
     assert table.header is not None and table.header.kind == "legacy"
     assert table.header.text == "03ff00000000000003feffffde7210be9"  # as legacy-mnist-trt6
     assert results["pool"].method == "legacy"  # searched, not inherited
-    _, spaced = calibrate_histograms(
+    spaced = calibrate_histograms(
         _collector(), method="legacy", trt_version="7.2.0", options={"quantile": 0.99999}
-    )
+    ).table
     assert spaced.header is not None
     assert spaced.header.text == "0 3ff0000000000000 3fefffeb074a771d"  # as the MLPerf cache
 

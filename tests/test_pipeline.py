@@ -32,12 +32,14 @@ def collected(lenet_batches):
 
 def test_table_is_the_search_of_every_collected_histogram(collected, lenet_batches):
     runner = OnnxRuntimeRunner(lenet_model_path())
-    _results, table = calibrate_histograms(collected, preset="tensorrt", trt_version="8.6.1")
+    result = calibrate_histograms(collected, preset="tensorrt", trt_version="8.6.1")
+    table = result.table
+    assert result.histograms is collected and result.graph == collected.graph
     assert list(table) == runner.tensor_names == collected.names
     assert table.header.text == "TRT-8601-EntropyCalibration2"
-    sources = collected.meta["scale_sources"]  # pooling outputs take their input's scale
+    sources = collected.graph.scale_sources  # pooling outputs take their input's scale
     assert sources == {"pool1": "relu1", "pool2": "relu2"}
-    aliases = collected.meta["value_aliases"]  # Flatten/Reshape: their source's final scale
+    aliases = collected.graph.value_aliases  # Flatten/Reshape: their source's final scale
     assert aliases == {"flatten": "pool2"}
     for name in table:
         source = aliases.get(name, name)
@@ -53,8 +55,9 @@ def test_table_is_the_search_of_every_collected_histogram(collected, lenet_batch
 
 
 def test_provenance(collected, lenet_batches):
-    table = calibrate(lenet_model_path(), lenet_batches, preset="gtc2017")
-    p = table.provenance
+    result = calibrate(lenet_model_path(), lenet_batches, preset="gtc2017")
+    p = result.table.provenance
+    assert result.provenance is p
     assert p["model_sha256"] == hashlib.sha256(lenet_model_path().read_bytes()).hexdigest()
     assert p["preset"] == "gtc2017" and p["method"] == "entropy"
     assert p["options"]["threshold_offset"] == 0.5
@@ -70,11 +73,13 @@ def test_provenance(collected, lenet_batches):
 
 def test_from_histograms_equals_running_again(tmp_path, collected, lenet_batches):
     path = tmp_path / "h.npz"
-    direct = calibrate(lenet_model_path(), lenet_batches, save_histograms=path)
-    again = calibrate(None, histograms=path)
-    assert again == direct
+    direct = calibrate(lenet_model_path(), lenet_batches, save_histograms=path).table
+    again = calibrate_histograms(path)
+    assert again.table == direct
+    assert again.graph == collected.graph  # the graph facts travel with the file
     assert again.provenance["model_sha256"] == direct.provenance["model_sha256"]
-    modelopt = calibrate(None, histograms=path, preset="modelopt")
+    assert again.provenance["histograms"] == str(path)
+    modelopt = calibrate_histograms(path, preset="modelopt").table
     for name in modelopt:
         assert modelopt[name] == search_threshold(collected[name], "modelopt").scale
 
@@ -98,7 +103,7 @@ def test_minmax_matches_onnxruntime_minmax_calibrator(tmp_path, lenet_batches):
     # onnxruntime's calibrator runs with every optimization disabled; so do we here, to
     # compare bit for bit (optimized conv kernels round differently, within a few ulp)
     col = collect_histograms(lenet_model_path(), lenet_batches, graph_optimization_level="disable")
-    ours = calibrate(None, histograms=col, method="minmax")
+    ours = calibrate_histograms(col, method="minmax").table
     assert ours.header.algorithm == "MinMaxCalibration"
     common = [n for n in ours if n in ranges.data]
     assert len(common) >= len(ours) - 1  # ORT skips the graph input
@@ -140,12 +145,61 @@ def test_collector_merge_gives_same_table_as_one_run(lenet_batches):
         c = HistogramCollector(range_policy="global", ranges=ranges)
         # graph facts (pooling sources, Clip bounds) come from the model, as collect_histograms
         # records them
-        c.meta.update(
-            {k: whole.meta[k] for k in ("scale_sources", "activation_bounds", "value_aliases")}
-        )
+        c.graph = whole.graph
         runner = OnnxRuntimeRunner(lenet_model_path())
         for acts in runner.iter_activations(part):
             c.observe(acts)
         shards.append(c)
     merged = shards[0] + shards[1]
-    assert calibrate(None, histograms=merged) == calibrate(None, histograms=whole)
+    assert calibrate_histograms(merged).table == calibrate_histograms(whole).table
+
+
+def test_calibration_result_carries_what_the_table_was_made_from(collected, lenet_batches):
+    result = calibrate(lenet_model_path(), lenet_batches)
+    assert isinstance(result, kldiv.Calibration)
+    assert list(result.results) == list(result.table) == result.histograms.names
+    assert {n: r.scale_hex for n, r in result.results.items()} == {
+        n: result.table.hex(n) for n in result.table
+    }
+    assert result.results["pool1"].method == "inherited"  # the tensorrt preset's rule
+    assert result.graph.scale_sources == {"pool1": "relu1", "pool2": "relu2"}
+    # the table's reading methods are the result's too
+    assert len(result) == len(result.table) and list(result) == list(result.table)
+    assert result["conv1"] == result.table["conv1"] and result.hex("conv1") == result.table.hex("conv1")
+
+
+def test_calibrate_writes_through_write_cache(tmp_path, lenet_batches):
+    result = calibrate(lenet_model_path(), lenet_batches[:2])
+    kldiv.write_cache(result, tmp_path / "a.cache")
+    kldiv.write_cache(result.table, tmp_path / "b.cache")
+    assert (tmp_path / "a.cache").read_bytes() == (tmp_path / "b.cache").read_bytes()
+    assert kldiv.read_cache(tmp_path / "a.cache") == result.table
+
+
+def test_histogram_file_from_before_graph_facts_had_a_type(tmp_path, collected):
+    """Files keep the facts in their meta JSON under the keys they always used."""
+    path = tmp_path / "h.npz"
+    collected.save(path)
+    with np.load(path) as z:
+        import json
+
+        meta = json.loads(str(z["meta"]))
+    assert meta["scale_sources"] == {"pool1": "relu1", "pool2": "relu2"}
+    loaded = HistogramCollector.load(path)
+    assert "scale_sources" not in loaded.meta and loaded.graph == collected.graph
+
+
+def test_minmax_is_the_exact_largest_value(collected):
+    """One MinMax: choose_thresholds and kldiv.thresholds.minmax_threshold agree."""
+    from kldiv.pipeline import choose_thresholds
+    from kldiv.thresholds import minmax_threshold
+
+    results = choose_thresholds(collected, method="minmax")
+    for name, r in results.items():
+        if r.method == "alias":
+            continue
+        alone = minmax_threshold(collected[name], absmax=collected.absmax(name))
+        assert (r.amax, r.scale_hex, r.options) == (alone.amax, alone.scale_hex, alone.options)
+        assert r.amax == collected.absmax(name) <= collected[name].amax
+        assert r.clipped_fraction == 0.0
+    assert minmax_threshold(collected["conv1"]).options["source"] == "histogram range"

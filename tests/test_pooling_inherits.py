@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kldiv.cachefile import read_cache
+from kldiv.graph import scale_sources
 from kldiv.pipeline import calibrate
-from kldiv.runners import scale_sources
 
 # (cache, pooled tensor, its input) in real TensorRT entropy caches, TensorRT 5.1 to 10.3
 EVIDENCE = [
@@ -80,7 +80,7 @@ def test_tensorrt_preset_inherits_others_search() -> None:
     rng = np.random.default_rng(1)
     data = [{"x": rng.normal(size=(4, 1, 8, 8)).astype(np.float32)} for _ in range(4)]
     model = _model()
-    table = calibrate(model, data, preset="tensorrt")
+    table = calibrate(model, data, preset="tensorrt").table
     assert table.bits("pool") == table.bits("conv")
     assert table.bits("pool2") == table.bits("conv")  # through the chain
     assert table.bits("gap") == table.bits("conv")
@@ -89,8 +89,8 @@ def test_tensorrt_preset_inherits_others_search() -> None:
         "pool2": "pool",
         "gap": "pool2",
     }
-    off = calibrate(model, data, preset="tensorrt", options={"pooling_inherits": False})
+    off = calibrate(model, data, preset="tensorrt", options={"pooling_inherits": False}).table
     assert off.bits("conv") == table.bits("conv")
     assert off.bits("gap") != table.bits("gap")  # an average has a narrower distribution
-    other = calibrate(model, data, preset="modelopt")
+    other = calibrate(model, data, preset="modelopt").table
     assert other.bits("gap") != other.bits("conv")

@@ -556,7 +556,7 @@ def test_own_calibration_is_accepted(lenet):
     from kldiv.pipeline import calibrate
     from kldiv.qdq import check_table
 
-    table = calibrate(lenet_model_path(), lenet_calibration_data())
+    table = calibrate(lenet_model_path(), lenet_calibration_data()).table
     cov = check_table(lenet_model_path(), table)
     assert cov.same_model is True and cov.fraction == 1.0
     assert check_table(lenet, table).same_model is True  # the same model as a ModelProto

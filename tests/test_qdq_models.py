@@ -101,7 +101,7 @@ def test_lenet_example_exports_checks_and_agrees():
     from kldiv.pipeline import calibrate
 
     path = lenet_model_path()
-    table = calibrate(path, lenet_calibration_data())
+    table = calibrate(path, lenet_calibration_data()).table
     batches, labels = lenet_eval_data()
     x = np.concatenate([b[INPUT_NAME] for b in batches])
     ref = _session(path).run(None, {INPUT_NAME: x})[0]
@@ -201,7 +201,7 @@ def test_pp_ocr_exports_check_and_run(kind, caplog):
         pytest.skip(f"no *_{kind}_infer.onnx in the rapidocr wheel")
     path = found[0]
     x = _ocr_inputs(kind)
-    table = calibrate(path, [{"x": x[:2]}, {"x": x[2:]}], method="minmax")
+    table = calibrate(path, [{"x": x[:2]}, {"x": x[2:]}], method="minmax").table
     fp32 = onnx.load(str(path))
     ref = _session(path).run(None, {"x": x})[0]
     for placement in PLACEMENTS:

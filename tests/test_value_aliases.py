@@ -89,9 +89,9 @@ def test_aliased_histograms_equal_observing_every_tensor(range_policy):
     for name in direct.names:
         assert got[name] == direct[name], name
         assert got.absmax(name) == direct.absmax(name), name
-    assert got.meta["value_aliases"]["out"] == "relu"
+    assert got.graph.value_aliases["out"] == "relu"
     # and the scales written are the same as for the tensors they copy
-    table = calibrate(model, batches)
+    table = calibrate(model, batches).table
     assert table.bits("r") == table.bits("t") == table.bits("conv")
     assert table.bits("out") == table.bits("relu")
     assert list(table.scales()) == got.names

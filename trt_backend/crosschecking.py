@@ -198,5 +198,5 @@ def crosscheck(
             "TensorRT built the engine without writing a calibration cache; this should not "
             "happen with a fresh calibrator - please report it with TensorRT's log"
         )
-    ours = calibrate(os.fspath(model), batches, preset=preset)
+    ours = calibrate(os.fspath(model), batches, preset=preset).table
     return assemble(ours, captured, trt_version=str(v))

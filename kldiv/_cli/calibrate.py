@@ -1,7 +1,9 @@
 """``kldiv calibrate``: ONNX model + calibration data → TensorRT calibration cache.
 
-A thin shell over :func:`kldiv.pipeline.collect_histograms`,
-:func:`~kldiv.pipeline.choose_thresholds` and :func:`~kldiv.pipeline.build_table`.
+A thin shell over :func:`kldiv.pipeline.calibrate` (or, with ``--from-histograms``,
+:func:`kldiv.pipeline.calibrate_histograms`): it parses the options, checks them and the
+output paths before any work, shows a progress bar, and prints and writes the
+:class:`~kldiv.pipeline.Calibration` it gets back.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import (
@@ -34,7 +35,7 @@ __all__ = [
     "quiet",
     "register",
     "run",
-    "thresholds_and_table",
+    "table_kwargs",
 ]
 
 
@@ -287,21 +288,19 @@ def check_table_options(args: argparse.Namespace, num_bins: int | None) -> None:
     check_header_choice(args.trt_version, args.algorithm, args.method)
 
 
-def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
-    from ..pipeline import calibrate_histograms
-
-    return calibrate_histograms(
-        collector, preset=args.preset, method=args.method, options=_table_options(args),
-        trt_version=args.trt_version, algorithm=args.algorithm,
-    )
+def table_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`kldiv.calibrate` / :func:`kldiv.calibrate_histograms`
+    given by ``--preset/--method/--percentile/.../--trt-version/--algorithm``."""
+    return {"preset": args.preset, "method": args.method, "options": _table_options(args),
+            "trt_version": args.trt_version, "algorithm": args.algorithm}
 
 
-def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> str:
-    """The summary table: tensor, histogram range, bin index, amax, scale, its hex, the
-    share of the values the threshold clips (``!`` above
+def format_summary(calibration: Any) -> str:
+    """The summary of a :class:`~kldiv.pipeline.Calibration`: tensor, histogram range, bin
+    index, amax, scale, its hex, the share of the values the threshold clips (``!`` above
     :data:`~kldiv.defaults.CLIP_WARN_FRACTION`) and, when NaN/Inf values were dropped, how
     many per tensor."""
+    results, collector, table = calibration.results, calibration.histograms, calibration.table
     dropped: dict[str, int] = dict(getattr(collector, "dropped", {}) or {})
     dropped.update(collector.meta.get("nonfinite_dropped", {}))
     show_dropped = any(dropped.values())
@@ -365,9 +364,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv calibrate``."""
     from .._io import atomic_write_text, check_writable, same_file
     from ..cachefile import write_cache
-    from ..collect import HistogramCollector
     from ..data import as_source
-    from ..pipeline import collect_histograms
+    from ..pipeline import calibrate, calibrate_histograms
 
     if args.from_histograms and (args.model or args.data):
         given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data)) if v)
@@ -391,8 +389,9 @@ def run(args: argparse.Namespace) -> int:
     if any(same_file(a, b) for i, a in enumerate(written) for b in written[i + 1:]):
         raise DataSourceError("--out, --save-histograms and --provenance must be different files")
     if args.from_histograms:
-        collector = HistogramCollector.load(args.from_histograms)
-        check_table_options(args, collector.num_bins)  # the preset against the file's bins
+        calibration = calibrate_histograms(args.from_histograms, **table_kwargs(args))
+        if args.save_histograms:
+            calibration.histograms.save(args.save_histograms, force=args.force)
     else:
         source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
         total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
@@ -400,19 +399,17 @@ def run(args: argparse.Namespace) -> int:
             total = min(total, args.max_batches)
         bar, on_batch = _progress(total, quiet(args))
         try:
-            collector = collect_histograms(
+            calibration = calibrate(
                 args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
                 max_batches=args.max_batches,
-                nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+                nonfinite="drop" if args.drop_nonfinite else "raise",
+                save_histograms=args.save_histograms, force=args.force, on_batch=on_batch,
+                **table_kwargs(args),
             )
         finally:
             if bar is not None:
                 bar.close()
-    results, table = thresholds_and_table(collector, args)
-    if args.from_histograms:
-        table.provenance["histograms"] = str(args.from_histograms)
-    if args.save_histograms:
-        collector.save(args.save_histograms, force=args.force)
+    table = calibration.table
     if args.provenance:
         atomic_write_text(args.provenance,
                           json.dumps(table.provenance, indent=2, sort_keys=True) + "\n",
@@ -423,6 +420,6 @@ def run(args: argparse.Namespace) -> int:
         note = f"; {dropped:,} NaN/Inf values dropped" if dropped else ""
         print(f"wrote {args.out} ({len(table)} tensors, {table.header.text}{note})")
     else:
-        print(format_summary(results, collector, table))
+        print(format_summary(calibration))
         print(f"wrote {args.out}")
     return 0

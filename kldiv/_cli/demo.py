@@ -17,7 +17,7 @@ from .calibrate import (
     check_table_options,
     format_summary,
     quiet,
-    thresholds_and_table,
+    table_kwargs,
 )
 
 __all__ = ["register", "run"]
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cachefile import write_cache
     from ..defaults import NUM_BINS
     from ..examples import lenet_calibration_data, lenet_model_path
-    from ..pipeline import collect_histograms
+    from ..pipeline import calibrate
 
     check_table_options(args, NUM_BINS)
     if args.out is not None:
@@ -53,15 +53,17 @@ def run(args: argparse.Namespace) -> int:
     batches = lenet_calibration_data()
     bar, on_batch = _progress(len(batches), quiet(args))
     try:
-        collector = collect_histograms(lenet_model_path(), batches, on_batch=on_batch)
+        calibration = calibrate(
+            lenet_model_path(), batches, on_batch=on_batch, **table_kwargs(args)
+        )
     finally:
         if bar is not None:
             bar.close()
-    results, table = thresholds_and_table(collector, args)
+    table = calibration.table
     if not quiet(args):
         print("kldiv demo: LeNet-5 trained on scikit-learn's digits (kldiv/examples), "
               f"preset {args.preset!r}, method {args.method!r}")
-        print(format_summary(results, collector, table))
+        print(format_summary(calibration))
     if args.out is not None:
         write_cache(table, args.out, force=args.force)
         print(f"wrote {args.out}")

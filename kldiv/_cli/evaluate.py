@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if args.cache is None:
             from ..pipeline import calibrate
 
-            table = calibrate(model_path, examples.lenet_calibration_data())
+            table = calibrate(model_path, examples.lenet_calibration_data()).table
         else:
             table = read_cache(args.cache)
     else:

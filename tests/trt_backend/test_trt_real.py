@@ -39,7 +39,7 @@ def test_replayed_kldiv_table_is_used(lenet: Any) -> None:
     from kldiv.pipeline import calibrate
     from trt_backend import build_engine
 
-    table = calibrate(str(lenet.lenet_model_path()), lenet.lenet_calibration_data())
+    table = calibrate(str(lenet.lenet_model_path()), lenet.lenet_calibration_data()).table
     assert build_engine(lenet.lenet_model_path(), "int8", table=table)
 
 
