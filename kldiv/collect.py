@@ -236,7 +236,7 @@ class HistogramCollector:
     def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:
         """Give tensors that rearrange another tensor's values that tensor's histogram.
 
-        For ``Reshape``/``Transpose``/... outputs (see :func:`kldiv.runners.value_aliases`)
+        For ``Reshape``/``Transpose``/... outputs (see :func:`kldiv.graph.value_aliases`)
         every batch holds the same values as the source, so observing them would produce the
         same counts, range and absmax; this copies them instead.
 
