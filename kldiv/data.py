@@ -718,7 +718,7 @@ def rebatch(source: DataSource, batch_size: int) -> Iterator[Batch]:
         d = (
             {None: np.asarray(item)}
             if is_bare
-            else {k: np.asarray(v) for k, v in dict(item).items()}  # type: ignore[arg-type]
+            else {k: np.asarray(v) for k, v in dict(item).items()}
         )
         sizes = {k: (v.shape[0] if v.ndim else None) for k, v in d.items()}
         if None in sizes.values() or len(set(sizes.values())) != 1:

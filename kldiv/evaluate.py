@@ -145,7 +145,8 @@ def topk_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     """Whether ``target`` is among the k largest scores of each row (ties: lowest index)."""
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return (top == target[:, None]).any(axis=1)
+    hits: np.ndarray = (top == target[:, None]).any(axis=1)
+    return hits
 
 
 def evaluate(

@@ -290,7 +290,8 @@ def read_nvdla_json(text: str | bytes, *, path: str | None = None) -> Calibratio
 def _ort_amax(table: CalibrationTable, name: str) -> np.float32:
     """The float32 amax ONNX Runtime stores (TensorData holds float32 arrays)."""
     with np.errstate(over="ignore"):
-        return np.float32(table.amax(name))
+        amax: np.float32 = np.float32(table.amax(name))
+    return amax
 
 
 def to_ort_text(table: CalibrationTable) -> str:

@@ -65,7 +65,8 @@ def amax_to_scale(amax: float | np.floating[Any], *, divisor: int = INT8_MAX) ->
     '3c010a14'
     """
     with np.errstate(over="ignore", invalid="ignore"):
-        return _F32(_F32(amax) / _F32(divisor))
+        scale: np.float32 = _F32(_F32(amax) / _F32(divisor))
+    return scale
 
 
 def scale_to_amax(scale: float | np.floating[Any], *, divisor: int = INT8_MAX) -> float:
@@ -95,7 +96,8 @@ def bits_to_scale(bits: int) -> np.float32:
     """Return the float32 whose IEEE-754 bit pattern is ``bits`` (NaN payloads kept)."""
     if not 0 <= bits <= 0xFFFFFFFF:
         raise ValueError(f"float32 bit pattern out of range: {bits:#x}; it must fit in 32 bits")
-    return np.array(bits, dtype=np.uint32).view(_F32)[()]
+    scale: np.float32 = np.uint32(bits).view(_F32)
+    return scale
 
 
 def scale_to_hex(scale: float | np.floating[Any]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -262,7 +262,7 @@ def _entropy(hist: Any, **options: Any) -> ThresholdResult:
 
 
 #: method name -> function(hist, **options) -> ThresholdResult
-METHODS = {
+METHODS: dict[str, Callable[..., ThresholdResult]] = {
     "entropy": _entropy,
     "minmax": minmax_threshold,
     "percentile": percentile_threshold,
@@ -364,7 +364,7 @@ def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) ->
         )
     if method != "entropy":
         _check_options(method, options, _OPTIONS[method])
-    result = METHODS[method](hist, **options)
+    result: ThresholdResult = METHODS[method](hist, **options)
     if not math.isfinite(result.amax):  # pragma: no cover - guarded by histogram_counts
         raise HistogramError(f"method {method!r} produced a non-finite threshold")
     return result

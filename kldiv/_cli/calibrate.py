@@ -418,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
     if quiet(args):
         dropped = sum(table.provenance.get("nonfinite_dropped", {}).values())
         note = f"; {dropped:,} NaN/Inf values dropped" if dropped else ""
-        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text}{note})")
+        header = table.header.text if table.header is not None else "no header"
+        print(f"wrote {args.out} ({len(table)} tensors, {header}{note})")
     else:
         print(format_summary(calibration))
         print(f"wrote {args.out}")

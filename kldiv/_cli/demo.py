@@ -68,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         write_cache(table, args.out, force=args.force)
         print(f"wrote {args.out}")
     elif quiet(args):
-        print(f"{len(table)} tensors calibrated ({table.header.text}); nothing written")
+        header = table.header.text if table.header is not None else "no header"
+        print(f"{len(table)} tensors calibrated ({header}); nothing written")
     return 0

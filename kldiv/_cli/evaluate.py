@@ -64,12 +64,14 @@ def _labels(path: str) -> np.ndarray:
     if not p.is_file():
         raise DataSourceError(f"labels file {p} does not exist")
     if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        labels: np.ndarray = np.load(p, allow_pickle=False)
+        return labels
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as f:
             for key in ("y", "labels", "label"):
                 if key in f:
-                    return f[key]
+                    found: np.ndarray = f[key]
+                    return found
         raise DataSourceError(f"{p} has no array named 'y', 'labels' or 'label'")
     try:
         return np.loadtxt(p, dtype=np.int64, ndmin=1)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ def train(split: dict[str, np.ndarray], *, seed: int = SEED, epochs: int = EPOCH
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(xt), generator=gen).split(32):
+        for idx in torch.split(torch.randperm(len(xt), generator=gen), 32):
             opt.zero_grad()
             loss = loss_fn(model(xt[idx]), yt[idx])
             loss.backward()
@@ -221,7 +221,8 @@ def build_onnx(weights: dict[str, np.ndarray], *, metadata: dict[str, str] | Non
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    savez: Callable[..., None] = np.savez_compressed  # **arrays: names, not its keywords
+    savez(buf, **arrays)
     return buf.getvalue()
 
 
