@@ -234,7 +234,8 @@ CHILDREN = {
 
 def _prepare_kernels() -> str:
     """Warm kldiv's kernel cache in a subprocess (so no contender pays a one-time compile);
-    say which kernels ``kldiv`` uses and how long the warm-up took."""
+    say which kernels ``kldiv`` uses and how long the warm-up took.
+    """
     code = ("import time, numpy as np; t = time.perf_counter()\n"
             "import kldiv\n"
             "from kldiv import _kernels\n"

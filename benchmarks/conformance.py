@@ -44,7 +44,8 @@ EXTRA_CASES: list[ConformanceCase] = []
 
 def sampleint8(fixtures: Path) -> list[tuple[ConformanceCase, float]]:
     """sampleINT8's cases, each with the pixel scale its images were calibrated with (the
-    accuracy runs use the same)."""
+    accuracy runs use the same).
+    """
     scales = {"sampleINT8 TRT 7.0": 1 / 255}
     return [(c, scales.get(c.name, 2.0**-8)) for c in sampleint8_cases(fixtures)]
 

@@ -59,7 +59,8 @@ def _old_sources(rev: str, into: Path) -> Path:
 
 def _old_builds(rev: str, into: Path) -> dict[str, tuple[Callable[..., Any], Any]]:
     """``{label: (fill(values, amax, num_bins, clip) -> counts, search(counts, opts) -> bin)}``
-    for each build of the revision."""
+    for each build of the revision.
+    """
     _old_sources(rev, into)
     fill = importlib.import_module("oldkernels.fill")
     if hasattr(fill, "fill_counts"):  # revisions before the dispatch module: fill only

@@ -32,7 +32,8 @@ def _tensors(n: int) -> list[np.ndarray]:
 
 def _time(fn, items) -> float:  # type: ignore[no-untyped-def]
     """Best of ``REPEAT`` passes over ``items`` (ms per item): the shared VM's speed drifts
-    between passes, the minimum is the least disturbed. Every contender gets the same rule."""
+    between passes, the minimum is the least disturbed. Every contender gets the same rule.
+    """
     best = float("inf")
     for _ in range(REPEAT):
         t = time.perf_counter()
@@ -44,7 +45,8 @@ def _time(fn, items) -> float:  # type: ignore[no-untyped-def]
 
 def _time_interleaved(fns, items) -> list[float]:  # type: ignore[no-untyped-def]
     """Like :func:`_time` for several contenders at once, their passes interleaved (the order
-    reversed every pass), so that drifting machine speed hits them alike: an A/B in one run."""
+    reversed every pass), so that drifting machine speed hits them alike: an A/B in one run.
+    """
     best = [float("inf")] * len(fns)
     for p in range(REPEAT):
         order = range(len(fns)) if p % 2 == 0 else reversed(range(len(fns)))

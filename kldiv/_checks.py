@@ -164,8 +164,10 @@ def header_algorithm(method: str, algorithm: str | None) -> str:
 
 
 def check_header_choice(trt_version: Any, algorithm: str | None, method: str) -> None:
-    """The TensorRT version and header algorithm can be written (see
-    :func:`kldiv.cachefile.check_trt_version` and :func:`header_algorithm`)."""
+    """Check that the TensorRT version and header algorithm can be written.
+
+    See :func:`kldiv.cachefile.check_trt_version` and :func:`header_algorithm`.
+    """
     from .cachefile import check_trt_version
 
     check_trt_version(trt_version)

@@ -143,8 +143,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool
 def atomic_write_text(
     path: str | os.PathLike[str], text: str, *, force: bool = False, encoding: str = "utf-8"
 ) -> Path:
-    """Write ``text`` atomically; see :func:`atomic_write_bytes`.
+    r"""Write ``text`` atomically; see :func:`atomic_write_bytes`.
 
-    The text is written as given: no newline translation, so ``"\\r\\n"`` survives.
+    The text is written as given: no newline translation, so ``"\r\n"`` survives.
     """
     return atomic_write_bytes(path, text.encode(encoding), force=force)

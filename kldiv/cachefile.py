@@ -74,8 +74,9 @@ _LEGACY_ALIASES = ("legacy", "legacycalibration", "legacycalibrator")
 
 
 def normalize_algorithm(algorithm: str) -> str:
-    """kldiv's name of a calibration algorithm: ``"entropy2"``, ``"entropy"``, ``"minmax"`` or
-    ``"legacy"``.
+    """The kldiv name of a calibration algorithm.
+
+    One of ``"entropy2"``, ``"entropy"``, ``"minmax"`` or ``"legacy"``.
 
     Where user-given algorithm names are read (options here, calibrators in trt_backend;
     :func:`parse_header` matches TensorRT's exact header spellings itself). Accepts kldiv's
@@ -378,9 +379,11 @@ def _checked_text(
     text: str | bytes, path: str | None, *, empty_hint: str, binary_hint: str,
     warn_bom: bool = False,
 ) -> str:
-    """A text file's contents, decoded, without a byte-order mark; empty or binary files
-    raise :class:`CacheFormatError` (with ``empty_hint`` / ``binary_hint``, naming the line of
-    the first NUL)."""
+    """A text file's contents, decoded, without a byte-order mark.
+
+    Empty or binary files raise :class:`CacheFormatError` (with ``empty_hint`` /
+    ``binary_hint``, naming the line of the first NUL).
+    """
     if isinstance(text, (bytes, bytearray)):
         text = decode_cache_bytes(bytes(text), path=path)
     if text.startswith("\ufeff"):
@@ -401,7 +404,7 @@ def _checked_text(
 def parse_cache(
     text: str | bytes, *, path: str | None = None, allow_unknown_header: bool = False
 ) -> CalibrationTable:
-    """Parse the text of a TensorRT calibration cache.
+    r"""Parse the text of a TensorRT calibration cache.
 
     Parameters
     ----------
@@ -429,7 +432,7 @@ def parse_cache(
 
     Examples
     --------
-    >>> t = parse_cache("TRT-7000-EntropyCalibration2\\nprob: 3c010a14\\n")
+    >>> t = parse_cache("TRT-7000-EntropyCalibration2\nprob: 3c010a14\n")
     >>> t.header.trt_version, t.hex("prob"), round(t.amax("prob"), 6)
     ('7.0.0', '3c010a14', 1.000244)
     """
@@ -452,8 +455,11 @@ def parse_cache(
 def _parse_text(
     text: str | bytes, path: str | None, allow_unknown_header: bool
 ) -> CalibrationTable:
-    """The whole text at once, line by line: names the first bad line of a damaged file (and
-    reads the rarer forms: blank lines, a first line that is already an entry)."""
+    """Read the whole text at once, line by line.
+
+    Names the first bad line of a damaged file, and reads the rarer forms: blank lines, a first
+    line that is already an entry.
+    """
     text = _checked_text(
         text, path,
         empty_hint="TensorRT writes the cache after calibrating; recalibrate or check the path",
@@ -508,8 +514,10 @@ for _i, _c in enumerate(b"ABCDEF", start=10):
 def _parse_chunks(
     chunks: Iterable[bytes], path: str | None, allow_unknown_header: bool
 ) -> CalibrationTable | None:
-    """The fast reader: a cache whose every line after the header is a well formed entry,
-    read a chunk at a time with NumPy (no Python object per entry but its name).
+    """The fast reader: a well-formed cache, a chunk at a time with NumPy.
+
+    Every line after the header must be an entry; no Python object is made per entry but its
+    name.
 
     Returns None for anything unusual (a bad or blank line, a duplicate name, binary data, no
     header ...): :func:`_parse_text` then reads the whole text line by line and names the
@@ -600,8 +608,11 @@ def _parse_block(
     block: bytes, names: _Packer, bits: array[int], hashes: list[np.ndarray],
     state: dict[str, bool],
 ) -> bool:
-    """Append the entries of ``block`` (whole lines, ending with LF); False if any line is not
-    ``<name>: <1-8 hex digits>`` (CRLF allowed), or the block is not text."""
+    """Append the entries of ``block`` (whole lines, ending with LF).
+
+    Returns False if any line is not ``<name>: <1-8 hex digits>`` (CRLF allowed), or the block
+    is not text.
+    """
     if b"\x00" in block:
         return False
     a = np.frombuffer(block, dtype=np.uint8)
@@ -796,8 +807,10 @@ def read_cache(
 def read_input_bytes(
     path: str | os.PathLike[str], *, what: str = "file", probe: bool = False
 ) -> bytes:
-    """The bytes of an input file, with kldiv's errors for a missing file or a folder
-    (``probe``: only check that it can be opened, return ``b""``)."""
+    """The bytes of an input file, with kldiv's errors for a missing file or a folder.
+
+    With ``probe``, only check that it can be opened and return ``b""``.
+    """
     p = Path(path)
     if p.is_dir():
         raise NotAFileError(

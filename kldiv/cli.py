@@ -62,7 +62,7 @@ def _log_level(args: argparse.Namespace) -> int:
 
 
 def _stdout_closed() -> int:
-    """stdout's reader went away (``| head``): stop quietly, as ``yes | head`` does."""
+    """Stdout's reader went away (``| head``): stop quietly, as ``yes | head`` does."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush goes nowhere

@@ -148,8 +148,10 @@ class HistogramCollector:
 
     @property
     def growth(self) -> GrowthPolicy:
-        """The growth policy of every histogram this collector builds (from
-        :attr:`range_policy`: ``"pow2"``, ``"append"``, else ``"fixed"``)."""
+        """The growth policy of every histogram this collector builds.
+
+        From :attr:`range_policy`: ``"pow2"``, ``"append"``, else ``"fixed"``.
+        """
         if self.range_policy == "pow2":
             return "pow2"
         if self.range_policy == "append":

@@ -175,9 +175,12 @@ class ComparisonReport:
 
     @property
     def worst(self) -> TensorComparison | None:
-        """The worst-agreeing tensor that is not bit-identical: of the worst class present
-        (:data:`AGREEMENT_CLASSES` order), the one with the largest ``|log2 ratio|`` (NaN
-        counts as largest; the first in table order on ties). None when all are identical."""
+        """The worst-agreeing tensor that is not bit-identical.
+
+        Of the worst class present (:data:`AGREEMENT_CLASSES` order), the one with the largest
+        ``|log2 ratio|`` (NaN counts as largest; the first in table order on ties). None when all
+        are identical.
+        """
         c = self._columns()
         differ = np.flatnonzero(c.cls > 0)
         if differ.size == 0:
@@ -506,8 +509,11 @@ def _checked(a: CalibrationTable, b: CalibrationTable, ia: np.ndarray,
 def _pairs(a: CalibrationTable, b: CalibrationTable, match: str,
            norm: Callable[[str], str] | None
            ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], bool]:
-    """Matched positions (in a, in b), names only in a / only in b, and whether the matched
-    tensors keep their order in b."""
+    """Match the tensors of two tables.
+
+    Returns the matched positions (in a, in b), the names only in a / only in b, and whether
+    the matched tensors keep their order in b.
+    """
     if match == "position":
         n = min(len(a), len(b))
         na, nb = list(a), list(b)

@@ -124,7 +124,7 @@ class EntryReport:
 
     @property
     def in_trt_bin(self) -> bool:
-        """kldiv's bin is the one TensorRT's value implies."""
+        """Kldiv's bin is the one TensorRT's value implies."""
         return self.bins_apart == 0
 
     @property

@@ -319,8 +319,11 @@ def resolve_options(preset: str | EntropyOptions = DEFAULT_PRESET, **options: An
 
 
 def preset_name(preset: str | EntropyOptions) -> str | None:
-    """The name of ``preset``: itself for a name, the :data:`PRESETS` key of an equal object,
-    else ``None`` (options built by hand)."""
+    """The name of ``preset``.
+
+    Itself for a name, the :data:`PRESETS` key of an equal object, else ``None`` (options built
+    by hand).
+    """
     if isinstance(preset, str):
         return preset
     return next((name for name, opts in PRESETS.items() if opts == preset), None)
@@ -384,8 +387,10 @@ def _zero_bin(num_bins: int, opts: EntropyOptions) -> int:
 def apply_zero_policy(
     counts: np.ndarray, opts: EntropyOptions, *, dtype: Any = np.float64
 ) -> np.ndarray:
-    """Return a copy of ``counts`` (float64 unless ``dtype``) with ambiguity #5 (exact zeros)
-    applied."""
+    """Return a copy of ``counts`` with ambiguity #5 (exact zeros) applied.
+
+    The copy is float64 unless ``dtype`` says otherwise.
+    """
     hist = counts.astype(dtype)
     z = _zero_bin(hist.size, opts)
     if opts.zeros == "bin1":
@@ -528,9 +533,11 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, opts: EntropyOptions) -> float:
 
 
 def is_degenerate(hist: np.ndarray, i: int, opts: EntropyOptions) -> bool:
-    """Whether candidate ``i``'s window is degenerate: it holds at least one but fewer than
-    ``opts.min_nonempty_bins`` non-empty bins of ``hist`` (the histogram after
-    :func:`apply_zero_policy`)."""
+    """Whether candidate ``i``'s window is degenerate.
+
+    It is when it holds at least one but fewer than ``opts.min_nonempty_bins`` non-empty bins of
+    ``hist`` (the histogram after :func:`apply_zero_policy`).
+    """
     lo, hi = window(hist.size, i, opts)
     nonempty = int(np.count_nonzero(hist[lo:hi]))
     return 0 < nonempty < opts.min_nonempty_bins
@@ -651,8 +658,9 @@ def kernel_divergence_curve(
 def kernel_search(
     counts: np.ndarray, opts: EntropyOptions, kernels: _kernels.Kernels
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(candidates, divergence, position of the minimum)`` from the kernels, the minimum
-    chosen exactly as :func:`pick_minimum` chooses it on the reference curve.
+    """``(candidates, divergence, position of the minimum)`` from the kernels.
+
+    The minimum is chosen exactly as :func:`pick_minimum` chooses it on the reference curve.
 
     The kernel curve agrees with the reference to ~1e-13; candidates within a small band above
     the kernel minimum are re-evaluated with the reference (bit-identical values) and the tie

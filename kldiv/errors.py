@@ -32,8 +32,11 @@ __all__ = [
 
 
 class KldivError(Exception):
-    """Base class of every error kldiv raises on purpose (except :class:`KernelChoiceError`,
-    a :class:`ValueError` raised by the kernel layer, which imports nothing of kldiv)."""
+    """Base class of every error kldiv raises on purpose.
+
+    Except :class:`KernelChoiceError`, a :class:`ValueError` raised by the kernel layer, which
+    imports nothing of kldiv.
+    """
 
 
 class HistogramError(KldivError, ValueError):
@@ -157,16 +160,22 @@ class OverwriteInputError(PathError, ValueError):
 
 
 class QuantizationError(KldivError, ValueError):
-    """A calibration table cannot be turned into a quantized (Q/DQ) model: a scale that is
-    infinite, NaN or negative, or an unknown option."""
+    """A calibration table cannot be turned into a quantized (Q/DQ) model.
+
+    A scale that is infinite, NaN or negative, or an unknown option.
+    """
 
 
 class TableMismatchError(QuantizationError):
-    """A calibration table does not belong to the model it is applied to: its provenance names
-    another model, or it covers too few of the model's calibratable tensors. Pass
-    ``force=True`` (``--force``) to apply it anyway."""
+    """A calibration table does not belong to the model it is applied to.
+
+    Its provenance names another model, or it covers too few of the model's calibratable
+    tensors. Pass ``force=True`` (``--force``) to apply it anyway.
+    """
 
 
 class UnknownNameError(QuantizationError):
-    """A tensor, node or op type named by the user (``exclude=``, ``--exclude``) is not in the
-    model. The message lists the closest names."""
+    """A tensor, node or op type named by the user is not in the model.
+
+    Names given with ``exclude=`` / ``--exclude``. The message lists the closest names.
+    """

@@ -151,8 +151,9 @@ def _table_from_pairs(
 
 # -- dynamic-range text (sampleINT8API) ---------------------------------------------------------
 def usable_only(table: CalibrationTable, fmt: str) -> CalibrationTable:
-    """``table`` without the scales TensorRT cannot use (NaN, -Inf, negative), with a warning
-    naming them; ``table`` itself when there are none.
+    """``table`` without the scales TensorRT cannot use (NaN, -Inf, negative).
+
+    A warning names them; ``table`` itself is returned when there are none.
 
     The amax formats (dynamic range, NVDLA and ONNX Runtime tables) would carry such a scale as
     a bare ``NaN`` (not JSON) or as ``lowest > highest``; their writers leave it out, and the

@@ -222,8 +222,10 @@ def collect_histograms(
 
 
 def attach_graph_facts(collector: HistogramCollector, runner: Any) -> GraphFacts:
-    """After the last batch: give value aliases their source's histogram, and set
-    ``collector.graph`` to the runner's graph facts about the collected tensors.
+    """Give value aliases their source's histogram and attach the graph facts.
+
+    Run after the last batch; sets ``collector.graph`` to the runner's graph facts about the
+    collected tensors.
 
     Parameters
     ----------
@@ -272,8 +274,11 @@ def _rules_and_options(
     options: Mapping[str, Any],
     overrides: Mapping[str, bool | None],
 ) -> tuple[GraphRules, dict[str, Any]]:
-    """The graph rules in force, and the method's options (rule switches included for the
-    entropy preset, whose options carry them; taken out for the other methods)."""
+    """The graph rules in force, and the method's options.
+
+    The rule switches stay in the options of the entropy preset, whose fields they are, and are
+    taken out for the other methods.
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
     if method == "entropy":
         opts = {**options, **given}

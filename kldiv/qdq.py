@@ -256,8 +256,11 @@ def _constant_value(name: str, inits: Mapping[str, Any], const_nodes: Mapping[st
 def _fold_constant(
     name: str, producer: Mapping[str, Any], inits: Mapping[str, Any], model: Any, label: str
 ) -> np.ndarray | None:
-    """Evaluate a tensor computed from constants only (``ConstantOfShape``, a ``Transpose`` of
-    an initializer ...) with onnx's reference evaluator; None if it cannot."""
+    """Evaluate a tensor computed from constants only; None if it cannot.
+
+    E.g. ``ConstantOfShape`` or a ``Transpose`` of an initializer, with onnx's reference
+    evaluator.
+    """
     import onnx
     from onnx import helper
 
@@ -477,8 +480,9 @@ def _all_value_names(model: Any) -> set[str]:
 
 
 def table_coverage(model: Any, table: Mapping[str, Any], *, exclude: Iterable[str] = ()) -> TableCoverage:
-    """How many of the model's calibratable tensors ``table`` covers, which not, and which of
-    its entries are unknown to the model.
+    """Which of the model's calibratable tensors ``table`` covers.
+
+    Also which it does not, and which of its entries are unknown to the model.
 
     Parameters
     ----------
@@ -591,9 +595,11 @@ def _check_coverage(cov: TableCoverage, force: bool, min_coverage: float) -> Tab
 
 # -- the export ---------------------------------------------------------------------------------
 def _folds_into(user: Any, tensor: str, activations: set[str]) -> bool:
-    """Whether ``user`` (reading ``tensor`` out of a weighted op) folds into that op in
-    TensorRT: a BatchNormalization, or a per-channel scale/shift (``Add``/``Sub``/``Mul``/
-    ``Div`` by a constant)."""
+    """Whether ``user`` folds into the weighted op in TensorRT.
+
+    ``user`` reads ``tensor`` out of a weighted op; it folds for a BatchNormalization, or a
+    per-channel scale/shift (``Add``/``Sub``/``Mul``/``Div`` by a constant).
+    """
     if user.op_type == "BatchNormalization":
         return True
     if user.op_type in ("Add", "Sub", "Mul", "Div") and len(user.input) == 2:

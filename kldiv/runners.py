@@ -72,8 +72,10 @@ TESTED_OPSETS = range(11, 22)
 
 
 def _file_format(path: Path) -> str | None:
-    """The serialization onnx itself picks for ``path`` by its suffix (``None``: binary
-    protobuf). onnx < 1.15 has no registry and reads binary protobuf only."""
+    """The serialization onnx itself picks for ``path`` by its suffix.
+
+    ``None``: binary protobuf. onnx < 1.15 has no registry and reads binary protobuf only.
+    """
     try:
         from onnx.serialization import registry
     except ImportError:  # pragma: no cover - onnx < 1.15

@@ -420,22 +420,26 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         return math.isfinite(float(self[name]))
 
     def unusable(self) -> dict[str, str]:
-        """Tensors whose scale TensorRT cannot use, and why: ``"nan"``, ``"-inf"`` or
-        ``"negative"`` (sign bit set, ``-0`` included). ``+inf`` and ``0`` are not listed:
-        TensorRT itself writes them (see :func:`scale_problem`)."""
+        """Tensors whose scale TensorRT cannot use, and why.
+
+        The reason is ``"nan"``, ``"-inf"`` or ``"negative"`` (sign bit set, ``-0`` included).
+        ``+inf`` and ``0`` are not listed: TensorRT itself writes them (see :func:`scale_problem`).
+        """
         bits = self.bits_array()
         bad = np.flatnonzero(bits >= 0x7F800001)  # NaN (any sign) or sign bit set
         return {self._names[i]: scale_problem(int(bits[i])) or "" for i in bad.tolist()}
 
 
 class PackedNames(Sequence[str]):
-    """Tensor names packed in one UTF-8 buffer, each followed by ``"\\n"``: ~1 byte a
-    character plus 8 bytes of offset a name, where a list of str takes ~50 bytes more a name.
+    r"""Tensor names packed in one UTF-8 buffer, each followed by a newline.
+
+    About 1 byte a character plus 8 bytes of offset a name, where a list of str takes ~50 bytes
+    more a name.
 
     Parameters
     ----------
     blob : bytes or bytearray
-        The names, UTF-8, each followed by ``b"\\n"`` (names hold no line break).
+        The names, UTF-8, each followed by ``b"\n"`` (names hold no line break).
     offsets : numpy.ndarray
         int64, ``len(names) + 1`` entries: name ``i`` is ``blob[offsets[i]:offsets[i+1] - 1]``.
     """

@@ -70,7 +70,8 @@ def kernel_build(request: pytest.FixtureRequest):
 @pytest.fixture(params=["numba", "numpy"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Run the test with ``KLDIV_KERNELS`` set to each implementation in turn (the Numba
-    kernels, then the NumPy references), through the one resolver."""
+    kernels, then the NumPy references), through the one resolver.
+    """
     from kldiv import _kernels
 
     monkeypatch.setenv(_kernels.KERNELS_ENV, request.param)

@@ -1,5 +1,6 @@
 """Clipping made visible: every ThresholdResult knows the share of the histogram's mass above
-its threshold; summaries show it and flag (and log) tensors above CLIP_WARN_FRACTION."""
+its threshold; summaries show it and flag (and log) tensors above CLIP_WARN_FRACTION.
+"""
 
 from __future__ import annotations
 

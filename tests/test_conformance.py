@@ -1,5 +1,6 @@
 """kldiv against TensorRT's sampleINT8 caches (real TensorRT output, public model and images):
-the figures benchmarks/conformance.py prints, held."""
+the figures benchmarks/conformance.py prints, held.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Degenerate windows (#6, algorithm.md §4): candidates whose window holds a single non-empty
 bin are not taken when ``min_nonempty_bins=2`` (the ``tensorrt`` preset); the Numba kernel
-skips exactly the candidates the reference skips (every compiled build)."""
+skips exactly the candidates the reference skips (every compiled build).
+"""
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def test_rule_off_is_the_plain_search(counts: np.ndarray) -> None:
 def _one_bin_bulk() -> np.ndarray:
     """The bulk of a tensor in one bin (200) and a sparse tail whose last group holds two
     unequal bins: candidate i = 201 keeps bin 200 alone with every outlier folded into it, so
-    P = Q = one point and KL = 0, below every other candidate."""
+    P = Q = one point and KL = 0, below every other candidate.
+    """
     counts = np.zeros(2048, dtype=np.int64)
     counts[200] = 10**6
     counts[[900, 1500, 2046, 2047]] = [5, 3, 5, 1]
@@ -142,7 +144,8 @@ def test_degenerate_minimum_is_skipped(implementation: str) -> None:
 
 def test_constant_tensor_still_keeps_every_bin(implementation: str) -> None:
     """A constant tensor has only degenerate (or empty) windows; every candidate is infinite
-    and the preset's tie rule (last) keeps all bins, as the constant-tensor caches show."""
+    and the preset's tie rule (last) keeps all bins, as the constant-tensor caches show.
+    """
     counts = np.zeros(2048, dtype=np.int64)
     counts[-1] = 77
     r = E.search_threshold(make_hist(counts, 2.0), "tensorrt")
@@ -164,7 +167,8 @@ def test_bad_min_nonempty_bins(bad: object) -> None:
 @pytest.mark.peers
 def test_modelopt_takes_degenerate_windows() -> None:
     """Why the modelopt preset keeps min_nonempty_bins=1: ModelOpt's own routine picks the
-    degenerate KL = 0 window on the same histogram."""
+    degenerate KL = 0 window on the same histogram.
+    """
     try:
         with warnings.catch_warnings():  # torch's own deprecation notices on import
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -267,7 +267,8 @@ def test_no_full_size_temporaries(backend_fill):
 def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
     """From SERIAL_BELOW elements on, the input is cut into one chunk per thread and the
     partial results are added: the same counts, tallies and maxima as the reference, with
-    NaN, over-range values and the largest value in different chunks."""
+    NaN, over-range values and the largest value in different chunks.
+    """
     rng = np.random.default_rng(7)
     x = (rng.standard_normal(3 * wrappers.SERIAL_BELOW + 11) * 0.5).astype(dtype)
     x[[3, -2]] = np.nan
@@ -291,7 +292,8 @@ def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
 
 def test_fills_from_several_threads_at_once():
     """The kernels release the GIL and share nothing: fills called from several Python threads
-    at once (large ones chunked on the kernel pool too) give each caller the reference's answer."""
+    at once (large ones chunked on the kernel pool too) give each caller the reference's answer.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     assert BUILD is not None

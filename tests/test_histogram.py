@@ -273,7 +273,8 @@ def test_pow2_growth_merges_pairs_exactly(implementation):
 
 def test_pow2_keeps_the_old_closed_edge_in_its_bin():
     """A value exactly at the old amax was in the old last bin; after merging it stays in the
-    merged bin below the new edge, one bin lower than a refill would put it (documented)."""
+    merged bin below the new edge, one bin lower than a refill would put it (documented).
+    """
     h = ActivationHistogram.from_values(np.array([0.5, 1.0]), num_bins=8, growth="pow2")
     h.fill(np.array([1.5]))
     assert h.amax == 2.0

@@ -117,7 +117,8 @@ def test_an_unwritable_cache_folder_compiles_with_a_warning(tmp_path):
 
 def test_without_numba_auto_runs_the_references_for_fill_and_search(warm_cache):
     """'auto' has one meaning: without Numba both the fill and the search run NumPy, with
-    the results the kernels give."""
+    the results the kernels give.
+    """
     _, with_numba = warm_cache
     got, err = _run(_BLOCK_NUMBA + _WORK)
     assert got["kernels"] is None and got["numba"] is False

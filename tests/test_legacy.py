@@ -1,5 +1,6 @@
 """The legacy calibrator (``method="legacy"``): the quantile rule on the |x| histogram, its
-header, its options checked before any model runs."""
+header, its options checked before any model runs.
+"""
 
 from __future__ import annotations
 

@@ -354,7 +354,8 @@ def _table_for(model, x, **override):
 @pytest.mark.parametrize("act", ["Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"])
 def test_all_placement_never_gives_an_inexact_activation_scale(act):
     """A tensor read only by Sigmoid & co stays in float (fused in TensorRT); before, it was
-    quantized with the activation's output scale, which is wrong for these activations."""
+    quantized with the activation's output scale, which is wrong for these activations.
+    """
     m = _act_model(act)
     x = np.random.default_rng(3).standard_normal((4, 2, 6, 6)).astype(np.float32)
     table = _table_for(m, x)
@@ -371,7 +372,8 @@ def test_all_placement_never_gives_an_inexact_activation_scale(act):
 @pytest.mark.parametrize(("act", "kw"), [("Relu", {}), ("Clip", {"hi": 1.3}), ("Clip", {"hi": 6.0})])
 def test_relu_and_clip0_rewrite_is_exact(act, kw):
     """Q/DQ on the activation's input with the activation's output scale changes no value:
-    the model equals the same model without that pair, bit for bit."""
+    the model equals the same model without that pair, bit for bit.
+    """
     m = _act_model(act, **kw)
     x = np.random.default_rng(4).standard_normal((4, 2, 6, 6)).astype(np.float32) * 3
     # an output scale that does not put the Clip bound on the int8 grid
@@ -460,7 +462,8 @@ def test_concat_inputs_share_the_concat_scale_in_all_placement():
 
 def test_batchnorm_input_of_a_conv_stays_float_in_all_placement():
     """TensorRT folds BatchNormalization into the convolution: the tensor between them never
-    exists; quantizing it per tensor loses channels whose range BN scales up."""
+    exists; quantizing it per tensor loses channels whose range BN scales up.
+    """
     m = _residual_model()
     x = np.random.default_rng(9).standard_normal((2, 2, 6, 6)).astype(np.float32)
     q = to_qdq_onnx(m, _table_for(m, x), placement="all")
@@ -578,7 +581,8 @@ def test_checker_failure_names_the_model_and_the_node(tmp_path):
 
 def test_weights_computed_from_constants_are_folded_and_quantized():
     """A Conv weight that is a Transpose of an initializer (TensorRT folds it) is stored as int8
-    like any weight, and the float weight and its Transpose leave the graph."""
+    like any weight, and the float weight and its Transpose leave the graph.
+    """
     rng = np.random.default_rng(11)
     w = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)  # (kh, kw, C_in, C_out)
     w_init = numpy_helper.from_array(w, "w_hwio")
@@ -601,7 +605,8 @@ def test_weights_computed_from_constants_are_folded_and_quantized():
 
 def test_clip0_input_keeps_float_when_a_concat_rescales_the_clip_output():
     """Clip(0, b)'s rewrite is exact only if the output's own pair follows; a Concat reading
-    the output gives it the concatenation's scale instead, so the Clip input stays float."""
+    the output gives it the concatenation's scale instead, so the Clip input stays float.
+    """
     rng = np.random.default_rng(12)
     c1, i1 = _conv("conv1", "x", "c", 2, 3, rng)
     lo, hi = (numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((0, "lo"), (1.3, "hi")))

@@ -43,7 +43,8 @@ def _clip_min_zero(node, consts):
 
 def assert_own_scales(fp32, qdq, table):
     """Every QuantizeLinear on T uses table[T], or, where the export says it used another
-    entry, T is read only by that ReLU / Clip(0, b) / Concat, or only rearranges it."""
+    entry, T is read only by that ReLU / Clip(0, b) / Concat, or only rearranges it.
+    """
     from kldiv.runners import value_aliases
 
     target = max(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx"))
@@ -229,7 +230,8 @@ def test_pp_ocr_exports_check_and_run(kind, caplog):
 def test_resnet50_structure_quantizes_each_shortcut():
     """onnx's structure-only ResNet-50 (weights from ConstantOfShape): every residual ``Sum``
     gets exactly one quantized input, the shortcut — the identity (a ReLU output) or the
-    downsampling convolution, never the three-convolution main branch."""
+    downsampling convolution, never the three-convolution main branch.
+    """
     path = Path(onnx.__file__).parent / "backend/test/data/light/light_resnet50.onnx"
     if not path.is_file():
         pytest.skip(f"{path} is not in this onnx wheel")

@@ -1,5 +1,7 @@
-"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosschecking.crosscheck`
-and :func:`~trt_backend.engine.build_engine`.
+"""The ``kldiv-trt`` command line.
+
+Thin shells over :func:`~trt_backend.crosschecking.crosscheck` and
+:func:`~trt_backend.engine.build_engine`.
 
 ``kldiv-trt crosscheck MODEL --data PATH --out-dir D`` writes the comparison (text, JSON, plot)
 and both caches; ``kldiv-trt build MODEL --cache FILE --out model.engine`` builds an INT8 engine

@@ -24,8 +24,11 @@ def verbosity_parent() -> argparse.ArgumentParser:
 
 
 class _Subcommands:
-    """``add_subparsers()``'s action, adding the shared ``-v``/``-q`` to every subcommand and
-    remembering each subcommand's parser (its usage is printed for its argument errors)."""
+    """The action of ``add_subparsers()`` used by every kldiv command.
+
+    It adds the shared ``-v``/``-q`` to every subcommand and remembers each subcommand's parser
+    (its usage is printed for its argument errors).
+    """
 
     def __init__(self, action: Any) -> None:
         self._action = action

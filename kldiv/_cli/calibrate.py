@@ -248,8 +248,10 @@ def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The threshold method's options from ``--percentile/--quantile/...``, checked (raises
-    :class:`~kldiv.errors.PresetError` before any model runs)."""
+    """The threshold method's options from ``--percentile/--quantile/...``, checked.
+
+    Raises :class:`~kldiv.errors.PresetError` before any model runs.
+    """
     options: dict[str, Any] = {}
     if args.percentile is not None and args.method != "percentile":
         raise PresetError(
@@ -289,17 +291,21 @@ def check_table_options(args: argparse.Namespace, num_bins: int | None) -> None:
 
 
 def table_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`kldiv.calibrate` / :func:`kldiv.calibrate_histograms`
-    given by ``--preset/--method/--percentile/.../--trt-version/--algorithm``."""
+    """The keyword arguments of :func:`kldiv.calibrate` and :func:`kldiv.calibrate_histograms`.
+
+    Those given by ``--preset/--method/--percentile/.../--trt-version/--algorithm``.
+    """
     return {"preset": args.preset, "method": args.method, "options": _table_options(args),
             "trt_version": args.trt_version, "algorithm": args.algorithm}
 
 
 def format_summary(calibration: Any) -> str:
-    """The summary of a :class:`~kldiv.pipeline.Calibration`: tensor, histogram range, bin
-    index, amax, scale, its hex, the share of the values the threshold clips (``!`` above
-    :data:`~kldiv.defaults.CLIP_WARN_FRACTION`) and, when NaN/Inf values were dropped, how
-    many per tensor."""
+    """The summary table of a :class:`~kldiv.pipeline.Calibration`.
+
+    Per tensor: histogram range, bin index, amax, scale, its hex, the share of the values the
+    threshold clips (``!`` above :data:`~kldiv.defaults.CLIP_WARN_FRACTION`) and, when NaN/Inf
+    values were dropped, how many.
+    """
     results, collector, table = calibration.results, calibration.histograms, calibration.table
     dropped: dict[str, int] = dict(getattr(collector, "dropped", {}) or {})
     dropped.update(collector.meta.get("nonfinite_dropped", {}))

@@ -127,8 +127,10 @@ def mode() -> str:
 
 
 def available() -> tuple[str, ...]:
-    """The implementations this environment offers: ``"numba"`` when Numba is installed,
-    and ``"numpy"`` always (without importing Numba)."""
+    """The implementations this environment offers.
+
+    ``"numba"`` when Numba is installed, and ``"numpy"`` always (found without importing Numba).
+    """
     return ("numba", "numpy") if _numba_installed() else ("numpy",)
 
 
@@ -221,8 +223,10 @@ def _choose(wanted: str) -> Kernels | None:
 
 
 def reset() -> None:
-    """Forget the choice, so that the next :func:`resolve` reads ``KLDIV_KERNELS`` again
-    (for tests and benchmarks that switch implementations inside one process)."""
+    """Forget the choice, so that the next :func:`resolve` reads ``KLDIV_KERNELS`` again.
+
+    For tests and benchmarks that switch implementations inside one process.
+    """
     global _CHOSEN
     with _LOCK:
         _CHOSEN = _UNSET

@@ -13,10 +13,10 @@ CACHE_DIR_ENV = "KLDIV_CACHE_DIR"
 
 
 def cache_dir() -> Path:
-    """The folder Numba's on-disk cache of kldiv's kernels uses (see the module docstring).
+    r"""The folder Numba's on-disk cache of kldiv's kernels uses (see the module docstring).
 
     ``$KLDIV_CACHE_DIR/numba``, else ``$NUMBA_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/kldiv/numba`` (``%LOCALAPPDATA%\\kldiv\\numba`` on Windows,
+    ``$XDG_CACHE_HOME/kldiv/numba`` (``%LOCALAPPDATA%\kldiv\numba`` on Windows,
     ``~/.cache/kldiv/numba`` otherwise). Nothing is created here.
     """
     named = os.environ.get(CACHE_DIR_ENV)

@@ -78,8 +78,10 @@ _DECORATING = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _usable_cache_dir() -> str | None:
-    """:func:`kldiv._kernels.cache_dir` when it can be created and written, else None (once
-    per process, with one warning)."""
+    """The cache folder, when it can be created and written; else None.
+
+    :func:`kldiv._kernels.cache_dir`, checked once per process (with one warning).
+    """
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,8 +156,11 @@ def _guard_cache(dispatcher: Any) -> None:
 
 def _decorate(function: Callable[..., Any], options: dict[str, Any],
               signatures: list[str] | None) -> Any:
-    """``numba.njit`` with Numba's cache folder pointed at kldiv's while it decorates (and
-    compiles the explicit signatures), and the cache guarded (:func:`_guard_cache`)."""
+    """``numba.njit`` with its cache in kldiv's folder.
+
+    Numba's cache folder points at kldiv's while it decorates (and compiles the explicit
+    signatures), and the cache is guarded (:func:`_guard_cache`).
+    """
     folder = _usable_cache_dir()
     if folder is None:
         options = dict(options, cache=False)

@@ -55,8 +55,11 @@ def _window(i, z, signed):  # pragma: no cover - compiled
 
 @jit
 def _prefix_sums(h):  # pragma: no cover - compiled
-    """Prefix sums over the bins: counts (exact), non-empty bins, and ``h log h`` kept as a
-    double-double (hi, lo) so that differences of large prefixes stay accurate."""
+    """Prefix sums over the bins.
+
+    Counts (exact), non-empty bins, and ``h log h`` kept as a double-double (hi, lo) so that
+    differences of large prefixes stay accurate.
+    """
     n_bins = h.size
     c = np.zeros(n_bins + 1, dtype=np.int64)
     nz = np.zeros(n_bins + 1, dtype=np.int64)

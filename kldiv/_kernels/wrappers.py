@@ -68,8 +68,10 @@ curve_smoothed = entropy._curve_smoothed
 
 @lru_cache(maxsize=1)
 def threads() -> int:
-    """Chunks a large input is cut into: ``NUMBA_NUM_THREADS``, else the CPUs this process
-    may use (read once per process)."""
+    """The number of chunks a large input is cut into.
+
+    ``NUMBA_NUM_THREADS``, else the CPUs this process may use (read once per process).
+    """
     named = os.environ.get("NUMBA_NUM_THREADS")
     if named:
         return max(1, int(named))

@@ -40,7 +40,8 @@ def _stub_dirs() -> list[Path] | None:
 
 def repair_stub_syntax(text: str) -> str:
     """Make the stubs parse: rename a parameter called ``in``; give a trailing
-    non-default parameter a default where it follows defaults."""
+    non-default parameter a default where it follows defaults.
+    """
     text = re.sub(r"^(\s*def \w+\(.*?[(,]\s*)in(\s*:)", r"\1in_\2", text, flags=re.MULTILINE)
     return text.replace(
         "power: Weights = None, channel_axis: int)",

@@ -1,5 +1,6 @@
 """Host→device staging. CPU tests use a host-memory fake device for the bookkeeping; the tests
-marked ``gpu`` allocate, copy, copy back, compare and free on a real CUDA GPU (cuda-python)."""
+marked ``gpu`` allocate, copy, copy back, compare and free on a real CUDA GPU (cuda-python).
+"""
 
 from __future__ import annotations
 

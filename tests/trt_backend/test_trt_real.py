@@ -1,5 +1,6 @@
 """End-to-end with a real TensorRT on a GPU (marked ``trt`` and ``gpu``; skipped, with the
-reason, wherever TensorRT is missing - which is every machine this project has so far)."""
+reason, wherever TensorRT is missing - which is every machine this project has so far).
+"""
 
 from __future__ import annotations
 
