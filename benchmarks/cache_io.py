@@ -4,8 +4,8 @@ read and compare a large cache (6.7 million entries, ~270 MB) in fresh processes
 Run: ``python benchmarks/cache_io.py [--entries 10000] [--repeat 20] [--large-entries 6700000]``
 (``--large-entries 0`` skips the large rows). Prints the best time of each over ``--repeat`` runs
 and its ratio to the baseline measured in the same run. Targets: parse and format each <= 50 ms
-for 10,000 entries (issue 3); reading the large cache >= 50 MB/s with a peak resident memory
-<= 3x the file size, and comparing two of them in under a minute (issue 13).
+for 10,000 entries; reading the large cache >= 50 MB/s with a peak resident memory
+<= 3x the file size, and comparing two of them in under a minute.
 
 The large file is written to a temporary folder and removed afterwards. Each large row runs in
 a new Python process, which reports its own wall and CPU time and its peak resident set size

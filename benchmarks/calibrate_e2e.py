@@ -20,7 +20,7 @@ blocks each; batch-norm folded into the convolutions, as in deployed models) bui
 ``onnx.helper`` from seeded weights, so nothing is downloaded. Inputs are seeded normal noise
 generated batch by batch (no contender holds the data set). ``--channels 64,128,256`` builds
 the same network twice as wide: four times the compute and twice the activations, closer to
-the reference the issue measured (plain inference 3.6 s / 0.16 GB, onnxruntime's calibrator
+the reference measurement the targets were set against (plain inference 3.6 s / 0.16 GB, onnxruntime's calibrator
 51 s / 6.1 GB).
 
 Run::

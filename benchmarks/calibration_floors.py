@@ -1,4 +1,4 @@
-"""The floors under issue 4's targets, measured: what any calibration of these models must pay.
+"""The floors under the end-to-end targets, measured: what any calibration of these models must pay.
 
 For the two ResNets of ``calibrate_e2e.py`` (32/64/128 and 64/128/256 channels), this prints:
 

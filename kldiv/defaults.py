@@ -88,7 +88,7 @@ COMPARE_ULP_TOLERANCE: Final[int] = 4
 #: ``kldiv.compare``: amaxes within this relative difference count as "close".
 COMPARE_RTOL: Final[float] = 0.01
 
-# --- end-to-end calibration (appended by helper PIPE) ---
+# --- end-to-end calibration ---
 #: onnxruntime graph optimization level of the calibration runner. Requested outputs are never
 #: fused away, so every level yields the same tensors (values equal to float rounding); "all" is
 #: the fastest

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for histograms shared by the entropy tests (helper SEARCH)."""
+"""Hypothesis strategies for histograms shared by the entropy tests."""
 
 from __future__ import annotations
 

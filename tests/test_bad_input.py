@@ -1,5 +1,4 @@
-"""Bad input fails before the work, through the CLI and the API alike (issue "fail before the
-work, never after it").
+"""Bad input fails before the work, never after it, through the CLI and the API alike.
 
 Every refusal is checked to come before the model runs: a fixture makes creating an
 onnxruntime runner fail the test. Exit codes are checked through ``main()`` and, for a sample,

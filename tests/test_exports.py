@@ -203,7 +203,7 @@ def test_qdq_reexport_is_lazy() -> None:
     assert "to_qdq_onnx" not in vars(ex) or "kldiv.qdq" in sys.modules
     try:
         from kldiv.exports import to_qdq_onnx
-    except ModuleNotFoundError as exc:  # helper QDQ's module not there yet
+    except ModuleNotFoundError as exc:  # an installation without kldiv.qdq
         assert exc.name == "kldiv.qdq"
     else:
         assert callable(to_qdq_onnx)
