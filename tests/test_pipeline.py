@@ -176,7 +176,7 @@ def test_calibrate_writes_through_write_cache(tmp_path, lenet_batches):
     assert kldiv.read_cache(tmp_path / "a.cache") == result.table
 
 
-def test_histogram_file_from_before_graph_facts_had_a_type(tmp_path, collected):
+def test_histogram_file_keeps_graph_facts_under_the_keys_files_always_used(tmp_path, collected):
     """Files keep the facts in their meta JSON under the keys they always used."""
     path = tmp_path / "h.npz"
     collected.save(path)
@@ -203,3 +203,15 @@ def test_minmax_is_the_exact_largest_value(collected):
         assert r.amax == collected.absmax(name) <= collected[name].amax
         assert r.clipped_fraction == 0.0
     assert minmax_threshold(collected["conv1"]).options["source"] == "histogram range"
+
+
+def test_damaged_graph_facts_in_a_histogram_file_are_named(tmp_path, collected):
+    from kldiv.errors import HistogramError
+
+    path = tmp_path / "h.npz"
+    collected.save(path, meta={"scale_sources": ["pool1", "relu1"]})
+    with pytest.raises(HistogramError, match=r"h\.npz: meta: scale_sources is not a mapping"):
+        HistogramCollector.load(path)
+    collected.save(path, meta={"activation_bounds": {"relu6": -1.0}}, force=True)
+    with pytest.raises(HistogramError, match="activation bound of 'relu6'"):
+        HistogramCollector.load(path)
