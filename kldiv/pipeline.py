@@ -700,8 +700,8 @@ def calibrate(
         on_batch=on_batch,
     )
     result = calibrate_histograms(
-        collector, preset=preset, method=method, options=options, trt_version=trt_version,
-        algorithm=algorithm,
+        collector, graph=collector.graph, preset=preset, method=method, options=options,
+        trt_version=trt_version, algorithm=algorithm,
     )
     if save_histograms is not None:
         collector.save(save_histograms, force=force)
