@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
+    "DEFAULT_EXPLAIN_MAX_CHANGES",
     "DEFAULT_FILL_BACKEND",
     "DEFAULT_KERNELS",
     "DEFAULT_LEGACY_CUTOFF",
@@ -28,9 +29,11 @@ __all__ = [
     "DEFAULT_TOPK",
     "DEFAULT_TRT_VERSION",
     "DEFAULT_WORKSPACE",
+    "EXPLAIN_MATCH_BINS",
     "INT8_MAX",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
+    "REPORT_CLIP_FLAG",
 ]
 
 #: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
@@ -92,3 +95,14 @@ DEFAULT_WORKSPACE: Final[int] = 1 << 30
 DEFAULT_PRECISION: Final[str] = "fp32"
 #: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
+
+# --- explaining scales: kldiv explain / kldiv report ---
+#: ``kldiv explain``: most option fields changed together when looking for the options that
+#: reproduce a given (TensorRT) threshold.
+DEFAULT_EXPLAIN_MAX_CHANGES: Final[int] = 3
+#: ``kldiv explain``: a variant of the search reproduces a given threshold when its own lies
+#: within this many histogram bins of it (TensorRT's values sit on bin centres, 1 bin apart).
+EXPLAIN_MATCH_BINS: Final[float] = 0.25
+#: ``kldiv report``: a tensor is flagged when its chosen threshold clips more than this share
+#: of its values.
+REPORT_CLIP_FLAG: Final[float] = 0.01
