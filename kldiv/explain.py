@@ -1,6 +1,6 @@
 """Explain one tensor's scale: how the search chose it, and which options reproduce another.
 
-:func:`explain` tells the story of one histogram the way a person checks it by hand:
+:func:`explain_scale` tells the story of one histogram the way a person checks it by hand:
 
 1. the histogram (range ``R``, bins, values, exact zeros);
 2. the search under a preset: the winning candidate ``i``, ``T = (i + offset) * R / bins``,
@@ -27,8 +27,8 @@ Examples
 >>> from kldiv.scales import amax_to_scale
 >>> rng = np.random.default_rng(0)
 >>> h = ActivationHistogram.from_values(rng.laplace(size=20_000))
->>> gtc = explain(h, preset="gtc2017").result            # the slide's reading
->>> e = explain(h, preset="tensorrt", value=amax_to_scale(gtc.amax), value_label="slide")
+>>> gtc = explain_scale(h, preset="gtc2017").result            # the slide's reading
+>>> e = explain_scale(h, preset="tensorrt", value=amax_to_scale(gtc.amax), value_label="slide")
 >>> [v.changes for v in e.smallest]                      # doctest: +SKIP
 [{'grouping': 'floor'}]
 """
@@ -74,7 +74,7 @@ __all__ = [
     "Variant",
     "abs_presets",
     "clipped_share",
-    "explain",
+    "explain_scale",
     "find_tensor",
     "load_histograms",
     "load_tables",
@@ -576,7 +576,7 @@ def reproduce(
 
 @dataclass
 class Explanation:
-    """The story of one tensor's threshold; see :func:`explain`.
+    """The story of one tensor's threshold; see :func:`explain_scale`.
 
     Attributes
     ----------
@@ -763,10 +763,10 @@ class Explanation:
         ax = axes[2]
         if r.bin_index is not None:
             p_, q_ = r.distributions(r.bin_index)
-            x = np.arange(p_.size)
-            ax.step(x, np.where(p_ > 0, p_, np.nan), where="mid", lw=1, color="#1971c2",
+            bins = np.arange(p_.size)
+            ax.step(bins, np.where(p_ > 0, p_, np.nan), where="mid", lw=1, color="#1971c2",
                     label="P (clipped reference)")
-            ax.step(x, np.where(q_ > 0, q_, np.nan), where="mid", lw=1, color="#d9480f",
+            ax.step(bins, np.where(q_ > 0, q_, np.nan), where="mid", lw=1, color="#d9480f",
                     alpha=0.85, label=f"Q ({r.options.get('num_levels')} levels)")
             ax.set_yscale("log")
             ax.legend(fontsize=8)
@@ -804,7 +804,7 @@ def _neighbourhood(r: ThresholdResult, at: int, span: int = 2) -> str:
     return "  ".join(parts)
 
 
-def explain(
+def explain_scale(
     hist: Any,
     *,
     name: str = "",

@@ -18,7 +18,7 @@ from kldiv.explain import (
     SEARCH_SPACE,
     _Searcher,
     clipped_share,
-    explain,
+    explain_scale,
     place_value,
     reproduce,
 )
@@ -121,7 +121,7 @@ def test_reproduce_finds_two_fields_together_and_says_when_nothing_does() -> Non
 def test_explain_text_tells_the_story() -> None:
     h = _histograms()[0]
     slide = search_threshold(h, "gtc2017")
-    e = explain(h, name="conv", value=slide.scale, value_label="slide.cache")
+    e = explain_scale(h, name="conv", value=slide.scale, value_label="slide.cache")
     text = e.to_text()
     r = e.result
     assert f"i = {r.bin_index}" in text and r.scale_hex in text
@@ -136,9 +136,9 @@ def test_explain_text_tells_the_story() -> None:
 def test_explain_refuses_a_histogram_without_a_range_and_signed_presets() -> None:
     zero = make_hist(np.array([5] + [0] * 2047), 0.0)
     with pytest.raises(HistogramError, match="no range"):
-        explain(zero, name="dead")
+        explain_scale(zero, name="dead")
     with pytest.raises(PresetError, match="mxnet"):
-        explain(_histograms()[0], preset="mxnet")
+        explain_scale(_histograms()[0], preset="mxnet")
 
 
 # ------------------------------------------------------------------ the command

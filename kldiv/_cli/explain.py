@@ -57,7 +57,7 @@ def _to_dict(e: Any) -> dict[str, Any]:
     import dataclasses
 
     r = e.result
-    return _jsonable({
+    out: dict[str, Any] = _jsonable({
         "tensor": e.name,
         "preset": e.preset,
         "range": e.histogram.amax,
@@ -76,13 +76,14 @@ def _to_dict(e: Any) -> dict[str, Any]:
         "variants_searched": e.tried,
         "notes": e.notes,
     })
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv explain``."""
     from .._io import check_writable
     from ..errors import PresetError
-    from ..explain import abs_presets, explain, find_tensor, load_histograms, load_tables
+    from ..explain import abs_presets, explain_scale, find_tensor, load_histograms, load_tables
 
     if args.plot is not None:
         check_writable(args.plot, force=args.force)
@@ -95,13 +96,14 @@ def run(args: argparse.Namespace) -> int:
     name = find_tensor(names, args.tensor, args.histograms)
     value = None
     label = "value"
+    table = None
     path = args.cache or args.table
     if path is not None:
         (label, table), = load_tables([path], names, trt_cache=args.cache is not None).items()
         name = find_tensor(list(table), name, path)
         value = table[name]
-    e = explain(collector[name], name=name, preset=args.preset, value=value, value_label=label,
-                max_changes=args.max_changes)
+    e = explain_scale(collector[name], name=name, preset=args.preset, value=value,
+                      value_label=label, max_changes=args.max_changes)
     source = collector.meta.get("scale_sources", {}).get(name)
     if source is not None:
         e.notes.append(f"{name!r} is a pooling output of {source!r}: kldiv calibrate (tensorrt "
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if bound is not None:
         e.notes.append(f"the graph bounds {name!r} to [-{bound:g}, {bound:g}] (Clip): kldiv "
                        "calibrate (tensorrt preset) uses that bound as its threshold")
-    if path is not None and value is not None:
+    if table is not None and value is not None:
         same = [n for n in table if n != name and table.bits(n) == table.bits(name)]
         if same and not e.smallest and source is None:
             e.notes.append(
