@@ -399,6 +399,10 @@ class _Searcher:
     def _curve(self, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray]:
         base = opts.replace(stop_bin=None, include_last=True, ties="first", tie_tolerance=0.0,
                             threshold_offset=0.5)
+        if base.smoothing == "eps":
+            # smoothing makes an all-empty Q infinite before empty_q is looked at
+            # (kldiv.entropy.kl_divergence): one curve serves both values
+            base = base.replace(empty_q="inf")
         key = dataclasses.astuple(base)
         if key not in self._curves:
             if self.kernel is not None:
