@@ -84,11 +84,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The option values :func:`reproduce` tries, per field of :class:`~kldiv.entropy.EntropyOptions`
-#: (algorithm.md §3): every choice seen in a public implementation, or that the real caches
-#: leave open. Fields that change the divergence curve come first.
-SEARCH_SPACE: Mapping[str, tuple[Any, ...]] = {
+_CHOICES: dict[str, tuple[Any, ...]] = {
     "zeros": ("keep", "bin1", "drop"),
+    "min_nonempty_bins": (1, 2),
     "grouping": ("proportional", "floor"),
     "empty": ("histogram", "p"),
     "smoothing": ("none", "eps"),
@@ -99,12 +97,19 @@ SEARCH_SPACE: Mapping[str, tuple[Any, ...]] = {
     "threshold_offset": (0.5, 0.0),
 }
 
+#: The option values :func:`reproduce` tries, per field of :class:`~kldiv.entropy.EntropyOptions`
+#: (algorithm.md §3): every choice seen in a public implementation, or that the real caches
+#: leave open. Fields that change the divergence curve come first.
+SEARCH_SPACE: Mapping[str, tuple[Any, ...]] = {
+    k: v for k, v in _CHOICES.items() if k in {f.name for f in dataclasses.fields(EntropyOptions)}
+}
+
 # Fields whose value changes the divergence curve (the rest only choose among its candidates
 # or turn the winner into a threshold). A field of EntropyOptions in neither set makes
 # reproduce() run every variant through search_threshold itself.
 _CURVE_FIELDS = frozenset(
-    {"domain", "num_levels", "zeros", "start_bin", "stride", "grouping", "empty", "smoothing",
-     "smoothing_eps", "empty_q", "log_base"}
+    {"domain", "num_levels", "zeros", "min_nonempty_bins", "start_bin", "stride", "grouping",
+     "empty", "smoothing", "smoothing_eps", "empty_q", "log_base"}
 )
 _PICK_FIELDS = frozenset(
     {"stop_bin", "include_last", "ties", "tie_tolerance", "threshold_offset", "divisor"}

@@ -169,8 +169,9 @@
       const r = t.presets[name];
       if (!r) return;
       const main = name === S.preset;
+      const own = main && S.method === "entropy";
       vlines.push({ x: r.amax, color: presetColor(name, k), dash: main ? null : "dash", width: main ? 2 : 1.4 });
-      items.push({ label: `${name}${main ? " (kldiv)" : ""}: T = ${g(r.amax)}`, color: presetColor(name, k), dash: main ? "" : "dash" });
+      items.push({ label: `${name}${own ? " (kldiv)" : ""}: T = ${g(r.amax)}`, color: presetColor(name, k), dash: main ? "" : "dash" });
       xmax = Math.max(xmax, r.amax);
     });
     if (t.rule !== "entropy" && t.amax !== null) {
@@ -264,7 +265,7 @@
     S.presets.forEach((name) => {
       const r = t.presets[name];
       if (!r) return;
-      row([name + (name === S.preset ? " (kldiv's preset)" : ""), g(r.bin), g(r.amax, 7), r.hex, g(r.kl), pct(r.clip),
+      row([name + (name === S.preset && S.method === "entropy" ? " (kldiv's preset)" : ""), g(r.bin), g(r.amax, 7), r.hex, g(r.kl), pct(r.clip),
         t.amax !== null && w > 0 ? signed((r.amax - t.amax) / w) : "–", ""], cls);
     });
     if (t.rule !== "entropy") row([`kldiv (${t.rule})`, g(t.bin), g(t.amax, 7), t.hex, g(t.kl), pct(t.clip), "0", "the table kldiv calibrate writes"], cls);
