@@ -653,7 +653,7 @@ class Explanation:
             f"  T = (i + {off:g}) * w = {r.amax:.7g};  scale = f32(T) / {r.options.get('divisor')}"
             f" = {float(r.scale):.7g} = {r.scale_hex}",
             f"  KL(P || Q) there = {r.divergence_at(r.bin_index):.6g};  "
-            f"values clipped (above T): {self.clipped_share:.3%}",
+            f"values clipped (above T): {_pct(self.clipped_share)}",
             "  KL around it: " + _neighbourhood(r, r.bin_index),
         ]
         others = [(p, x) for p, x in self.presets.items() if p != self.preset]
@@ -669,9 +669,11 @@ class Explanation:
             lines += ["", f"{v.label}: {v.scale_hex} -> T = scale * 127 = {v.amax:.7g}, at bin "
                           f"position {v.position:.2f} of this histogram (T / w)"]
             if v.bin_index is None:
+                centre = max(0, round(v.position - 0.5))
                 lines.append(
-                    "  not on a bin centre (i + 0.5) * w of this histogram: it was not chosen on "
-                    "these bins (another range R, other data), or by another rule"
+                    f"  not on a bin centre (i + 0.5) * w of this histogram (nearest: i = {centre}, "
+                    f"{abs(v.position - centre - 0.5):.2f} bins away): it was not chosen on these "
+                    "bins (another range R, other data), or by another rule"
                 )
             else:
                 exact = "bit-exact" if v.exact else "same bin; not bit-exact: R differs by ulps"
@@ -679,7 +681,7 @@ class Explanation:
                              f"{_delta(v.bin_index, r.bin_index)} vs {self.preset}")
             kl = "-" if self.kl_at_value is None else f"{self.kl_at_value:.6g}"
             lines.append(f"  KL there = {kl} (minimum {r.divergence_at(r.bin_index):.6g}); "
-                         f"values clipped: {v.clipped_share:.3%}")
+                         f"values clipped: {_pct(v.clipped_share)}")
             lines += ["", f"what each option does (fields of EntropyOptions changed one at a "
                           f"time from {self.preset}):"]
             for s in self.single:
@@ -704,6 +706,10 @@ class Explanation:
                     f"no change of up to {self.max_changes} fields reproduces {v.label} "
                     f"({self.tried} variants searched)"
                 )
+                near = min(self.single, key=lambda s: s.distance, default=None)
+                if near is not None and math.isfinite(near.distance):
+                    lines.append(f"  nearest single change: {near.describe()} at i = "
+                                 f"{_bin_text(near.bin_index)}, {near.distance:.2f} bins away")
         for note in self.notes:
             lines.append(f"note: {note}")
         return "\n".join(lines)
@@ -790,6 +796,12 @@ class Explanation:
             atomic_write_bytes(Path(path), buf.getvalue(), force=force)
             plt.close(fig)
         return fig
+
+
+def _pct(x: float) -> str:
+    if x == 0:
+        return "0%"
+    return f"{x:.2%}" if x >= 1e-4 else f"{x * 100:.2g}%"
 
 
 def _bin_text(i: int | None) -> str:

@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         e.notes.append(f"the graph bounds {name!r} to [-{bound:g}, {bound:g}] (Clip): kldiv "
                        "calibrate (tensorrt preset) uses that bound as its threshold")
     if table is not None and value is not None:
-        same = [n for n in table if n != name and table.bits(n) == table.bits(name)]
+        sources = collector.meta.get("scale_sources", {})
+        same = [n for n in table if n != name and table.bits(n) == table.bits(name)
+                and sources.get(n) != name]  # pooling outputs of this tensor are expected
         if same and not e.smallest and source is None:
             e.notes.append(
                 f"{label} gives {name!r} the same scale as {', '.join(map(repr, same[:3]))}: "
