@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 PLOT_POINTS = 512
 
 _U16_MAX = 65535
+#: Flagged tensors listed in the summary (the table below filters to all of them).
+_FLAGGED_ROWS = 25
 
 
 # ------------------------------------------------------------------------- encoding for plots
@@ -412,17 +414,25 @@ def _summary_html(data: dict[str, Any]) -> str:
                  'of the values, the chosen window holds fewer than two non-empty bins, or every '
                  'value is 0; most clipped first)</span></h3>')
     if flagged:
+        reasons: dict[str, int] = {}
+        for _, t in flagged:
+            for tag in t["tags"]:
+                if not tag.startswith("≠"):
+                    key = "clips more than " + format(s["clip_flag"], ".0%") \
+                        if tag.startswith("clips") else tag
+                    reasons[key] = reasons.get(key, 0) + 1
+        parts.append("<p>" + e(", ".join(f"{k}: {v}" for k, v in reasons.items())) + "</p>")
         parts.append('<table class="flagged"><thead><tr><th>tensor</th><th>clipped</th>'
                      '<th>why</th></tr></thead><tbody>')
-        for i, t in flagged[:200]:
+        for i, t in flagged[:_FLAGGED_ROWS]:
             parts.append(
                 f'<tr><td><a href="#t{i}" data-open="{i}">{e(t["n"])}</a></td>'
                 f'<td class="num">{t["clip"]:.2%}</td><td>{e("; ".join(t["flags"]))}</td></tr>'
             )
         parts.append("</tbody></table>")
-        if len(flagged) > 200:
-            parts.append(f'<p class="muted">… and {len(flagged) - 200} more: tick '
-                         '"flagged only" below.</p>')
+        if len(flagged) > _FLAGGED_ROWS:
+            parts.append(f'<p class="muted">… and {len(flagged) - _FLAGGED_ROWS} more: tick '
+                         '"flagged only" in the <a href="#tensors">table of tensors</a>.</p>')
     else:
         parts.append("<p>None.</p>")
     if s["tables"]:
