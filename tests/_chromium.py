@@ -42,7 +42,7 @@ class Browser:
             binary, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
             "--no-first-run", "--no-default-browser-check", "--disable-extensions",
             "--disable-dev-shm-usage", f"--user-data-dir={self._profile}",
-            f"--window-size={width},{height}", "about:blank",
+            f"--window-size={width},{height}",
         ]
         # the child's fd 3 reads our commands (its stdin), fd 4 writes to us (its stdout)
         self._proc = subprocess.Popen(
@@ -55,9 +55,8 @@ class Browser:
         self._cv = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        targets = self.send("Target.getTargets")["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", targetId=page["targetId"],
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target,
                                  flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable", session=True)
