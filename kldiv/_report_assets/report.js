@@ -98,6 +98,17 @@
       const d = [], n = s.ys.length, dots = [];
       let pen = false;
       const shown = (j) => j >= 0 && j < n && s.ys[j] > 0 && isFinite(s.ys[j]);
+      if (s.infBand) { // runs of infinite values: a band along the top edge
+        const step = n > 1 ? s.xs[1] - s.xs[0] : 1;
+        for (let j = 0; j < n; j++) {
+          if (s.ys[j] !== Infinity) continue;
+          let k = j;
+          while (k + 1 < n && s.ys[k + 1] === Infinity) k++;
+          const x0 = X(s.xs[j] - step / 2), x1 = X(s.xs[k] + step / 2);
+          dots.push(`<rect class="inf" x="${f(x0)}" y="${m.t}" width="${f(Math.max(1, x1 - x0))}" height="4" fill="#fa5252" opacity="0.55"/>`);
+          j = k;
+        }
+      }
       for (let j = 0; j < n; j++) {
         const v = s.ys[j], x0 = s.xs[j], x1 = s.dx ? x0 + s.dx : x0;
         const ok = v > 0 && isFinite(v);
@@ -207,12 +218,13 @@
     });
     const box = el("div");
     box.innerHTML = svgPlot({ id: plotId++, xmin: d.c0, xmax: xs[xs.length - 1] + d.cs, xlabel: "candidate i (bins kept)",
-      ylabel: "KL", series: [{ xs, ys: c, kind: "line", color: "#1864ab", zeroDots: true }], vlines });
+      ylabel: "KL", series: [{ xs, ys: c, kind: "line", color: "#1864ab", zeroDots: true, infBand: true }], vlines });
     p.appendChild(box.firstChild);
+    if (c.some((v) => v === Infinity)) items.push({ label: "KL = ∞ (band on top)", color: "#fa5252" });
     p.appendChild(legend(items));
     const finite = Array.from(c).filter((v) => isFinite(v)).length;
-    if (finite < 3) p.appendChild(el("p", { class: "muted" }, `Only ${finite} group(s) of candidates have a finite KL: ` +
-      "Q is 0 where P is not for every other candidate (a histogram with few non-empty bins)."));
+    if (finite < 3) p.appendChild(el("p", { class: "muted" }, `${finite ? "Only " + finite : "No"} group(s) of candidates with a finite KL: ` +
+      "Q is 0 where P is not, or the window holds a single non-empty bin (a histogram with few non-empty bins)."));
     return p;
   }
 
@@ -431,7 +443,7 @@
     for (const i in details) {
       const svgs = details[i].querySelectorAll("svg");
       const want = PL[i].c ? 3 : T[i].R > 0 ? 1 : 0;
-      const drawn = Array.from(svgs).filter((s) => s.querySelector("circle") ||
+      const drawn = Array.from(svgs).filter((s) => s.querySelector("circle, rect.inf") ||
         Array.from(s.querySelectorAll("path.series")).some((p) => p.getAttribute("d").length > 20));
       if (drawn.length < want) bad.push(`${T[i].n}: ${drawn.length} of ${want} plots drawn`);
     }
