@@ -143,6 +143,7 @@ def build_report(
     evaluations: Sequence[Mapping[str, Any]] | None = None,
     model: Any = None,
     title: str = "histograms",
+    caches: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """The report's data: a JSON-ready dict (summary, one entry per tensor, plot arrays).
@@ -165,6 +166,8 @@ def build_report(
         the histogram file lacks them.
     title : str, optional
         What the report is about (the histogram file's name).
+    caches : sequence of str, optional
+        The labels in ``tables`` that are TensorRT caches (the rest are other tables).
     progress : callable, optional
         Called with the number of tensors done.
 
@@ -302,6 +305,7 @@ def build_report(
         "model": model_info,
         "tables": [
             {"label": label, "short": _short(label), "entries": len(table),
+             "kind": "cache" if label in caches else "table",
              "header": table.header.text if table.header is not None else None,
              "common": coverage[label]["common"],
              "only_table": sum(1 for n in table if n not in collector),
@@ -573,6 +577,7 @@ def write_report(
     if not names:
         raise DataSourceError(f"{histograms}: the file holds no tensors")
     found = load_tables(list(caches), names, trt_cache=True)
+    cache_labels = list(found)
     for label, table in load_tables(list(tables), names, trt_cache=False).items():
         while label in found:
             label += " (table)"
@@ -581,7 +586,7 @@ def write_report(
     n = len(names)
     data = build_report(
         collector, preset=preset, method=method, tables=found, evaluations=evals, model=model,
-        title=Path(histograms).name,
+        title=Path(histograms).name, caches=cache_labels,
         progress=None if progress is None else (lambda done: progress(done, n)),
     )
     text = render_html(_clean(data))

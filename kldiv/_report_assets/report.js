@@ -305,6 +305,12 @@
     plots.appendChild(pqPanel(t, d));
     box.appendChild(plots);
     box.appendChild(numbersTable(t));
+    if (d.c) { // the same story in a terminal, with the option search against the first table
+      const q = (x) => (/^[\w.\/-]+$/.test(x) ? x : "'" + x.replace(/'/g, "'\\''") + "'");
+      const first = t.tables.findIndex((e) => e);
+      const src = first < 0 ? "" : (S.tables[first].kind === "cache" ? " --cache " : " --table ") + q(S.tables[first].label);
+      box.appendChild(el("p", { class: "cmd" }, `In a terminal: kldiv explain ${q(S.title)} ${q(t.n)}${src}`));
+    }
     return box;
   }
 
