@@ -242,3 +242,19 @@ def test_explain_real_tensorrt_cache_post_relu(
     data = json.loads(capsys.readouterr().out)
     smallest = [v["changes"] for v in data["smallest_changes"]]
     assert smallest and all("zeros" in c for c in smallest)
+
+
+def test_smoothing_is_tried_with_emptiness_from_p_unless_exhaustive() -> None:
+    h = _histograms()[1]
+    target = search_threshold(h, "tensorrt", smoothing="eps", empty="p", zeros="keep")
+    single, smallest, tried = reproduce(h, target.amax, target_scale=target.scale)
+    assert {"smoothing": "eps"} not in [v.changes for v in single]
+    assert smallest and all(v.matches for v in smallest)
+    single_x, smallest_x, tried_x = reproduce(h, target.amax, target_scale=target.scale,
+                                              exhaustive=True)
+    assert {"smoothing": "eps"} in [v.changes for v in single_x] and tried_x > tried
+    # the slow pair adds variants; it cannot make the smallest change larger
+    assert len(smallest_x[0].changes) <= len(smallest[0].changes)
+    for v in smallest:  # every reported variant gives the target when searched directly
+        r = search_threshold(h, "tensorrt", **v.changes)
+        assert abs(r.amax - target.amax) <= 0.25 * h.bin_width

@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-changes", type=int, default=DEFAULT_EXPLAIN_MAX_CHANGES,
                    help="most option fields changed together (default "
                         f"{DEFAULT_EXPLAIN_MAX_CHANGES})")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="also try smoothing=eps with empty=histogram (a pair no tool uses; "
+                        "only the slow reference computes it: seconds)")
     p.add_argument("--plot", metavar="OUT.png", help="also draw the story as a figure")
     p.add_argument("--force", action="store_true", help="overwrite --plot if it exists")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         name = find_tensor(list(table), name, path)
         value = table[name]
     e = explain_scale(collector[name], name=name, preset=args.preset, value=value,
-                      value_label=label, max_changes=args.max_changes)
+                      value_label=label, max_changes=args.max_changes,
+                      exhaustive=args.exhaustive)
     source = collector.meta.get("scale_sources", {}).get(name)
     if source is not None:
         e.notes.append(f"{name!r} is a pooling output of {source!r}: kldiv calibrate (tensorrt "
