@@ -62,6 +62,8 @@ _LAZY: dict[str, str] = {
     "ModelError": "errors",
     "OutputExistsError": "errors",
     "QuantizationError": "errors",
+    "TableMismatchError": "errors",
+    "UnknownNameError": "errors",
 }
 
 __all__ = [
@@ -86,7 +88,9 @@ __all__ = [
     "Preprocess",
     "PresetError",
     "QuantizationError",
+    "TableMismatchError",
     "ThresholdResult",
+    "UnknownNameError",
     "__version__",
     "amax_to_scale",
     "calibrate",
@@ -141,6 +145,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         OutputExistsError,
         PresetError,
         QuantizationError,
+        TableMismatchError,
+        UnknownNameError,
     )
     from .evaluate import EvaluationReport
     from .explain import Explanation, explain_scale

@@ -5,7 +5,7 @@
 1. the histogram (range ``R``, bins, values, exact zeros);
 2. the search under a preset: the winning candidate ``i``, ``T = (i + offset) * R / bins``,
    the scale and its hex, the divergence at the minimum and the share of values the threshold
-   clips (:func:`clipped_share`);
+   clips (:func:`kldiv.scales.clipped_fraction`);
 3. the other presets' choices on the same histogram;
 4. given a value from elsewhere (a TensorRT cache, another table): where it falls on this
    histogram (:func:`place_value`: bin position, whether it is bit-exactly a candidate), the
@@ -65,7 +65,13 @@ from .entropy import (
 )
 from .errors import HistogramError, PresetError
 from .histogram import Backend
-from .scales import ThresholdResult, amax_to_scale, scale_to_bits, scale_to_hex
+from .scales import (
+    ThresholdResult,
+    amax_to_scale,
+    clipped_fraction,
+    scale_to_bits,
+    scale_to_hex,
+)
 
 __all__ = [
     "SEARCH_SPACE",
@@ -73,7 +79,6 @@ __all__ = [
     "PlacedValue",
     "Variant",
     "abs_presets",
-    "clipped_share",
     "explain_scale",
     "find_tensor",
     "load_histograms",
@@ -226,32 +231,6 @@ def abs_presets() -> list[str]:
     return [name for name, opts in PRESETS.items() if opts.domain == "abs"]
 
 
-def clipped_share(counts: np.ndarray, amax: float, threshold: float) -> float:
-    """Share of the histogram's values above ``threshold`` (they saturate).
-
-    Whole bins above the threshold count fully; the bin the threshold falls in counts in
-    proportion to the part of it above the threshold (values inside one bin are taken as
-    spread evenly). ``counts`` hold ``|x|`` over ``[0, amax]``.
-
-    Examples
-    --------
-    >>> clipped_share(np.array([6, 2, 1, 1]), 4.0, 2.5)     # half of bin 2, all of bin 3
-    0.15
-    """
-    counts = np.asarray(counts)
-    total = float(counts.sum())
-    if total <= 0 or amax <= 0 or not math.isfinite(threshold):
-        return 0.0
-    position = threshold / (amax / counts.size)
-    if position >= counts.size:
-        return 0.0
-    if position <= 0:
-        return 1.0
-    b = int(math.floor(position))
-    above = float(counts[b + 1 :].sum()) + float(counts[b]) * (b + 1 - position)
-    return above / total
-
-
 @dataclass(frozen=True)
 class PlacedValue:
     """A threshold from elsewhere (a cache entry) placed on a histogram.
@@ -338,7 +317,7 @@ def place_value(
         position=position,
         bin_index=bin_index,
         exact=exact,
-        clipped_share=clipped_share(counts, amax, value) if math.isfinite(value) else 0.0,
+        clipped_share=clipped_fraction(counts, amax, value) if math.isfinite(value) else 0.0,
     )
 
 
@@ -906,7 +885,7 @@ def explain_scale(
     presets = {p: search_threshold(hist, p, backend=backend) for p in abs_presets()}
     result = presets[preset]
     assert result.bin_index is not None  # amax > 0 and counts non-empty
-    share = clipped_share(counts, amax, result.amax)
+    share = result.clipped_fraction
     out = Explanation(name=name, preset=preset, histogram=hist, result=result, presets=presets,
                       clipped_share=share, max_changes=max_changes, exhaustive=exhaustive)
     if value is not None:

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import DEFAULT_METHOD, DEFAULT_PRESET, REPORT_CLIP_FLAG
+from .defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
 from .entropy import PRESETS, apply_zero_policy, search_threshold
 from .errors import DataSourceError, PresetError
-from .explain import abs_presets, clipped_share, load_histograms, load_tables, place_value
-from .scales import CalibrationTable, ThresholdResult, scale_to_bits
+from .explain import abs_presets, load_histograms, load_tables, place_value
+from .scales import CalibrationTable, ThresholdResult, clipped_fraction, scale_to_bits
 
 __all__ = ["PLOT_POINTS", "build_report", "render_html", "write_report"]
 
@@ -232,7 +232,7 @@ def build_report(
             "amax": final.amax,
             "hex": final.scale_hex,
             "kl": _kl_at(base, final.bin_index),
-            "clip": clipped_share(counts, R, final.amax) if R > 0 else 0.0,
+            "clip": clipped_fraction(counts, R, final.amax) if R > 0 else 0.0,
             "presets": {},
             "tables": [],
             "flags": [],
@@ -241,7 +241,7 @@ def build_report(
         for p, r in searches.items():
             row["presets"][p] = {
                 "bin": r.bin_index, "amax": r.amax, "hex": r.scale_hex,
-                "kl": _kl_at(r, r.bin_index), "clip": clipped_share(counts, R, r.amax),
+                "kl": _kl_at(r, r.bin_index), "clip": clipped_fraction(counts, R, r.amax),
             }
         if searches:
             bins = [r.amax / width for r in searches.values()]
@@ -280,7 +280,7 @@ def build_report(
             row["flags"].insert(0, "all zero")
             row["tags"].insert(0, "all zero")
         else:
-            if row["clip"] > REPORT_CLIP_FLAG:
+            if row["clip"] > CLIP_WARN_FRACTION:
                 row["flags"].insert(0, f"clips {row['clip']:.1%}")
                 row["tags"].insert(0, f"clips {row['clip']:.1%}")
             if final.bin_index is not None and _nonempty_in_window(counts, final) < 2:
@@ -317,7 +317,7 @@ def build_report(
             for label, table in tables.items()
         ],
         "evaluations": list(evaluations or []),
-        "clip_flag": REPORT_CLIP_FLAG,
+        "clip_flag": CLIP_WARN_FRACTION,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     from . import __version__

@@ -17,7 +17,6 @@ from kldiv.errors import HistogramError, PresetError
 from kldiv.explain import (
     SEARCH_SPACE,
     _Searcher,
-    clipped_share,
     explain_scale,
     place_value,
     reproduce,
@@ -48,17 +47,6 @@ def _histograms() -> list[ActivationHistogram]:
 
 
 # ------------------------------------------------------------------ pieces
-def test_clipped_share_counts_values_above_the_threshold() -> None:
-    rng = np.random.default_rng(0)
-    x = np.abs(rng.normal(size=100_000))
-    h = ActivationHistogram.from_values(x)
-    for k in (100, 1024, 2000):  # on a bin edge the histogram's count is exact
-        edge = float(h.edges[k])
-        assert clipped_share(h.counts, h.amax, edge) == pytest.approx(np.mean(x >= edge), abs=1e-12)
-    assert clipped_share(h.counts, h.amax, h.amax * 2) == 0.0
-    assert clipped_share(h.counts, h.amax, 0.0) == 1.0
-
-
 def test_place_value_finds_the_bin_and_bit_exactness() -> None:
     h = _histograms()[0]
     r = search_threshold(h, "tensorrt")

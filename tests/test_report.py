@@ -14,9 +14,8 @@ from kldiv.cachefile import write_cache
 from kldiv.cli import main
 from kldiv.collect import HistogramCollector
 from kldiv.entropy import search_threshold
-from kldiv.explain import clipped_share
 from kldiv.report import _pack, build_report, write_report
-from kldiv.scales import CalibrationTable
+from kldiv.scales import CalibrationTable, clipped_fraction
 from tests._chromium import Browser, find_chromium
 from tests.conftest import fixtures_dir
 
@@ -91,7 +90,7 @@ def test_report_numbers_are_the_library_numbers() -> None:
             r = search_threshold(h, preset)
             got = rows[name]["presets"][preset]
             assert (got["bin"], got["hex"]) == (r.bin_index, r.scale_hex)
-            assert got["clip"] == clipped_share(h.counts, h.amax, r.amax)
+            assert got["clip"] == clipped_fraction(h.counts, h.amax, r.amax)
         final = search_threshold(h, "tensorrt")
         assert (rows[name]["bin"], rows[name]["hex"]) == (final.bin_index, final.scale_hex)
     for name in ("conv1", "relu1", "pixels"):
