@@ -246,3 +246,20 @@ def test_smoothing_is_tried_with_emptiness_from_p_unless_exhaustive() -> None:
     for v in smallest:  # every reported variant gives the target when searched directly
         r = search_threshold(h, "tensorrt", **v.changes)
         assert abs(r.amax - target.amax) <= 0.25 * h.bin_width
+
+
+def test_reproduce_finds_the_degenerate_window_rule() -> None:
+    """A spike alone in its window gives KL = 0 (P and Q the same one point): a cache that took
+    that minimum is explained by taking degenerate windows, one field from tensorrt."""
+    if "min_nonempty_bins" not in SEARCH_SPACE:
+        pytest.skip("this EntropyOptions has no min_nonempty_bins field")
+    rng = np.random.default_rng(1)
+    counts = np.zeros(2048, dtype=np.int64)
+    counts[200] = 10**6
+    np.add.at(counts, rng.integers(300, 2048, 400), 1)
+    h = make_hist(counts, 8.0)
+    took = search_threshold(h, "tensorrt", min_nonempty_bins=1)
+    assert took.bin_index == 201 and took.divergence_at(201) < 1e-12
+    assert search_threshold(h, "tensorrt").bin_index != 201
+    _, smallest, _ = reproduce(h, took.amax, target_scale=took.scale)
+    assert [v.changes for v in smallest] == [{"min_nonempty_bins": 1}] and smallest[0].exact
