@@ -56,8 +56,8 @@ def synthetic(n: int, seed: int = 0) -> HistogramCollector:
             x = np.full(size, scale)
         else:
             x = np.zeros(size)
-        h = ActivationHistogram.from_values(x[: size // 10])  # range: the "first batch"
-        h.fill(x, range_policy="pow2")
+        h = ActivationHistogram.from_values(x[: size // 10], growth="pow2")  # the "first batch"
+        h.fill(x)
         name = f"block{t // 8}/{kind}_{t}"
         c._hists[name] = h
         c._absmax[name] = float(np.abs(x).max())

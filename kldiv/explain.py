@@ -50,6 +50,8 @@ import numpy as np
 
 from .defaults import DEFAULT_EXPLAIN_MAX_CHANGES, DEFAULT_PRESET, EXPLAIN_MATCH_BINS
 from .entropy import (
+    BAND_ATOL,
+    BAND_RTOL,
     PRESETS,
     EntropyOptions,
     apply_zero_policy,
@@ -57,6 +59,7 @@ from .entropy import (
     distributions,
     divergence_curve,
     histogram_counts,
+    kernel_divergence_curve,
     kl_divergence,
     pick_minimum,
     resolve_options,
@@ -64,7 +67,6 @@ from .entropy import (
     threshold_from_bin,
 )
 from .errors import HistogramError, PresetError
-from .histogram import Backend
 from .scales import (
     ThresholdResult,
     amax_to_scale,
@@ -361,21 +363,14 @@ class Variant:
 
 class _Searcher:
     """Runs many variants of the search on one histogram, computing each distinct divergence
-    curve once; the winner is picked as :func:`kldiv._kernels.dispatch.search` picks it."""
+    curve once; the winner is picked as :func:`kldiv.entropy.kernel_search` picks it."""
 
-    def __init__(self, counts: np.ndarray, amax: float, backend: Backend) -> None:
+    def __init__(self, counts: np.ndarray, amax: float) -> None:
+        from . import _kernels
+
         self.counts = counts
         self.amax = amax
-        self.backend = backend
-        self.kernel: Any = None
-        if backend != "numpy":
-            try:
-                from ._kernels import dispatch
-
-                self.kernel = dispatch
-            except ImportError:  # pragma: no cover - numba is a dependency
-                if backend == "numba":
-                    raise
+        self.kernels = _kernels.resolve()  # None: the NumPy reference, as search_threshold
         known = _CURVE_FIELDS | _PICK_FIELDS
         self.direct = any(f.name not in known for f in dataclasses.fields(EntropyOptions))
         self._curves: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -389,8 +384,8 @@ class _Searcher:
             base = base.replace(empty_q="inf")
         key = dataclasses.astuple(base)
         if key not in self._curves:
-            if self.kernel is not None:
-                self._curves[key] = self.kernel.divergences(self.counts, base)
+            if self.kernels is not None:
+                self._curves[key] = kernel_divergence_curve(self.counts, base, self.kernels)
             else:
                 self._curves[key] = divergence_curve(self.counts, base)
         cands, div = self._curves[key]
@@ -399,15 +394,12 @@ class _Searcher:
         return cands[keep], div[keep]
 
     def _pick(self, cands: np.ndarray, div: np.ndarray, opts: EntropyOptions) -> int:
-        if self.kernel is None or np.isnan(div).any():
+        if self.kernels is None or np.isnan(div).any():
             return pick_minimum(div, opts)
         best = float(div.min())
         if not math.isfinite(best):
             return pick_minimum(div, opts)
-        k = self.kernel
-        band = np.flatnonzero(
-            div <= best + k.BAND_ATOL + opts.tie_tolerance + k.BAND_RTOL * abs(best)
-        )
+        band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
         if band.size == 1:
             return int(band[0])
         hist = apply_zero_policy(self.counts, opts)
@@ -423,7 +415,7 @@ class _Searcher:
         if self.direct:
             from .entropy import _Counts
 
-            r = search_threshold(_Counts(self.counts, self.amax), opts, backend=self.backend)
+            r = search_threshold(_Counts(self.counts, self.amax), opts)
             return r.bin_index, r.amax
         cands, div = self._curve(opts)
         m = int(cands[self._pick(cands, div, opts)])
@@ -457,7 +449,6 @@ def reproduce(
     target_scale: float | np.floating[Any] | None = None,
     space: Mapping[str, Sequence[Any]] | None = None,
     exhaustive: bool = False,
-    backend: Backend = "auto",
 ) -> tuple[list[Variant], list[Variant], int]:
     """Which option values of the search reproduce a threshold.
 
@@ -487,8 +478,6 @@ def reproduce(
         it, with ``empty='p'`` (so it counts as two changed fields from a preset that judges
         emptiness on the histogram): the other pair is used by no tool, and only the slow NumPy
         reference computes it (about 0.1 s per curve, up to a dozen curves).
-    backend : {'auto', 'numpy', 'numba'}
-        As in :func:`~kldiv.entropy.search_threshold`.
 
     Returns
     -------
@@ -526,7 +515,7 @@ def reproduce(
         raise HistogramError("the histogram is empty (all counts are 0); nothing to reproduce")
     width = amax / counts.size if amax > 0 else math.nan
     target_bits = None if target_scale is None else scale_to_bits(target_scale)
-    searcher = _Searcher(counts, amax, backend)
+    searcher = _Searcher(counts, amax)
     seen: dict[tuple[Any, ...], Variant] = {}
 
     def evaluate(changes: dict[str, Any]) -> Variant | None:
@@ -834,7 +823,6 @@ def explain_scale(
     value_label: str = "value",
     max_changes: int = DEFAULT_EXPLAIN_MAX_CHANGES,
     exhaustive: bool = False,
-    backend: Backend = "auto",
 ) -> Explanation:
     """Explain how the search chose one histogram's threshold, and what reproduces ``value``.
 
@@ -855,8 +843,6 @@ def explain_scale(
         Most option fields changed together.
     exhaustive : bool, optional
         See :func:`reproduce`.
-    backend : {'auto', 'numpy', 'numba'}
-        Search implementation.
 
     Returns
     -------
@@ -882,7 +868,7 @@ def explain_scale(
             f"{label} has no range (every value is 0, R = {amax!r}): there is no search to "
             "explain; its scale is 0, as TensorRT writes an all-zero tensor"
         )
-    presets = {p: search_threshold(hist, p, backend=backend) for p in abs_presets()}
+    presets = {p: search_threshold(hist, p) for p in abs_presets()}
     result = presets[preset]
     assert result.bin_index is not None  # amax > 0 and counts non-empty
     share = result.clipped_fraction
@@ -900,6 +886,6 @@ def explain_scale(
         elif math.isfinite(placed.amax):
             out.single, out.smallest, out.tried = reproduce(
                 hist, placed.amax, preset=preset, max_changes=max_changes,
-                target_scale=value, exhaustive=exhaustive, backend=backend,
+                target_scale=value, exhaustive=exhaustive,
             )
     return out

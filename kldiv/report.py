@@ -569,7 +569,8 @@ def write_report(
     """
     from ._io import atomic_write_text, check_writable
 
-    check_writable(out, force=force)
+    check_writable(out, force=force, what="--out",
+                   inputs=[histograms, model, evaluations, *caches, *tables])
     if preset not in abs_presets():
         raise PresetError(f"preset {preset!r}: choose one of {', '.join(abs_presets())}")
     collector = load_histograms(histograms)

@@ -69,7 +69,7 @@ def test_cached_curves_pick_what_search_threshold_picks() -> None:
     # 512 bins: the smoothed reference curve costs O(bins^2)
     for h in (make_hist(np.asarray(h.counts).reshape(-1, 4).sum(axis=1), h.amax)
               for h in _histograms()):
-        searcher = _Searcher(np.asarray(h.counts), h.amax, "auto")
+        searcher = _Searcher(np.asarray(h.counts), h.amax)
         for size in (0, 1, 2):
             for combo in itertools.combinations(fields, size):
                 alts = [[v for v in SEARCH_SPACE[f] if v != getattr(base, f)] for f in combo]

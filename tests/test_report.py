@@ -270,3 +270,14 @@ def test_report_in_headless_chromium(
     assert pixels.shape[0] > 500 and pixels.shape[1] > 800
     assert pixels.std() > 20, "the screenshot is (nearly) blank"
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) blank"
+
+
+def test_report_never_writes_over_an_input(
+    inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hist, cache = inputs
+    before = cache.read_bytes()
+    assert main(["report", str(hist), "--cache", str(cache), "--out", str(cache),
+                 "--force"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert cache.read_bytes() == before

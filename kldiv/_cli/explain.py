@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import abs_presets, explain_scale, find_tensor, load_histograms, load_tables
 
     if args.plot is not None:
-        check_writable(args.plot, force=args.force)
+        check_writable(args.plot, force=args.force, what="--plot",
+                       inputs=[args.histograms, args.cache, args.table])
     if args.preset not in abs_presets():
         raise PresetError(f"--preset {args.preset!r}: choose one of {', '.join(abs_presets())}")
     if args.max_changes < 0:
