@@ -115,6 +115,9 @@ def _op_types(model: Any) -> dict[str, str]:
 
 
 def _evaluations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """``kldiv evaluate --json`` output as a list of reports: a list of reports, one report, or
+    a document holding them under ``"reports"``; classification figures at the top of a report
+    or under ``"classification"``, per-output metrics under ``"outputs"``."""
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
@@ -124,14 +127,30 @@ def _evaluations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         raise DataSourceError(
             f"{p}: not JSON ({exc}); give what `kldiv evaluate --json` prints"
         ) from None
+    if isinstance(data, dict) and isinstance(data.get("reports"), list):
+        data = data["reports"]
     items = data if isinstance(data, list) else [data]
+    out = []
     for item in items:
-        if not (isinstance(item, dict) and {"name", "n", "agreement"} <= set(item)):
+        if not (isinstance(item, dict) and {"name", "n"} <= set(item)):
             raise DataSourceError(
-                f"{p}: expected the JSON `kldiv evaluate --json` prints (objects with name, n, "
-                "agreement ...)"
+                f"{p}: expected the JSON `kldiv evaluate --json` prints (reports with name, n, "
+                "agreement or classification ...)"
             )
-    return items
+        nested = item.get("classification")
+        cls: dict[str, Any] = nested if isinstance(nested, dict) else item
+        given = item.get("outputs")
+        outputs: dict[str, Any] = given if isinstance(given, dict) else {}
+        out.append({
+            "name": str(item["name"]),
+            "n": item["n"],
+            "agreement": cls.get("agreement"),
+            "fp32_accuracy": cls.get("fp32_accuracy"),
+            "quantized_accuracy": cls.get("quantized_accuracy"),
+            "outputs": {str(k): {"cosine": v.get("cosine"), "sqnr_db": v.get("sqnr_db")}
+                        for k, v in outputs.items() if isinstance(v, dict)},
+        })
+    return out
 
 
 def build_report(
@@ -457,7 +476,8 @@ def _summary_html(data: dict[str, Any]) -> str:
     if s["evaluations"]:
         parts.append("<h3>Evaluation (kldiv evaluate)</h3><table class=\"coverage\"><thead><tr>"
                      "<th>what</th><th>samples</th><th>agreement with FP32</th>"
-                     "<th>FP32 accuracy</th><th>quantized accuracy</th></tr></thead><tbody>")
+                     "<th>FP32 accuracy</th><th>quantized accuracy</th>"
+                     "<th>outputs: cosine, SQNR</th></tr></thead><tbody>")
 
         def ks(d: Any) -> str:
             if not d:
@@ -468,11 +488,23 @@ def _summary_html(data: dict[str, Any]) -> str:
             parts.append(
                 f"<tr><td>{e(str(ev.get('name')))}</td><td class=num>{e(str(ev.get('n')))}</td>"
                 f"<td>{e(ks(ev.get('agreement')))}</td><td>{e(ks(ev.get('fp32_accuracy')))}</td>"
-                f"<td>{e(ks(ev.get('quantized_accuracy')))}</td></tr>"
+                f"<td>{e(ks(ev.get('quantized_accuracy')))}</td>"
+                f"<td>{e(_outputs_text(ev.get('outputs') or {}))}</td></tr>"
             )
         parts.append("</tbody></table>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _outputs_text(outputs: Mapping[str, Any]) -> str:
+    def num(x: Any, spec: str) -> str:
+        try:
+            return format(float(x), spec)
+        except (TypeError, ValueError):
+            return str(x)
+
+    return "; ".join(f"{k}: {num(v.get('cosine'), '.6f')}, {num(v.get('sqnr_db'), '.1f')} dB"
+                     for k, v in outputs.items()) or "–"
 
 
 def render_html(data: dict[str, Any]) -> str:

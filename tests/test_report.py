@@ -281,3 +281,19 @@ def test_report_never_writes_over_an_input(
                  "--force"]) == 2
     assert "input" in capsys.readouterr().err
     assert cache.read_bytes() == before
+
+
+def test_report_reads_evaluation_documents_with_per_output_metrics(
+    inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    hist, _ = inputs
+    ev = tmp_path / "eval.json"
+    ev.write_text(json.dumps({"reports": [{
+        "name": "INT8 Q/DQ (all)", "n": 64, "batches": 2,
+        "outputs": {"prob": {"cosine": 0.99987, "sqnr_db": 31.25}},
+        "classification": {"agreement": {"1": 0.984}, "fp32_accuracy": None,
+                           "quantized_accuracy": None},
+    }], "excluded": []}))
+    html = write_report(hist, tmp_path / "r.html", evaluations=ev).read_text(encoding="utf-8")
+    assert "INT8 Q/DQ (all)" in html and "top-1 98.40%" in html
+    assert "prob: 0.999870, 31.2 dB" in html
