@@ -24,7 +24,14 @@ import numpy as np
 from ._io import atomic_write_bytes
 from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
-from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, _resolve_backend, absmax
+from .histogram import (
+    _NONFINITE,
+    RANGE_POLICIES,
+    ActivationHistogram,
+    _is_device_array,
+    _resolve_backend,
+    absmax,
+)
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
 
@@ -175,11 +182,13 @@ class HistogramCollector:
                 self._observe_one(name, values, index)
         self.batches += 1
 
-    def _observe_one(self, name: str, values: Any, index: int) -> None:
+    def _observe_one(self, name: str, values: Any, index: int) -> float | None:
+        """Fill one tensor of a batch; return the batch's largest finite ``|x|`` (``None``
+        for an empty tensor, which adds nothing)."""
         where = f"tensor {name!r}, batch {index}"
-        arr = np.asarray(values)
+        arr = _as_host_or_device(values)
         if arr.size == 0:
-            return  # an empty tensor (e.g. zero detections) adds nothing
+            return None  # an empty tensor (e.g. zero detections) adds nothing
         hist = self._hists.get(name)
         if hist is None:
             # the first batch sets the range: its absmax is needed before the fill
@@ -211,6 +220,7 @@ class HistogramCollector:
             backend=self.backend, where=where,  # type: ignore[arg-type]
         )
         self._absmax[name] = max(self._absmax[name], a)
+        return a
 
     def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:
         """Give tensors that rearrange another tensor's values that tensor's histogram.
@@ -374,7 +384,17 @@ class HistogramCollector:
         return out
 
 
-def _fast_absmax(arr: np.ndarray) -> float:
+def _as_host_or_device(values: Any) -> Any:
+    """``np.asarray(values)``; CUDA arrays (CuPy, torch CUDA tensors, DLPack) stay on the
+    device as a CuPy view (:func:`kldiv.gpu.as_device_array`)."""
+    if _is_device_array(values):
+        from .gpu import as_device_array
+
+        return as_device_array(values)
+    return np.asarray(values)
+
+
+def _fast_absmax(arr: Any) -> float:
     """``max|x|`` from two SIMD reductions (no ``|x|`` temporary); NaN/Inf propagate."""
     if arr.dtype.kind not in "fiu":
         raise HistogramError(f"activations of dtype {arr.dtype} cannot be histogrammed")
