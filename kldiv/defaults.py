@@ -11,6 +11,8 @@ __all__ = [
     "COMPARE_RTOL",
     "COMPARE_ULP_TOLERANCE",
     "DEFAULT_ALGORITHM",
+    "DEFAULT_SCHEDULER_TIMEOUT",
+    "DEFAULT_SHARDS_PER_WORKER",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
     "DEFAULT_FILL_BACKEND",
@@ -92,3 +94,10 @@ DEFAULT_WORKSPACE: Final[int] = 1 << 30
 DEFAULT_PRECISION: Final[str] = "fp32"
 #: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
+
+# --- distributed calibration (kldiv.distributed) ---
+#: Shards per worker when a sharded calibration is not told how many (small shards balance
+#: load and make a retried shard cheap; each costs one task, the session is kept per worker).
+DEFAULT_SHARDS_PER_WORKER: Final[int] = 4
+#: Seconds to wait for a Dask scheduler to answer (``--scheduler``) before giving up.
+DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0

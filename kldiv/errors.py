@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "KldivError",
+    "ClusterError",
     "HistogramError",
     "HistogramRangeError",
     "NonFiniteError",
@@ -117,3 +118,8 @@ class OutputExistsError(KldivError, FileExistsError):
 class QuantizationError(KldivError, ValueError):
     """A calibration table cannot be turned into a quantized (Q/DQ) model: a scale that is
     infinite, NaN or negative, or an unknown option."""
+
+
+class ClusterError(KldivError, RuntimeError):
+    """A distributed run could not be done: no scheduler answered, or a shard's worker died
+    more often than the engine retries. No table or histogram file is written."""

@@ -60,8 +60,19 @@ METHODS: tuple[str, ...] = tuple(_thresholds.METHODS)
 ProgressCallback = Callable[[int, int], None]
 
 
+def batch_digest(feed: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 of one batch as fed: input names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.data.cast("B"))
+    return h.digest()
+
+
 class _Fingerprint:
-    """SHA-256 over every batch fed to the model: input names, dtypes, shapes and bytes."""
+    """SHA-256 over the batches' digests (:func:`batch_digest`), in order: the same value
+    whether the batches were read in one process or in shards on several workers."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
@@ -69,16 +80,22 @@ class _Fingerprint:
         self.samples = 0
 
     def update(self, feed: Mapping[str, np.ndarray]) -> None:
-        for name in sorted(feed):
-            arr = np.ascontiguousarray(feed[name])
-            self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            self._h.update(arr.data.cast("B"))
+        self.add_digest(batch_digest(feed))
+        self.samples += batch_samples(feed)
+
+    def add_digest(self, digest: bytes) -> None:
+        """Chain one batch's digest (a shard's, in batch order)."""
+        self._h.update(digest)
         self.batches += 1
-        first = next(iter(feed.values()), None)
-        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the first input's leading dimension (1 for a scalar input)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def data_fingerprint(batches: Iterable[Mapping[str, np.ndarray]]) -> str:

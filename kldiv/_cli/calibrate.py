@@ -16,6 +16,7 @@ from ..defaults import (
     DEFAULT_METHOD,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
+    DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
@@ -100,6 +101,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-bins", type=int, default=NUM_BINS, help=f"bins (default {NUM_BINS})")
     p.add_argument("--drop-nonfinite", action="store_true",
                    help="skip NaN/Inf activations instead of stopping with an error")
+    d = p.add_argument_group("distributed (Dask; pip install 'kldiv[dist]')")
+    d.add_argument("--workers", type=int, metavar="N",
+                   help="shard the data over N worker processes on this machine (a Dask "
+                        "LocalCluster); the histograms equal the one-process ones")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="shard the data over the workers of a running Dask scheduler "
+                        "(tcp://host:8786); the model path must exist on every worker")
+    d.add_argument("--scheduler-timeout", type=float, default=DEFAULT_SCHEDULER_TIMEOUT,
+                   metavar="S", help="seconds to wait for --scheduler to answer (default "
+                                     f"{DEFAULT_SCHEDULER_TIMEOUT:g})")
+    d.add_argument("--shards", type=int, metavar="K",
+                   help="shards after the first batch (default: 4 per worker)")
     g = p.add_argument_group("image preprocessing (image folders only)")
     g.add_argument("--preprocess", metavar="FILE", help="JSON/TOML file with the keys below")
     g.add_argument("--resize", type=_size, help="N (shorter side) or H,W")
@@ -189,13 +202,64 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
     return "\n".join([*lines, *foot])
 
 
+def _collect_here(args: argparse.Namespace) -> Any:
+    """One process: :func:`kldiv.pipeline.collect_histograms` with a progress bar."""
+    from ..data import as_source
+    from ..pipeline import collect_histograms
+
+    source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
+    total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+    if total is not None and args.max_batches is not None:
+        total = min(total, args.max_batches)
+    bar, on_batch = _progress(total, args.quiet)
+    try:
+        collector = collect_histograms(
+            args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
+            max_batches=args.max_batches,
+            nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return collector
+
+
+def _collect_distributed(args: argparse.Namespace) -> Any:
+    """Sharded over Dask workers (:mod:`kldiv.distributed`), with a bar over all shards."""
+    from ..distributed import collect_histograms_distributed
+
+    if args.workers is not None and args.scheduler is not None:
+        raise DataSourceError("give --workers N or --scheduler ADDRESS, not both")
+    if args.range_policy != "pow2":
+        raise DataSourceError(
+            f"--range-policy {args.range_policy} is not sharded; use pow2 (the default) with "
+            "--workers/--scheduler, or run in one process"
+        )
+    bar, _ = _progress(None, args.quiet)
+
+    def on_progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        return collect_histograms_distributed(
+            args.model, args.data, workers=args.workers, scheduler=args.scheduler,
+            shards=args.shards, timeout=args.scheduler_timeout, num_bins=args.num_bins, batch_size=args.batch_size,
+            preprocess=_preprocess(args), max_batches=args.max_batches,
+            nonfinite="drop" if args.drop_nonfinite else "raise", on_progress=on_progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv calibrate``."""
     from .._io import atomic_write_text, check_writable
     from ..cachefile import write_cache
     from ..collect import HistogramCollector
-    from ..data import as_source
-    from ..pipeline import collect_histograms
 
     outputs = [args.out, args.save_histograms, args.provenance]
     for path in outputs:
@@ -210,20 +274,10 @@ def run(args: argparse.Namespace) -> int:
             raise DataSourceError(
                 "give MODEL and --data PATH (or --from-histograms H.npz to skip the model)"
             )
-        source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
-        total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
-        if total is not None and args.max_batches is not None:
-            total = min(total, args.max_batches)
-        bar, on_batch = _progress(total, args.quiet)
-        try:
-            collector = collect_histograms(
-                args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
-                max_batches=args.max_batches,
-                nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        if args.workers is not None or args.scheduler is not None:
+            collector = _collect_distributed(args)
+        else:
+            collector = _collect_here(args)
     results, table = thresholds_and_table(collector, args)
     if args.from_histograms:
         table.provenance["histograms"] = str(args.from_histograms)
