@@ -202,11 +202,15 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
     -------
     int
     """
-    arr = _as_array(values)
+    arr = _as_input(values)
     if not threshold > 0:
         raise HistogramError(f"threshold must be > 0, got {threshold!r}")
     if math.isinf(threshold) or arr.size == 0:
         return 0
+    if not isinstance(arr, np.ndarray):  # CUDA memory: counted there
+        from .gpu import count_at_least as count_at_least_device
+
+        return count_at_least_device(arr, threshold)
     if arr.dtype.kind == "f":
         t = arr.dtype.type(threshold)
         if float(t) < threshold:
