@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .collect import HistogramCollector
+from .collect import HistogramCollector, _as_host_or_device, _fast_absmax
 from .defaults import DEFAULT_FILL_BACKEND, NUM_BINS
 from .errors import HistogramRangeError
 from .histogram import ActivationHistogram, clamp_edge, count_at_least
@@ -120,10 +120,26 @@ class ShardCollector(HistogramCollector):
         self.base = {str(k): float(v) for k, v in (base or {}).items()}
         self._records: dict[str, list[tuple[int, float, int]]] = {}
 
-    def _observe_one(self, name: str, values: Any, index: int) -> float | None:
-        if name not in self._hists and self.base.get(name, 0.0) > 0.0:
-            self._hists[name] = ActivationHistogram(self.base[name], self.num_bins)
+    def observe(self, activations: Mapping[str, Any], *, batch: int | None = None) -> None:
+        """Add one batch (as :meth:`HistogramCollector.observe`), recording what merging
+        needs. A tensor with a base is filled from it, and on its first batch here the range
+        is grown to the batch's absmax before the fill: the range the fill would grow to, so
+        the batch is read once (not filled at the base, then again)."""
+        for name, values in activations.items():
+            b = self.base.get(name, 0.0)
+            if name in self._hists or b <= 0.0:
+                continue
+            hist = ActivationHistogram(b, self.num_bins)
+            arr = _as_host_or_device(values)
+            if arr.size:
+                a = _fast_absmax(arr)
+                if math.isfinite(a) and a > b:
+                    hist.grow_to(a)
+            self._hists[name] = hist
             self._absmax[name] = 0.0
+        super().observe(activations, batch=batch)
+
+    def _observe_one(self, name: str, values: Any, index: int) -> float | None:
         m = super()._observe_one(name, values, index)
         if m is None:
             return None
