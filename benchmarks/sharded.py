@@ -11,7 +11,8 @@ shards by file). One run:
 each sharded result is checked **equal** to the one-process histograms (every tensor, counts,
 range and absmax) before anything is timed; then each is timed ``--repeat`` times (best
 reported; cluster start-up excluded and reported apart; the worker sessions are warm, as in a
-long run). From the same run: the one-process cost per batch, the sharded overhead per shard
+long run). From the same run (the three runs interleaved ``--repeat`` times, best of each: other load on
+the machine then hits all three alike): the one-process cost per batch, the sharded overhead per shard
 (1 worker against one process, divided by the shards), the merge's cost, and what N machines
 would give: ``T(N) = first batch + (batches - 1) * per batch / N + shards * overhead / N +
 merge``.
@@ -47,12 +48,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--shards", type=int, default=8, help="shards after the first batch")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     import distributed
 
-    from kldiv.distributed import collect_histograms_distributed
+    from kldiv.distributed import collect_histograms_distributed, local_cluster_options
     from kldiv.pipeline import collect_histograms
 
     tmp = Path(tempfile.mkdtemp(prefix="kldiv-sharded-"))
@@ -67,16 +68,13 @@ def main() -> None:
           f"({INPUT} {SHAPE}), {args.shards} shards; {os.cpu_count()} CPUs")
 
     one = collect_histograms(model, data)  # warm-up + reference
-    times = {"one process": min(_timed(lambda: collect_histograms(model, data))[0]
-                                for _ in range(args.repeat))}
-    starts = {}
+    runs = {"one process": lambda: collect_histograms(model, data)}
+    starts, clusters = {}, []
     for workers in (1, 2):
         t0 = time.perf_counter()
-        cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-            silence_logs=40,
-        )
+        cluster = distributed.LocalCluster(**local_cluster_options(workers))
         client = distributed.Client(cluster)
+        clusters.append((client, cluster))
         starts[workers] = time.perf_counter() - t0
         threads = max(1, (os.cpu_count() or 1) // workers)
 
@@ -85,8 +83,12 @@ def main() -> None:
                 model, data, client=client, shards=args.shards, intra_op_num_threads=threads)
 
         _same(run(), one)  # equality first (also warms each worker's session)
-        best = min(_timed(run)[0] for _ in range(args.repeat))
-        times[f"{workers} worker{'s' if workers > 1 else ''}"] = best
+        runs[f"{workers} worker{'s' if workers > 1 else ''}"] = run
+    times: dict[str, float] = {k: float("inf") for k in runs}
+    for _ in range(args.repeat):  # interleaved, so that load from elsewhere hits all alike
+        for k, fn in runs.items():
+            times[k] = min(times[k], _timed(fn)[0])
+    for client, cluster in clusters:
         client.close()
         cluster.close()
 

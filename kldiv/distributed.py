@@ -40,7 +40,12 @@ from .defaults import (
 from .errors import ClusterError, DataSourceError, ModelError, PresetError
 from .shard import ShardCollector, ShardResult, merge_shards, shard_bases
 
-__all__ = ["collect_histograms_distributed", "shard_source"]
+__all__ = [
+    "collect_histograms_distributed",
+    "local_cluster_options",
+    "run_shard",
+    "shard_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -221,15 +226,23 @@ def _cluster(
         return
     if workers is None or workers < 1:
         raise ClusterError(f"workers must be >= 1, got {workers!r}")
-    cluster = LocalCluster(
-        n_workers=int(workers), threads_per_worker=1, processes=True,
-        dashboard_address=":0", silence_logs=logging.ERROR,
-    )
+    cluster = LocalCluster(**local_cluster_options(int(workers)))
     try:
         with Client(cluster) as c:
             yield c
     finally:
         cluster.close()
+
+
+def local_cluster_options(workers: int) -> dict[str, Any]:
+    """``LocalCluster`` options of ``--workers N``: N processes of one task thread each,
+    the machine's cores divided among them (the histogram kernels' threads too)."""
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    return {
+        "n_workers": workers, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": ":0", "silence_logs": logging.ERROR,
+        "env": {"NUMBA_NUM_THREADS": share, "OMP_NUM_THREADS": share},
+    }
 
 
 def _model_payload(model: Any) -> tuple[str | bytes, str]:
