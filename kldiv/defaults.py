@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_KERNELS",
     "DEFAULT_LEGACY_CUTOFF",
     "DEFAULT_LEGACY_QUANTILE",
+    "DEFAULT_MAX_MEMORY",
     "DEFAULT_METHOD",
     "DEFAULT_ORT_OPTIMIZATION",
     "DEFAULT_PERCENTILE",
@@ -101,3 +102,7 @@ DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
 DEFAULT_SHARDS_PER_WORKER: Final[int] = 4
 #: Seconds to wait for a Dask scheduler to answer (``--scheduler``) before giving up.
 DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0
+#: Bytes of activations a calibration holds at once (``--max-memory``): above it the model
+#: runs in stages (kldiv.runners.OnnxRuntimeRunner, max_memory). Chosen with
+#: benchmarks/bounded_memory.py.
+DEFAULT_MAX_MEMORY: Final[int] = 512 * 2**20

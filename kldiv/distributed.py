@@ -32,6 +32,7 @@ from typing import Any
 from .collect import HistogramCollector
 from .data import ImageFolder, NpyFolder, Preprocess, SampleInt8BatchFiles, as_source
 from .defaults import (
+    DEFAULT_MAX_MEMORY,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_SHARDS_PER_WORKER,
@@ -182,7 +183,8 @@ def run_shard(
         digests.append(batch_digest(feed))
         samples += batch_samples(feed)
         for chunk in runner.split(feed):
-            collector.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                collector.observe(acts, batch=index)
     collector.batches = len(digests)
     result = collector.result(first=first, stop=first + len(digests))
     result.digests, result.samples = digests, samples
@@ -294,6 +296,7 @@ def collect_histograms_distributed(
     include_constants: bool = False,
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     intra_op_num_threads: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
     timeout: float = DEFAULT_SCHEDULER_TIMEOUT,
     on_progress: ShardProgress | None = None,
 ) -> HistogramCollector:
@@ -323,6 +326,9 @@ def collect_histograms_distributed(
     intra_op_num_threads : int, optional
         onnxruntime threads per worker (default: the cores divided among local workers;
         onnxruntime's choice on a remote cluster).
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations each worker holds at once (see
+        :class:`~kldiv.runners.OnnxRuntimeRunner`).
     timeout : float, default DEFAULT_SCHEDULER_TIMEOUT
         Seconds to wait for ``scheduler`` to answer.
     on_progress : callable, optional
@@ -365,6 +371,7 @@ def collect_histograms_distributed(
         "include_constants": include_constants,
         "graph_optimization_level": graph_optimization_level,
         "intra_op_num_threads": intra_op_num_threads,
+        "max_memory": max_memory,
     }
     fill = {"num_bins": int(num_bins), "nonfinite": nonfinite}
     start = time.perf_counter()

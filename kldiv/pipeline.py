@@ -30,6 +30,7 @@ from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_PRESET,
@@ -92,6 +93,16 @@ class _Fingerprint:
         return self._h.hexdigest()
 
 
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (``None`` where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb / 1024, 1)
+
+
 def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
     """Samples in a batch: the first input's leading dimension (1 for a scalar input)."""
     first = next(iter(feed.values()), None)
@@ -125,6 +136,7 @@ def collect_histograms(
     include_constants: bool = False,
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
 
@@ -154,12 +166,16 @@ def collect_histograms(
         float rounding; see :class:`~kldiv.runners.OnnxRuntimeRunner`).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once; a batch whose activations exceed it runs in
+        stages (see :class:`~kldiv.runners.OnnxRuntimeRunner`); same histograms. ``None``:
+        no limit.
 
     Returns
     -------
     HistogramCollector
         With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
-        ``samples``, ``seconds``.
+        ``samples``, ``seconds``, ``peak_memory_mb`` (the process's peak resident memory).
 
     Raises
     ------
@@ -180,6 +196,7 @@ def collect_histograms(
             include_constants=include_constants,
             graph_optimization_level=graph_optimization_level,
             fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+            max_memory=max_memory,
         )
         source = as_source(data, preprocess=preprocess, batch_size=batch_size)
         ranges = None
@@ -198,7 +215,8 @@ def collect_histograms(
         for index, feed in _feeds(runner, source, max_batches):
             fp.update(feed)
             for chunk in runner.split(feed):
-                collector.observe(runner.run(chunk, index=index), batch=index)
+                for acts in runner.run_parts(chunk, index=index):
+                    collector.observe(acts, batch=index)
             if on_batch is not None:
                 on_batch(index, fp.samples)
         collector.batches = fp.batches
@@ -211,6 +229,7 @@ def collect_histograms(
             samples=fp.samples,
             seconds=round(time.perf_counter() - start, 3),
             kldiv_version=_kldiv_version(),
+            peak_memory_mb=peak_memory_mb(),
         )
         return collector
     finally:
@@ -274,7 +293,8 @@ def _absmax_pass(
     probe = HistogramCollector(1, "pow2", nonfinite=nonfinite)  # 1 bin: absmax is what we use
     for index, feed in _feeds(runner, source, max_batches):
         for chunk in runner.split(feed):
-            probe.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                probe.observe(acts, batch=index)
     return {n: probe.absmax(n) for n in probe}
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import (
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
@@ -45,6 +46,23 @@ def _size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return (parts[0], parts[1])
     raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
+
+
+def _bytes(text: str) -> int | None:
+    t = text.strip().lower()
+    if t in ("none", "0", "inf", "unlimited"):
+        return None
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = t.removesuffix("ib").removesuffix("b")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in units else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 512M or 2G (or 'none'), got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, got {text!r}")
+    return int(value)
 
 
 def add_table_options(p: argparse.ArgumentParser) -> None:
@@ -101,6 +119,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-bins", type=int, default=NUM_BINS, help=f"bins (default {NUM_BINS})")
     p.add_argument("--drop-nonfinite", action="store_true",
                    help="skip NaN/Inf activations instead of stopping with an error")
+    p.add_argument("--max-memory", type=_bytes, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                   help="activations held at once, e.g. 512M, 2G, or 'none' (default "
+                        f"{DEFAULT_MAX_MEMORY // 2**20}M); above it the model runs in stages, "
+                        "with the same histograms")
     d = p.add_argument_group("distributed (Dask; pip install 'kldiv[dist]')")
     d.add_argument("--workers", type=int, metavar="N",
                    help="shard the data over N worker processes on this machine (a Dask "
@@ -198,6 +220,8 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"model {meta.get('model')} (sha256 {str(meta['model_sha256'])[:12]}); "
             f"{meta.get('batches')} batches, {meta.get('samples')} samples "
             f"(fingerprint {str(meta.get('data_fingerprint'))[:12]}); {meta.get('seconds')} s"
+            + (f"; peak memory {meta['peak_memory_mb']:.0f} MB"
+               if meta.get("peak_memory_mb") is not None else "")
         )
     return "\n".join([*lines, *foot])
 
@@ -215,7 +239,7 @@ def _collect_here(args: argparse.Namespace) -> Any:
     try:
         collector = collect_histograms(
             args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
-            max_batches=args.max_batches,
+            max_batches=args.max_batches, max_memory=args.max_memory,
             nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
         )
     finally:
@@ -248,6 +272,7 @@ def _collect_distributed(args: argparse.Namespace) -> Any:
             args.model, args.data, workers=args.workers, scheduler=args.scheduler,
             shards=args.shards, timeout=args.scheduler_timeout, num_bins=args.num_bins, batch_size=args.batch_size,
             preprocess=_preprocess(args), max_batches=args.max_batches,
+            max_memory=args.max_memory,
             nonfinite="drop" if args.drop_nonfinite else "raise", on_progress=on_progress,
         )
     finally:
