@@ -70,9 +70,9 @@ def _piece(source: Any, lo: int, hi: int) -> Any:
         part.files = source.files[lo:hi]
         return part
     if isinstance(source, ImageFolder):
-        part = copy.copy(source)
-        part.files = source.files[lo * source.batch_size : hi * source.batch_size]
-        return part
+        images = copy.copy(source)
+        images.files = source.files[lo * source.batch_size : hi * source.batch_size]
+        return images
     return list(source[lo:hi])
 
 
@@ -149,7 +149,8 @@ def _runner(model: str | bytes, sha256: str, opts: Mapping[str, Any]) -> Any:
     runner = OnnxRuntimeRunner(model, fetch_aliases=False, **opts)
     if runner.model_sha256 != sha256:
         raise ModelError(
-            f"{_worker_name()}: the model at {model} differs from the driver's (sha256 "
+            f"{_worker_name()}: the model at "
+            f"{model if isinstance(model, str) else '<bytes>'} differs from the driver's (sha256 "
             f"{runner.model_sha256[:12]} vs {sha256[:12]}); give every worker the same file"
         )
     _RUNNERS.clear()  # one model per worker at a time
@@ -214,7 +215,7 @@ def _cluster(
         ) from None
     if scheduler is not None:
         try:
-            c = Client(scheduler, timeout=timeout)
+            c = Client(scheduler, timeout=timeout)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError, ValueError) as exc:
             raise ClusterError(
                 f"no Dask scheduler answered at {scheduler!r} within {timeout:g} s "
@@ -224,13 +225,13 @@ def _cluster(
         try:
             yield c
         finally:
-            c.close()
+            c.close()  # type: ignore[no-untyped-call]
         return
     if workers is None or workers < 1:
         raise ClusterError(f"workers must be >= 1, got {workers!r}")
-    cluster = LocalCluster(**local_cluster_options(int(workers)))
+    cluster = LocalCluster(**local_cluster_options(int(workers)))  # type: ignore[no-untyped-call]
     try:
-        with Client(cluster) as c:
+        with Client(cluster) as c:  # type: ignore[no-untyped-call]
             yield c
     finally:
         cluster.close()
@@ -397,7 +398,7 @@ def collect_histograms_distributed(
 
         by_future = {f.key: i for i, f in enumerate(futures)}
         slots: list[ShardResult | None] = [None] * len(futures)
-        for fut in as_completed(futures):
+        for fut in as_completed(futures):  # type: ignore[no-untyped-call]
             i = by_future[fut.key]
             res, _ = _result(fut, f"shard {i + 1} (from batch {pieces[i + 1][0]})")
             slots[i] = res
