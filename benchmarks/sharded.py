@@ -19,7 +19,7 @@ merge``.
 
 Run::
 
-    python benchmarks/sharded.py                   # 48 batches of 8, 8 shards
+    python benchmarks/sharded.py                   # 48 batches of 8, default shards
     python benchmarks/sharded.py --batches 96 --shards 16 --repeat 3
 """
 
@@ -47,12 +47,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--shards", type=int, default=8, help="shards after the first batch")
+    ap.add_argument("--shards", type=int, default=None,
+                    help="shards after the first batch (default: DEFAULT_SHARDS_PER_WORKER "
+                         "per worker)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     import distributed
 
+    from kldiv.defaults import DEFAULT_SHARDS_PER_WORKER
     from kldiv.distributed import collect_histograms_distributed, local_cluster_options
     from kldiv.pipeline import collect_histograms
 
@@ -65,7 +68,7 @@ def main() -> None:
         x = rng.standard_normal((args.batch_size, *SHAPE)).astype(np.float32)
         np.save(data / f"batch{i:05d}.npy", x)
     print(f"model {model.name}, {args.batches} batches of {args.batch_size} "
-          f"({INPUT} {SHAPE}), {args.shards} shards; {os.cpu_count()} CPUs")
+          f"({INPUT} {SHAPE}), shards: {args.shards or 'default'}; {os.cpu_count()} CPUs")
 
     one = collect_histograms(model, data)  # warm-up + reference
     runs = {"one process": lambda: collect_histograms(model, data)}
@@ -103,7 +106,7 @@ def main() -> None:
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     from kldiv.data import as_source
 
-    pieces = shard_source(as_source(data), args.shards)
+    pieces = shard_source(as_source(data), args.shards or DEFAULT_SHARDS_PER_WORKER)
     fill = {"num_bins": 2048, "nonfinite": "raise"}
     opts = {"include_constants": False, "graph_optimization_level": "all",
             "intra_op_num_threads": None}
@@ -117,7 +120,8 @@ def main() -> None:
 
     t_one = times["one process"]
     per_batch = t_one / args.batches
-    overhead = (times["1 worker"] - t_one) / (args.shards + 1)
+    overhead = (times["1 worker"] - t_one) / (
+        (args.shards or DEFAULT_SHARDS_PER_WORKER) + 1)
     print()
     print(f"{'run':14s} {'seconds':>8s} {'vs one process':>15s}")
     for k, v in times.items():
@@ -129,7 +133,7 @@ def main() -> None:
     print("N machines (each as fast as this one, cores as here), "
           "T(N) = per batch + (batches-1)*per batch/N + shards*overhead/N + merge:")
     for n in (1, 2, 4, 8, 16, 64):
-        shards = max(args.shards, n)
+        shards = max(args.shards or DEFAULT_SHARDS_PER_WORKER * n, n)
         t = per_batch + (args.batches - 1) * per_batch / n + shards * max(overhead, 0) / n
         t += t_merge * shards / len(results)
         print(f"  N={n:3d}: {t:7.2f} s ({t_one / t:5.1f}x one process)")

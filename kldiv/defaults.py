@@ -97,9 +97,10 @@ DEFAULT_PRECISION: Final[str] = "fp32"
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
 
 # --- distributed calibration (kldiv.distributed) ---
-#: Shards per worker when a sharded calibration is not told how many (small shards balance
-#: load and make a retried shard cheap; each costs one task, the session is kept per worker).
-DEFAULT_SHARDS_PER_WORKER: Final[int] = 4
+#: Shards per worker when a sharded calibration is not told how many. More shards balance
+#: load and make a retried shard cheaper, but each costs a task, a first batch that grows the
+#: ranges again, and its result's transfer (~10-40 ms each in benchmarks/sharded.py).
+DEFAULT_SHARDS_PER_WORKER: Final[int] = 2
 #: Seconds to wait for a Dask scheduler to answer (``--scheduler``) before giving up.
 DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0
 #: Bytes of activations a calibration holds at once (``--max-memory``): above it the model

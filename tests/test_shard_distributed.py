@@ -70,6 +70,15 @@ def test_sharded_equals_one_process(client, data, whole, shards):
     assert seen[-1] == (len(data), len(data)) and seen[0][0] == 1
 
 
+def test_calibrate_with_a_client_writes_the_same_table(client, data):
+    from kldiv.pipeline import calibrate
+
+    one = calibrate(lenet_model_path(), data)
+    two = calibrate(lenet_model_path(), data, client=client)
+    assert [(n, two.hex(n)) for n in two] == [(n, one.hex(n)) for n in one]
+    assert two.provenance["data_fingerprint"] == one.provenance["data_fingerprint"]
+
+
 def test_npy_folder_shards_by_file_and_bytes_model(client, data, whole, tmp_path):
     for i, b in enumerate(data):
         np.savez(tmp_path / f"batch{i}.npz", **b)
