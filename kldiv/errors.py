@@ -19,6 +19,8 @@ __all__ = [
     "ModelError",
     "OutputExistsError",
     "QuantizationError",
+    "TableMismatchError",
+    "UnknownNameError",
 ]
 
 
@@ -123,3 +125,14 @@ class QuantizationError(KldivError, ValueError):
 class ClusterError(KldivError, RuntimeError):
     """A distributed run could not be done: no scheduler answered, or a shard's worker died
     more often than the engine retries. No table or histogram file is written."""
+
+
+class TableMismatchError(QuantizationError):
+    """A calibration table does not belong to the model it is applied to: its provenance names
+    another model, or it covers too few of the model's calibratable tensors. Pass
+    ``force=True`` (``--force``) to apply it anyway."""
+
+
+class UnknownNameError(QuantizationError):
+    """A tensor, node or op type named by the user (``exclude=``, ``--exclude``) is not in the
+    model. The message lists the closest names."""
