@@ -151,6 +151,44 @@ def test_a_worker_dies_mid_run_and_its_shard_is_retried_exactly(client, data, wh
     _same(got, whole)
 
 
+class _AlwaysDie:
+    def __iter__(self):
+        os._exit(1)
+
+    def __len__(self):
+        return 1
+
+
+@pytest.mark.slow
+def test_a_shard_whose_worker_always_dies_fails_the_run_clearly(data, monkeypatch):
+    import cloudpickle
+    import dask
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    import kldiv.distributed as dist
+
+    real = dist.shard_source
+
+    def with_a_killer(source, shards, max_batches=None):
+        pieces = real(source, shards, max_batches=max_batches)
+        pieces[1] = (pieces[1][0], _AlwaysDie())
+        return pieces
+
+    monkeypatch.setattr(dist, "shard_source", with_a_killer)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=50,
+        )
+        try:
+            with distributed.Client(cluster) as c, pytest.raises(
+                ClusterError, match=r"shard 1 \(from batch 1\): its worker died"
+            ):
+                collect_histograms_distributed(lenet_model_path(), data, client=c, shards=2)
+        finally:
+            cluster.close()
+
+
 def test_scheduler_that_does_not_answer():
     with pytest.raises(ClusterError, match=r"no Dask scheduler answered at 'tcp://127\.0\.0\.1:9'"):
         collect_histograms_distributed(
