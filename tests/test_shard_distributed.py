@@ -182,7 +182,8 @@ def test_a_shard_whose_worker_always_dies_fails_the_run_clearly(data, monkeypatc
         )
         try:
             with distributed.Client(cluster) as c, pytest.raises(
-                ClusterError, match=r"shard 1 \(from batch 1\): its worker died"
+                # shard 2, lost with the same worker, may be the one reported first
+                ClusterError, match=r"shard \d \(from batch \d+\): its worker died"
             ):
                 collect_histograms_distributed(lenet_model_path(), data, client=c, shards=2)
         finally:
