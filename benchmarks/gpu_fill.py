@@ -5,7 +5,7 @@ input (2**28 values by default: 1 GiB of float32):
 
 1. the counts of ``kldiv.gpu.fill_counts`` are checked equal, bin for bin, to the NumPy
    reference (``kldiv.histogram.fill_counts_reference`` on a host copy) and to the CPU kernel
-   (``kldiv._kernels.dispatch.fill_counts``), before anything is timed;
+   (``kldiv._kernels.resolve().fill_counts``), before anything is timed;
 2. the GPU fill is timed with CUDA events (median of ``--repeat`` runs after warm-up; the
    time includes copying the counts back), as is ``torch.histc(|x|, 2048, 0, amax)`` (its
    counts are compared too: it bins in float32, so some values land one bin off);
@@ -138,11 +138,15 @@ def _measure(cp, gpu, torch, x, args):
                          f"({int(np.abs(got.counts - want.counts).sum())} counts)")
     cpu_gbs, equal_cpu = float("nan"), None
     if not args.no_cpu:
-        from kldiv._kernels.dispatch import fill_counts as cpu_fill
+        from kldiv import _kernels
 
-        equal_cpu = bool(np.array_equal(cpu_fill(host, amax, args.bins, clip=False).counts, want.counts))
-        best = min(_timed(lambda: cpu_fill(host, amax, args.bins, clip=False)) for _ in range(3))
-        cpu_gbs = host.nbytes / best / 1e9
+        kernels = _kernels.resolve()  # the CPU kernels kldiv uses (None: NumPy reference)
+        if kernels is not None:
+            cpu = kernels.fill_counts(host, amax, args.bins, False)[0]
+            equal_cpu = bool(np.array_equal(cpu, want.counts))
+            best = min(_timed(lambda: kernels.fill_counts(host, amax, args.bins, False))
+                       for _ in range(3))
+            cpu_gbs = host.nbytes / best / 1e9
     ms = _events_ms(cp, lambda: gpu.fill_counts(x, amax, args.bins), args.repeat)
     gbs = x.nbytes / ms / 1e6
     histc_gbs, histc_diff = float("nan"), None

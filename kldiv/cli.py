@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import KldivError
+from .errors import KernelChoiceError, KldivError
 
 __all__ = ["main", "EXIT_OK", "EXIT_DIFFERENCES", "EXIT_BAD_INPUT"]
 
@@ -54,15 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # the one-time kernel build (about half a minute) is announced, not a silent pause
-    logging.getLogger("kldiv._kernels.aot").setLevel(min(level, logging.INFO))
+    # the one-time kernel compile (a few seconds) is announced, not a silent pause
+    logging.getLogger("kldiv._kernels._jit").setLevel(min(level, logging.INFO))
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
         return int(func(args) or EXIT_OK)
-    except (KldivError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (
+        KldivError, KernelChoiceError, FileNotFoundError, IsADirectoryError, PermissionError
+    ) as exc:
         print(f"kldiv {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

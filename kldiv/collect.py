@@ -15,21 +15,20 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._io import atomic_write_bytes
-from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
+from .defaults import DEFAULT_RANGE_POLICY, NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
 from .histogram import (
     _NONFINITE,
     RANGE_POLICIES,
     ActivationHistogram,
+    GrowthPolicy,
     _is_device_array,
-    _resolve_backend,
     absmax,
 )
 
@@ -55,14 +54,18 @@ class HistogramCollector:
         ``"pow2"`` (TensorRT guide) starts at the first batch's absmax and doubles, merging
         bin pairs; ``"append"`` (ModelOpt) appends bins of the same width; ``"global"`` and
         ``"fixed"`` use ``ranges`` (``"global"``: the absmax of a first pass over all data,
-        see :func:`kldiv.pipeline.calibrate`).
+        see :func:`kldiv.pipeline.calibrate`). Each histogram is built with the matching
+        growth (:attr:`growth`): ``"pow2"``, ``"append"``, or ``"fixed"`` for the last two.
     ranges : mapping of str to float, optional
         Per-tensor range for ``"global"`` / ``"fixed"`` (required for those policies).
     nonfinite : {"raise", "drop"}, default "raise"
         NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` naming the tensor and the batch,
         or are skipped.
-    backend : {"auto", "numpy", "numba"}, default DEFAULT_FILL_BACKEND
-        Fill implementation.
+
+    Notes
+    -----
+    Fills run the Numba kernels or the NumPy reference as ``KLDIV_KERNELS`` chooses (see
+    :mod:`kldiv._kernels`); the histograms are the same.
 
     Examples
     --------
@@ -80,7 +83,6 @@ class HistogramCollector:
         *,
         ranges: Mapping[str, float] | None = None,
         nonfinite: str = "raise",
-        backend: str = DEFAULT_FILL_BACKEND,
     ) -> None:
         if range_policy not in RANGE_POLICIES:
             raise HistogramError(
@@ -97,7 +99,6 @@ class HistogramCollector:
         self.range_policy = range_policy
         self.ranges = dict(ranges) if ranges is not None else None
         self.nonfinite = nonfinite
-        self.backend = backend
         self.batches = 0
         self.meta: dict[str, Any] = {}
         self._hists: dict[str, ActivationHistogram] = {}
@@ -140,6 +141,16 @@ class HistogramCollector:
         """The largest finite ``|x|`` seen for ``name`` (``<= self[name].amax``)."""
         return self._absmax[name]
 
+    @property
+    def growth(self) -> GrowthPolicy:
+        """The growth policy of every histogram this collector builds (from
+        :attr:`range_policy`: ``"pow2"``, ``"append"``, else ``"fixed"``)."""
+        if self.range_policy == "pow2":
+            return "pow2"
+        if self.range_policy == "append":
+            return "append"
+        return "fixed"
+
     # -- filling ---------------------------------------------------------------------------
     def observe(self, activations: Mapping[str, np.ndarray], *, batch: int | None = None) -> None:
         """Add one batch of activations.
@@ -160,26 +171,12 @@ class HistogramCollector:
 
         Notes
         -----
-        Tensors seen before may be filled on several threads
-        (:func:`kldiv._kernels.dispatch.run_concurrently`): then every tensor of the batch is
-        filled even when one fails, and the first failing tensor in the batch's order is
-        raised. After an error the collector holds a partial batch either way; start over.
+        Tensors are filled in the batch's order; the first failing tensor raises, and the
+        collector then holds a partial batch: start over.
         """
         index = self.batches if batch is None else batch
-        seen = []
         for name, values in activations.items():
-            if name in self._hists:
-                seen.append((name, values))
-            else:  # first sight: in order, so the collector keeps the network's order
-                self._observe_one(name, values, index)
-        if seen and _resolve_backend(self.backend) == "numba":
-            from ._kernels.dispatch import run_concurrently
-
-            # the tensors' fills are independent: on several threads when the kernels allow
-            run_concurrently([partial(self._observe_one, n, v, index) for n, v in seen])
-        else:
-            for name, values in seen:
-                self._observe_one(name, values, index)
+            self._observe_one(name, values, index)
         self.batches += 1
 
     def _observe_one(self, name: str, values: Any, index: int) -> float | None:
@@ -195,7 +192,7 @@ class HistogramCollector:
             try:
                 a = _fast_absmax(arr)
                 if not np.isfinite(a):  # NaN/Inf somewhere: the detailed check (or drop them)
-                    a = absmax(arr, nonfinite=self.nonfinite, backend=self.backend)  # type: ignore[arg-type]
+                    a = absmax(arr, nonfinite=self.nonfinite)  # type: ignore[arg-type]
             except NonFiniteError as exc:
                 raise NonFiniteError(
                     f"{where}: {exc}", n_nan=exc.n_nan, n_posinf=exc.n_posinf,
@@ -208,17 +205,22 @@ class HistogramCollector:
                         f"{where}: no range given for this tensor (range_policy="
                         f"{self.range_policy!r}); add it to ranges="
                     )
-                hist = ActivationHistogram(self.ranges[name], self.num_bins)
+                hist = ActivationHistogram(self.ranges[name], self.num_bins, growth=self.growth)
             else:
-                hist = ActivationHistogram(a, self.num_bins)
+                hist = ActivationHistogram(a, self.num_bins, growth=self.growth)
             self._hists[name] = hist
             self._absmax[name] = a
-        # One pass: the fill grows the range when the policy allows (pow2/append) and returns
-        # the batch's largest finite |x|, exact, for the MinMax method.
-        a = hist.observe(
-            arr, nonfinite=self.nonfinite, range_policy=self.range_policy,  # type: ignore[arg-type]
-            backend=self.backend, where=where,  # type: ignore[arg-type]
-        )
+        # One pass: the fill grows the range when the histogram's growth allows (pow2/append)
+        # and returns the batch's largest finite |x|, exact, for the MinMax method.
+        try:
+            a = hist.observe(arr, nonfinite=self.nonfinite, where=where)  # type: ignore[arg-type]
+        except HistogramRangeError as exc:
+            if self.range_policy != "global":
+                raise
+            raise HistogramRangeError(
+                f"{exc}; with range_policy='global' the absmax of the first pass must cover "
+                "every batch: recompute it over the same data"
+            ) from None
         self._absmax[name] = max(self._absmax[name], a)
         return a
 
@@ -257,8 +259,7 @@ class HistogramCollector:
                 f"({self.num_bins}/{self.range_policy} vs {other.num_bins}/{other.range_policy})"
             )
         out = HistogramCollector(
-            self.num_bins, self.range_policy, ranges=self.ranges, nonfinite=self.nonfinite,
-            backend=self.backend,
+            self.num_bins, self.range_policy, ranges=self.ranges, nonfinite=self.nonfinite
         )
         out.batches = self.batches + other.batches
         out.meta = dict(self.meta)
@@ -364,10 +365,11 @@ class HistogramCollector:
         if not (len(names) == counts.shape[0] == amax.shape[0] == amx.shape[0] == bins.shape[0]):
             raise HistogramError(f"{p}: names, counts, amax and num_bins disagree in length")
         hists: dict[str, ActivationHistogram] = {}
+        growth = policy if policy in ("pow2", "append") else "fixed"  # as the collector's
         for t, name in enumerate(names):
             try:
                 hists[name] = ActivationHistogram.from_counts(
-                    counts[t, : int(bins[t])], float(amax[t])
+                    counts[t, : int(bins[t])], float(amax[t]), growth=growth  # type: ignore[arg-type]
                 )
             except HistogramError as exc:
                 raise HistogramError(f"{p}: tensor {name!r}: {exc}") from None

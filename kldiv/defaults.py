@@ -16,8 +16,6 @@ __all__ = [
     "DEFAULT_SHARDS_PER_WORKER",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
-    "DEFAULT_FILL_BACKEND",
-    "DEFAULT_KERNELS",
     "DEFAULT_LEGACY_CUTOFF",
     "DEFAULT_LEGACY_QUANTILE",
     "DEFAULT_MAX_MEMORY",
@@ -78,13 +76,10 @@ DEFAULT_LEGACY_QUANTILE: Final[float] = 0.999999
 #: thresholds clip (1.6 %, pool1); the degenerate KL = 0 minimum clips 99 % (docs/fidelity.md).
 CLIP_WARN_FRACTION: Final[float] = 0.05
 
-# --- histograms (appended by helper HIST) ---
-#: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".
-DEFAULT_FILL_BACKEND: Final[str] = "auto"
-#: How the Numba kernels are run (environment variable ``KLDIV_KERNELS`` overrides):
-#: "auto" (compiled ahead of time once per environment, and loaded without Numba; the JIT when
-#: that cannot be done), "aot" (ahead of time or fail), "jit" (Numba's JIT and its cache).
-DEFAULT_KERNELS: Final[str] = "auto"
+# --- histograms ---
+# (Which implementation fills and searches, KLDIV_KERNELS=auto|numba|numpy, defaults to
+# kldiv._kernels.DEFAULT_MODE: the kernel layer imports nothing of kldiv, so its one default
+# lives there.)
 #: Range policy of histogram collection when none is named: the TensorRT developer guide's
 #: "first batch's absmax, grown by powers of two" (see kldiv.histogram).
 DEFAULT_RANGE_POLICY: Final[str] = "pow2"

@@ -7,7 +7,10 @@ so that ``except ValueError`` keeps working for callers who do not know kldiv.
 
 from __future__ import annotations
 
+from ._kernels import KernelChoiceError
+
 __all__ = [
+    "KernelChoiceError",
     "KldivError",
     "ClusterError",
     "HistogramError",
@@ -25,7 +28,8 @@ __all__ = [
 
 
 class KldivError(Exception):
-    """Base class of every error kldiv raises on purpose."""
+    """Base class of every error kldiv raises on purpose (except :class:`KernelChoiceError`,
+    a :class:`ValueError` raised by the kernel layer, which imports nothing of kldiv)."""
 
 
 class HistogramError(KldivError, ValueError):

@@ -188,53 +188,47 @@ def collect_histograms(
         )
     from .runners import OnnxRuntimeRunner
 
-    # the kernels load (or, once per environment, build) while the model loads
-    preloading = _preload_kernels()
-    try:
-        runner = OnnxRuntimeRunner(
-            model,
-            include_constants=include_constants,
-            graph_optimization_level=graph_optimization_level,
-            fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
-            max_memory=max_memory,
-        )
-        source = as_source(data, preprocess=preprocess, batch_size=batch_size)
-        ranges = None
-        if range_policy == "global":
-            if iter(source) is source:
-                raise DataSourceError(
-                    "range_policy='global' reads the data twice; give a re-iterable source "
-                    "(a folder, a list), not an iterator"
-                )
-            ranges = _absmax_pass(runner, source, max_batches, nonfinite)
-        collector = HistogramCollector(
-            num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
-        )
-        fp = _Fingerprint()
-        start = time.perf_counter()
-        for index, feed in _feeds(runner, source, max_batches):
-            fp.update(feed)
-            for chunk in runner.split(feed):
-                for acts in runner.run_parts(chunk, index=index):
-                    collector.observe(acts, batch=index)
-            if on_batch is not None:
-                on_batch(index, fp.samples)
-        collector.batches = fp.batches
-        apply_graph_rules(collector, runner)
-        collector.meta.update(
-            model=runner.label,
-            model_sha256=runner.model_sha256,
-            data_fingerprint=fp.hexdigest(),
-            batches=fp.batches,
-            samples=fp.samples,
-            seconds=round(time.perf_counter() - start, 3),
-            kldiv_version=_kldiv_version(),
-            peak_memory_mb=peak_memory_mb(),
-        )
-        return collector
-    finally:
-        if preloading is not None:
-            preloading.join()
+    runner = OnnxRuntimeRunner(
+        model,
+        include_constants=include_constants,
+        graph_optimization_level=graph_optimization_level,
+        fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+        max_memory=max_memory,
+    )
+    source = as_source(data, preprocess=preprocess, batch_size=batch_size)
+    ranges = None
+    if range_policy == "global":
+        if iter(source) is source:
+            raise DataSourceError(
+                "range_policy='global' reads the data twice; give a re-iterable source "
+                "(a folder, a list), not an iterator"
+            )
+        ranges = _absmax_pass(runner, source, max_batches, nonfinite)
+    collector = HistogramCollector(
+        num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
+    )
+    fp = _Fingerprint()
+    start = time.perf_counter()
+    for index, feed in _feeds(runner, source, max_batches):
+        fp.update(feed)
+        for chunk in runner.split(feed):
+            for acts in runner.run_parts(chunk, index=index):
+                collector.observe(acts, batch=index)
+        if on_batch is not None:
+            on_batch(index, fp.samples)
+    collector.batches = fp.batches
+    apply_graph_rules(collector, runner)
+    collector.meta.update(
+        model=runner.label,
+        model_sha256=runner.model_sha256,
+        data_fingerprint=fp.hexdigest(),
+        batches=fp.batches,
+        samples=fp.samples,
+        seconds=round(time.perf_counter() - start, 3),
+        kldiv_version=_kldiv_version(),
+        peak_memory_mb=peak_memory_mb(),
+    )
+    return collector
 
 
 def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
@@ -260,17 +254,6 @@ def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
     collector.meta["value_aliases"] = {
         n: src for n, src in runner.value_aliases.items() if n in collected
     }
-
-
-def _preload_kernels() -> Any:
-    """Start loading the Numba kernels in a thread when the fill will use them."""
-    from .histogram import _resolve_backend
-
-    if _resolve_backend("auto") != "numba":
-        return None
-    from ._kernels import preload_in_background
-
-    return preload_in_background()
 
 
 def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:

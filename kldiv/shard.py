@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .collect import HistogramCollector, _as_host_or_device, _fast_absmax
-from .defaults import DEFAULT_FILL_BACKEND, NUM_BINS
+from .defaults import NUM_BINS
 from .errors import HistogramRangeError
 from .histogram import ActivationHistogram, clamp_edge, count_at_least
 
@@ -104,8 +104,6 @@ class ShardCollector(HistogramCollector):
         Bins per histogram.
     nonfinite : {"raise", "drop"}, default "raise"
         As for the collector.
-    backend : str, default DEFAULT_FILL_BACKEND
-        Fill implementation.
     """
 
     def __init__(
@@ -114,9 +112,8 @@ class ShardCollector(HistogramCollector):
         num_bins: int = NUM_BINS,
         *,
         nonfinite: str = "raise",
-        backend: str = DEFAULT_FILL_BACKEND,
     ) -> None:
-        super().__init__(num_bins, "pow2", nonfinite=nonfinite, backend=backend)
+        super().__init__(num_bins, "pow2", nonfinite=nonfinite)
         self.base = {str(k): float(v) for k, v in (base or {}).items()}
         self._records: dict[str, list[tuple[int, float, int]]] = {}
 
@@ -129,7 +126,7 @@ class ShardCollector(HistogramCollector):
             b = self.base.get(name, 0.0)
             if name in self._hists or b <= 0.0:
                 continue
-            hist = ActivationHistogram(b, self.num_bins)
+            hist = ActivationHistogram(b, self.num_bins, growth="pow2")
             arr = _as_host_or_device(values)
             if arr.size:
                 a = _fast_absmax(arr)
@@ -274,7 +271,7 @@ def _add_zeros(h: ActivationHistogram, zeros: ActivationHistogram) -> Activation
     """``h`` plus a histogram holding only zeros (all in bin 0, whatever its range)."""
     counts = h.counts.copy()
     counts[0] += int(zeros.counts[0])
-    return ActivationHistogram(h.amax, h.num_bins, counts)
+    return ActivationHistogram(h.amax, h.num_bins, counts, growth="pow2")
 
 
 def _merge_exact(
@@ -284,8 +281,8 @@ def _merge_exact(
     the shard's clamped values moved where the one-process run puts them."""
     n = cur.num_bins
     target = max(cur.amax, h.amax)
-    a = cur.copy().grow_to(target)
-    b = h.copy().grow_to(target)
+    a = cur.copy().grow_to(target, policy="pow2")
+    b = h.copy().grow_to(target, policy="pow2")
     if a.amax != target or b.amax != target or a.num_bins != b.num_bins:
         raise HistogramRangeError(  # pragma: no cover - both are base * 2**k
             f"tensor {name!r}: ranges {cur.amax!r} and {h.amax!r} do not double to one another"
@@ -300,7 +297,7 @@ def _merge_exact(
             if src != dst:
                 counts[src] -= int(clamped)
                 counts[dst] += int(clamped)
-    return ActivationHistogram(target, n, counts)
+    return ActivationHistogram(target, n, counts, growth="pow2")
 
 
 def collect_in_shards(
@@ -309,7 +306,6 @@ def collect_in_shards(
     *,
     num_bins: int = NUM_BINS,
     nonfinite: str = "raise",
-    backend: str = DEFAULT_FILL_BACKEND,
     fill: Callable[[Sequence[Mapping[str, Any]], Mapping[str, float], int], ShardResult]
     | None = None,
 ) -> HistogramCollector:
@@ -322,7 +318,7 @@ def collect_in_shards(
     bounds : iterable of int
         Where later shards start (indices in ``1..len(batches)``, sorted here; a repeated
         bound gives an empty shard, which is allowed).
-    num_bins, nonfinite, backend
+    num_bins, nonfinite
         As for :class:`ShardCollector`.
     fill : callable, optional
         ``fill(batches, base, first) -> ShardResult``; default a :class:`ShardCollector`.
@@ -336,7 +332,7 @@ def collect_in_shards(
     def run(part: Sequence[Mapping[str, Any]], base: Mapping[str, float], first: int) -> ShardResult:
         if fill is not None:
             return fill(part, base, first)
-        c = ShardCollector(base, num_bins, nonfinite=nonfinite, backend=backend)
+        c = ShardCollector(base, num_bins, nonfinite=nonfinite)
         for i, acts in enumerate(part):
             c.observe(acts, batch=first + i)
         return c.result(first=first)

@@ -101,10 +101,10 @@ def test_histogram_and_collector_take_device_arrays():
     for n in host:
         assert dev[n] == host[n] and tor[n] == host[n], n
         assert dev.absmax(n) == host.absmax(n) == tor.absmax(n)
-    h = ActivationHistogram.from_values(cp.asarray(batches[0]["a"]), num_bins=64)
-    h.fill(cp.asarray(batches[3]["a"]), range_policy="pow2")
-    ref = ActivationHistogram.from_values(batches[0]["a"], num_bins=64)
-    ref.fill(batches[3]["a"], range_policy="pow2")
+    h = ActivationHistogram.from_values(cp.asarray(batches[0]["a"]), num_bins=64, growth="pow2")
+    h.fill(cp.asarray(batches[3]["a"]))
+    ref = ActivationHistogram.from_values(batches[0]["a"], num_bins=64, growth="pow2")
+    ref.fill(batches[3]["a"])
     assert h == ref
     # sharded, on device arrays: the clamp counts are taken on the GPU too
     dev_batches = [{k: cp.asarray(v) for k, v in b.items()} for b in batches]

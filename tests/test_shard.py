@@ -15,8 +15,8 @@ from kldiv.histogram import ActivationHistogram, clamp_edge, count_at_least
 from kldiv.shard import ShardCollector, collect_in_shards, merge_shards, shard_bases
 
 
-def _one_process(batches, num_bins, backend="auto"):
-    c = HistogramCollector(num_bins, "pow2", backend=backend)
+def _one_process(batches, num_bins):
+    c = HistogramCollector(num_bins, "pow2")
     for i, b in enumerate(batches):
         c.observe(b, batch=i)
     return c
@@ -122,8 +122,8 @@ def _batch_lists(draw):
 @given(_batch_lists())
 def test_hypothesis_any_split_any_data(case):
     batches, bounds, num_bins = case
-    whole = _one_process(batches, num_bins, backend="numpy")
-    merged = collect_in_shards(batches, bounds, num_bins=num_bins, backend="numpy")
+    whole = _one_process(batches, num_bins)
+    merged = collect_in_shards(batches, bounds, num_bins=num_bins)
     _assert_same(merged, whole)
 
 
@@ -188,7 +188,7 @@ def test_merged_histograms_match_filled_by_hand_ranges():
     batches = _edge_batches(11, 8, 64, np.float32)
     merged = collect_in_shards(batches, [2, 6], num_bins=64)
     for name in merged:
-        h = ActivationHistogram.from_values(batches[0][name], num_bins=64)
+        h = ActivationHistogram.from_values(batches[0][name], num_bins=64, growth="pow2")
         for b in batches[1:]:
-            h.fill(b[name], range_policy="pow2")
+            h.fill(b[name])
         assert merged[name] == h

@@ -1,4 +1,4 @@
-"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosscheck.crosscheck`
+"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosschecking.crosscheck`
 and :func:`~trt_backend.engine.build_engine`.
 
 ``kldiv-trt crosscheck MODEL --data PATH --out-dir D`` writes the comparison (text, JSON, plot)
@@ -27,7 +27,7 @@ def _crosscheck(args: argparse.Namespace) -> int:
     from kldiv.data import as_source
 
     from . import _tensorrt
-    from .crosscheck import crosscheck
+    from .crosschecking import crosscheck
 
     _tensorrt.require_implicit(_tensorrt.version())  # no TensorRT: exit 2 with the install hint
     data = cast(

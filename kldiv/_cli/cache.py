@@ -172,7 +172,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ..compare import compare
+    from ..comparison import compare
 
     a, b = _read(args.a, args), _read(args.b, args)
     report = compare(a, b, match=args.match,

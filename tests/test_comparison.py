@@ -1,4 +1,4 @@
-"""kldiv.compare on real caches and on constructed tables."""
+"""kldiv.compare (kldiv.comparison) on real caches and on constructed tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kldiv.cachefile import parse_cache, read_cache
-from kldiv.compare import AGREEMENT_CLASSES, compare
+from kldiv.comparison import AGREEMENT_CLASSES, compare
 from kldiv.errors import CacheFormatError
 from kldiv.exports import read_table
 from kldiv.scales import CalibrationTable, bits_to_scale
