@@ -42,6 +42,7 @@ from .errors import ClusterError, DataSourceError, ModelError, PresetError
 from .shard import ShardCollector, ShardResult, merge_shards, shard_bases
 
 __all__ = [
+    "calibrate_distributed",
     "collect_histograms_distributed",
     "local_cluster_options",
     "run_shard",
@@ -449,4 +450,44 @@ def collect_histograms_distributed(
         workers=n_workers,
     )
     return merged
+
+
+def calibrate_distributed(
+    model: Any,
+    data: Any,
+    *,
+    preset: str | None = None,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    trt_version: str | None = None,
+    algorithm: str | None = None,
+    save_histograms: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    **collect: Any,
+) -> Any:
+    """:func:`kldiv.calibrate`, with the histograms collected on a Dask cluster.
+
+    ``collect`` takes the arguments of :func:`collect_histograms_distributed` (``client=``,
+    ``workers=`` or ``scheduler=``, ``shards``, ``num_bins``, ``max_memory`` ...); the rest
+    are :func:`kldiv.calibrate`'s. The table is the one-process table, bit for bit.
+
+    Returns
+    -------
+    kldiv.scales.CalibrationTable
+    """
+    from .pipeline import calibrate
+
+    if save_histograms is not None:
+        from ._io import check_writable
+
+        check_writable(save_histograms, force=force)  # before any work
+    collector = collect_histograms_distributed(model, data, **collect)
+    table_options: dict[str, Any] = {
+        k: v for k, v in {"preset": preset, "method": method, "trt_version": trt_version}.items()
+        if v is not None
+    }
+    return calibrate(
+        None, histograms=collector, options=options, algorithm=algorithm,
+        save_histograms=save_histograms, force=force, **table_options,
+    )
 

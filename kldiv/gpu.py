@@ -50,9 +50,15 @@ import numpy as np
 
 from .defaults import NUM_BINS
 from .errors import HistogramError
-from .histogram import FillStats, _check_amax, _check_num_bins
 
-__all__ = ["absmax_stats", "as_device_array", "count_at_least", "fill_counts", "to_host"]
+__all__ = [
+    "FillResult",
+    "absmax_stats",
+    "as_device_array",
+    "count_at_least",
+    "fill_counts",
+    "to_host",
+]
 
 #: Threads per block of the fill kernel.
 _THREADS = 512
@@ -265,7 +271,11 @@ def as_device_array(values: Any) -> Any:
     return arr
 
 
-def _launch(arr: Any, amax: float, inv_w: float, num_bins: int, clip: bool) -> FillStats:
+#: What a fill returns: counts, NaN/±Inf seen, values above amax, their largest, largest |x|.
+FillResult = tuple[np.ndarray, int, int, float, float]
+
+
+def _launch(arr: Any, amax: float, inv_w: float, num_bins: int, clip: bool) -> FillResult:
     cp = _cupy()
     x = arr if arr.flags.c_contiguous else cp.ascontiguousarray(arr)  # one device copy
     if x.dtype.itemsize == 2:
@@ -287,24 +297,20 @@ def _launch(arr: Any, amax: float, inv_w: float, num_bins: int, clip: bool) -> F
         )
     host_counts = counts.get().astype(np.int64)
     s = stats.get()
-    return FillStats(
-        host_counts,
-        n_nonfinite=int(s[0]),
-        n_over=int(s[1]),
-        max_over=float(s[2:3].view(np.float64)[0]),
-        max_abs=float(s[3:4].view(np.float64)[0]),
-    )
+    return (host_counts, int(s[0]), int(s[1]), float(s[2:3].view(np.float64)[0]),
+            float(s[3:4].view(np.float64)[0]))
 
 
 def fill_counts(
     values: Any, amax: float, num_bins: int = NUM_BINS, *, clip: bool = False
-) -> FillStats:
+) -> FillResult:
     """Counts of ``|values|`` under the documented bin rule, computed on the GPU.
 
-    The twin of :func:`kldiv.histogram.fill_counts_reference` (same counts, same
-    ``n_nonfinite``, ``n_over``, ``max_over``, ``max_abs``) for CUDA arrays. Only the counts
-    (``num_bins`` int64) and four numbers are copied to the host. A non-contiguous array is
-    first copied once on the device.
+    The twin of :func:`kldiv.histogram.fill_counts_reference` for CUDA arrays: the same
+    counts, NaN/±Inf count, over-range count, largest over-range and largest finite ``|x|``
+    (``kldiv.histogram.FillStats(*fill_counts(...))`` gives the reference's object). Only the
+    counts (``num_bins`` int64) and four numbers are copied to the host. A non-contiguous
+    array is first copied once on the device.
 
     Parameters
     ----------
@@ -320,11 +326,21 @@ def fill_counts(
 
     Returns
     -------
-    kldiv.histogram.FillStats
+    tuple
+        ``(counts, n_nonfinite, n_over, max_over, max_abs)``: int64 counts, two ints, two
+        floats.
     """
     arr = as_device_array(values)
-    num_bins = _check_num_bins(num_bins)
-    amax = _check_amax(amax, num_bins)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise HistogramError(f"num_bins must be a positive integer, got {num_bins!r}")
+    amax = float(amax)
+    if not (np.isfinite(amax) and amax >= 0) or (
+        amax > 0 and amax / num_bins < np.finfo(np.float64).tiny
+    ):
+        raise HistogramError(
+            f"amax must be finite, >= 0 and split into normal float64 bins, got {amax!r}"
+        )
+    num_bins = int(num_bins)
     return _launch(arr, amax, num_bins / amax if amax > 0 else 0.0, num_bins, clip)
 
 
@@ -332,8 +348,8 @@ def absmax_stats(values: Any) -> tuple[float, int]:
     """``(largest finite |x|, number of NaN/±Inf)`` of a CUDA array, in one pass."""
     arr = as_device_array(values)
     big = float(np.finfo(np.float64).max)
-    stats = _launch(arr, big, 0.0, 1, False)
-    return stats.max_abs, stats.n_nonfinite
+    _, n_nonfinite, _, _, max_abs = _launch(arr, big, 0.0, 1, False)
+    return max_abs, n_nonfinite
 
 
 def count_at_least(values: Any, threshold: float) -> int:

@@ -372,7 +372,7 @@ def _fill_stats(arr: Any, amax: float, num_bins: int, clip: bool) -> FillStats:
     if not isinstance(arr, np.ndarray):  # CUDA memory (see _as_input): filled there
         from .gpu import fill_counts as fill_counts_device
 
-        return fill_counts_device(arr, amax, num_bins, clip=clip)
+        return FillStats(*fill_counts_device(arr, amax, num_bins, clip=clip))
     kernels = _kernels.resolve()
     if kernels is None:
         return fill_counts_reference(arr, amax, num_bins, clip=clip)

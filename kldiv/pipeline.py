@@ -499,7 +499,6 @@ def calibrate(
     force: bool = False,
     on_batch: ProgressCallback | None = None,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
-    client: Any = None,
 ) -> CalibrationTable:
     """Calibrate an ONNX model: run it over data, histogram, search, return the table.
 
@@ -529,13 +528,10 @@ def calibrate(
     force : bool, optional
         Overwrite ``save_histograms`` if it exists.
     on_batch : callable, optional
-        Progress callback ``on_batch(index, samples)`` (not called with ``client``).
+        Progress callback ``on_batch(index, samples)``.
     max_memory : int or None, default DEFAULT_MAX_MEMORY
-        Bytes of activations held at once (see :func:`collect_histograms`).
-    client : distributed.Client, optional
-        Shard the data over this Dask cluster's workers
-        (:func:`kldiv.distributed.collect_histograms_distributed`): the same histograms and
-        table as in one process. ``range_policy`` must be ``"pow2"``.
+        Bytes of activations held at once (see :func:`collect_histograms`). To shard the
+        data over a Dask cluster instead, see :func:`kldiv.distributed.calibrate_distributed`.
 
     Returns
     -------
@@ -567,20 +563,11 @@ def calibrate(
             raise DataSourceError(
                 "calibrate() needs a model and calibration data (or histograms=FILE.npz)"
             )
-        if client is not None:
-            from .distributed import collect_histograms_distributed
-
-            collector = collect_histograms_distributed(
-                model, data, client=client, num_bins=num_bins, range_policy=range_policy,
-                batch_size=batch_size, preprocess=preprocess, max_batches=max_batches,
-                nonfinite=nonfinite, max_memory=max_memory,
-            )
-        else:
-            collector = collect_histograms(
-                model, data, num_bins=num_bins, range_policy=range_policy,
-                batch_size=batch_size, preprocess=preprocess, max_batches=max_batches,
-                nonfinite=nonfinite, on_batch=on_batch, max_memory=max_memory,
-            )
+        collector = collect_histograms(
+            model, data, num_bins=num_bins, range_policy=range_policy,
+            batch_size=batch_size, preprocess=preprocess, max_batches=max_batches,
+            nonfinite=nonfinite, on_batch=on_batch, max_memory=max_memory,
+        )
     _, table = calibrate_histograms(
         collector, preset=preset, method=method, options=options, trt_version=trt_version,
         algorithm=algorithm,

@@ -11,7 +11,7 @@ import pytest
 
 from kldiv.collect import HistogramCollector
 from kldiv.errors import HistogramError, NonFiniteError
-from kldiv.histogram import ActivationHistogram, bin_edges, fill_counts_reference
+from kldiv.histogram import ActivationHistogram, FillStats, bin_edges, fill_counts_reference
 from kldiv.shard import collect_in_shards
 
 cp = pytest.importorskip("cupy", reason="the GPU fill needs CuPy and a CUDA GPU")
@@ -28,7 +28,8 @@ pytestmark = [
 from kldiv import gpu  # noqa: E402
 
 
-def _same_stats(got, want):
+def _same_stats(result, want):
+    got = FillStats(*result)
     assert np.array_equal(got.counts, want.counts), np.nonzero(got.counts != want.counts)
     assert got.n_nonfinite == want.n_nonfinite
     assert got.n_over == want.n_over
