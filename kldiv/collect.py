@@ -20,9 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_num_bins
 from ._io import atomic_write_bytes
 from .defaults import DEFAULT_RANGE_POLICY, NUM_BINS
-from .errors import HistogramError, HistogramRangeError, NonFiniteError
+from .errors import (
+    HistogramError,
+    HistogramRangeError,
+    InputNotFoundError,
+    NonFiniteError,
+    NotAFileError,
+)
 from .histogram import (
     _NONFINITE,
     RANGE_POLICIES,
@@ -39,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Value of the ``format`` key of a histogram file.
 HISTOGRAM_FILE_FORMAT = "kldiv-histograms"
 #: Version of the histogram file written (and the newest read).
-HISTOGRAM_FILE_VERSION = 1
+HISTOGRAM_FILE_VERSION = 2
 
 
 class HistogramCollector:
@@ -95,7 +102,7 @@ class HistogramCollector:
             )
         if nonfinite not in _NONFINITE:
             raise HistogramError(f"nonfinite must be 'raise' or 'drop', got {nonfinite!r}")
-        self.num_bins = int(num_bins)
+        self.num_bins = check_num_bins(num_bins)
         self.range_policy = range_policy
         self.ranges = dict(ranges) if ranges is not None else None
         self.nonfinite = nonfinite
@@ -103,6 +110,8 @@ class HistogramCollector:
         self.meta: dict[str, Any] = {}
         self._hists: dict[str, ActivationHistogram] = {}
         self._absmax: dict[str, float] = {}
+        #: Non-finite values skipped per tensor (``nonfinite="drop"``), in first-seen order.
+        self.dropped: dict[str, int] = {}
 
     # -- mapping-like access -------------------------------------------------------------
     def __getitem__(self, name: str) -> ActivationHistogram:
@@ -186,6 +195,13 @@ class HistogramCollector:
         arr = _as_host_or_device(values)
         if arr.size == 0:
             return None  # an empty tensor (e.g. zero detections) adds nothing
+        if self.nonfinite == "drop":
+            # two SIMD reductions find whether any value is NaN/Inf; only then are they counted
+            if arr.dtype.kind == "f" and not np.isfinite(_fast_absmax(arr)):
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                self.dropped[name] = self.dropped.get(name, 0) + bad
+            else:
+                self.dropped.setdefault(name, 0)
         hist = self._hists.get(name)
         if hist is None:
             # the first batch sets the range: its absmax is needed before the fill
@@ -243,6 +259,8 @@ class HistogramCollector:
             if source in self._hists and name not in self._hists:
                 self._hists[name] = self._hists[source].copy()
                 self._absmax[name] = self._absmax[source]
+                if source in self.dropped:
+                    self.dropped[name] = self.dropped[source]
         if order is not None:
             ranked = [n for n in dict.fromkeys(order) if n in self._hists]
             listed = set(ranked)
@@ -271,6 +289,8 @@ class HistogramCollector:
                 h = _merge(h1, h2, self.range_policy, name)
             out._hists[name] = h
             out._absmax[name] = max(self._absmax.get(name, 0.0), other._absmax.get(name, 0.0))
+            if name in self.dropped or name in other.dropped:
+                out.dropped[name] = self.dropped.get(name, 0) + other.dropped.get(name, 0)
         return out
 
     # -- files -----------------------------------------------------------------------------
@@ -297,6 +317,14 @@ class HistogramCollector:
         -------
         pathlib.Path
             The file written.
+
+        Notes
+        -----
+        The file (version 2) holds ``format``, ``version``, ``names`` (str, unique),
+        ``counts`` (int64, one zero-padded row per tensor), ``amax`` (each histogram's range),
+        ``absmax`` (the largest finite ``|x|`` seen: what ``method="minmax"`` uses),
+        ``num_bins``, ``dropped`` (non-finite values skipped per tensor), ``range_policy``,
+        ``batches`` and ``meta`` (JSON). Version 1 files lack ``dropped``.
         """
         if not self._hists:
             raise HistogramError("no histograms to save: observe() some activations first")
@@ -316,6 +344,7 @@ class HistogramCollector:
             amax=np.array([self._hists[n].amax for n in names], dtype=np.float64),
             absmax=np.array([self._absmax[n] for n in names], dtype=np.float64),
             num_bins=bins,
+            dropped=np.array([self.dropped.get(n, 0) for n in names], dtype=np.int64),
             range_policy=np.array(self.range_policy),
             batches=np.array(self.batches, dtype=np.int64),
             meta=np.array(json.dumps(info, sort_keys=True, default=str)),
@@ -324,52 +353,72 @@ class HistogramCollector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HistogramCollector:
-        """Read a file written by :meth:`save` (``allow_pickle=False``).
+        """Read a file written by :meth:`save` (``allow_pickle=False``), checking every array.
+
+        Files of version 1 and 2 are read. A file without ``absmax`` (the largest ``|x|``)
+        is read with each histogram's range in its place, with a warning (``minmax`` then
+        gives an upper bound); :attr:`meta` ``["absmax_from_range"]`` says so.
 
         Raises
         ------
+        InputNotFoundError, NotAFileError
+            If there is no such file, or the path is a folder.
         HistogramError
-            If the file is missing, not such a file, or inconsistent; the message names it.
+            If the file is not a kldiv histogram file, comes from an unknown format version,
+            or holds inconsistent arrays (duplicate names, negative counts, counts beyond
+            the bins of an all-zero tensor, wrong dtypes or shapes); the message names the
+            file and the tensor.
         """
         p = Path(path)
+        if p.is_dir():
+            raise NotAFileError(
+                f"{p} is a folder, not a histogram file; give the .npz written by "
+                "kldiv calibrate --save-histograms", path=str(p),
+            )
+        if not p.exists():
+            raise InputNotFoundError(
+                f"{p}: histogram file not found; write one with kldiv calibrate "
+                "--save-histograms H.npz", path=str(p),
+            )
         try:
             z = np.load(p, allow_pickle=False)
-        except FileNotFoundError:
-            raise HistogramError(f"{p}: histogram file not found") from None
         except Exception as exc:
             raise HistogramError(
                 f"{p}: not a kldiv histogram file ({exc.__class__.__name__}: {exc}); "
                 "write one with kldiv calibrate --save-histograms"
             ) from exc
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise HistogramError(
+                f"{p}: a single NumPy array, not a kldiv histogram file (an .npz archive); "
+                "write one with kldiv calibrate --save-histograms"
+            )
         with z:
-            try:
-                fmt = str(z["format"])
-                if fmt != HISTOGRAM_FILE_FORMAT:
-                    raise ValueError(f"format is {fmt!r}")
-                version = int(z["version"])
-                if version > HISTOGRAM_FILE_VERSION:
-                    raise ValueError(
-                        f"version {version} is newer than this kldiv reads "
-                        f"({HISTOGRAM_FILE_VERSION}); upgrade kldiv"
-                    )
-                names = [str(n) for n in z["names"]]
-                counts, amax, amx = z["counts"], z["amax"], z["absmax"]
-                bins = z["num_bins"]
-                policy = str(z["range_policy"])
-                batches = int(z["batches"])
-                meta = json.loads(str(z["meta"]))
-            except KeyError as exc:
-                raise HistogramError(f"{p}: missing key {exc} in the histogram file") from None
-            except ValueError as exc:
-                raise HistogramError(f"{p}: not a readable kldiv histogram file: {exc}") from None
-        if not (len(names) == counts.shape[0] == amax.shape[0] == amx.shape[0] == bins.shape[0]):
-            raise HistogramError(f"{p}: names, counts, amax and num_bins disagree in length")
+            arrays = _read_arrays(z, p)
+        return cls._from_arrays(arrays, p)
+
+    @classmethod
+    def _from_arrays(cls, a: dict[str, Any], p: Path) -> HistogramCollector:
+        names: list[str] = a["names"]
+        counts, amax, bins = a["counts"], a["amax"], a["num_bins"]
         hists: dict[str, ActivationHistogram] = {}
+        policy = a["range_policy"]
         growth = policy if policy in ("pow2", "append") else "fixed"  # as the collector's
         for t, name in enumerate(names):
+            row = counts[t]
+            n = int(bins[t])
+            if np.any(row[n:]):
+                raise HistogramError(
+                    f"{p}: tensor {name!r}: counts beyond its {n} bins; the file is damaged, "
+                    "save the histograms again"
+                )
+            if amax[t] == 0 and np.any(row[1:n]):
+                raise HistogramError(
+                    f"{p}: tensor {name!r}: range amax 0 (an all-zero tensor) but counts above "
+                    "bin 0; the file is damaged, save the histograms again"
+                )
             try:
                 hists[name] = ActivationHistogram.from_counts(
-                    counts[t, : int(bins[t])], float(amax[t]), growth=growth  # type: ignore[arg-type]
+                    row[:n], float(amax[t]), growth=growth  # type: ignore[arg-type]
                 )
             except HistogramError as exc:
                 raise HistogramError(f"{p}: tensor {name!r}: {exc}") from None
@@ -379,11 +428,111 @@ class HistogramCollector:
             policy,
             ranges={n: h.amax for n, h in hists.items()} if policy in ("global", "fixed") else None,
         )
-        out.batches = batches
-        out.meta = meta if isinstance(meta, dict) else {}
+        out.batches = a["batches"]
+        out.meta = a["meta"]
         out._hists = hists
-        out._absmax = {name: float(amx[t]) for t, name in enumerate(names)}
+        absmax = a["absmax"]
+        if absmax is None:
+            log.warning(
+                "%s: the file does not record the largest |x| of each tensor (an older "
+                "format); minmax uses each histogram's range instead, an upper bound", p,
+            )
+            out.meta["absmax_from_range"] = True
+            out._absmax = {name: float(amax[t]) for t, name in enumerate(names)}
+        else:
+            out._absmax = {name: float(absmax[t]) for t, name in enumerate(names)}
+        dropped = a["dropped"]
+        if dropped is not None:
+            out.dropped = {n: int(dropped[t]) for t, n in enumerate(names) if dropped[t]}
         return out
+
+
+_REQUIRED_KEYS = ("format", "version", "names", "counts", "amax", "num_bins")
+
+
+def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
+    """The arrays of an open histogram archive, each checked for dtype and shape."""
+    def bad(what: str) -> HistogramError:
+        return HistogramError(
+            f"{p}: {what}; this is not a histogram file kldiv wrote, or it is damaged "
+            "(write one with kldiv calibrate --save-histograms)"
+        )
+
+    def get(key: str) -> np.ndarray:
+        try:
+            return np.asarray(z[key])
+        except ValueError as exc:  # e.g. an object array, refused without pickle
+            raise bad(f"array {key!r} cannot be read ({exc})") from None
+
+    files = set(z.files)
+    if "format" not in files or str(get("format")) != HISTOGRAM_FILE_FORMAT:
+        raise bad(f"no format={HISTOGRAM_FILE_FORMAT!r} entry (it holds "
+                  f"{', '.join(sorted(files)) or 'nothing'})")
+    missing = [k for k in _REQUIRED_KEYS if k not in files]
+    if missing:
+        raise bad(f"no {', '.join(repr(k) for k in missing)} array in the archive")
+    version_arr = get("version")
+    if version_arr.shape != () or version_arr.dtype.kind not in "iu":
+        raise bad(f"version is {version_arr!r}, not a whole number")
+    version = int(version_arr)
+    if version > HISTOGRAM_FILE_VERSION:
+        raise HistogramError(
+            f"{p}: histogram file version {version} is newer than this kldiv reads "
+            f"(1 to {HISTOGRAM_FILE_VERSION}); upgrade kldiv"
+        )
+    if version < 1:
+        raise bad(f"unknown histogram file version {version}")
+    names_arr = get("names")
+    if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
+        raise bad(f"names must be a 1-D array of str, got {names_arr.dtype} of shape "
+                  f"{names_arr.shape}")
+    names = [str(n) for n in names_arr]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise bad(f"tensor {name!r} appears twice in names")
+        seen.add(name)
+    n = len(names)
+    counts = get("counts")
+    if counts.ndim != 2 or counts.shape[0] != n or counts.dtype.kind not in "iu":
+        raise bad(f"counts must be an integer array of {n} rows (one per name), got "
+                  f"{counts.dtype} of shape {counts.shape}")
+    out: dict[str, Any] = {"names": names, "counts": counts}
+    for key, kind in (("amax", "f"), ("num_bins", "iu"), ("absmax", "f"), ("dropped", "iu")):
+        if key not in files:
+            out[key] = None
+            continue
+        arr = get(key)
+        if arr.shape != (n,) or arr.dtype.kind not in kind:
+            want = "float" if kind == "f" else "integer"
+            raise bad(f"{key} must be a 1-D {want} array of {n} values (one per name), got "
+                      f"{arr.dtype} of shape {arr.shape}")
+        out[key] = arr
+    for key in ("amax", "absmax"):
+        arr = out[key]
+        if arr is not None:
+            wrong = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0)))
+            if wrong.size:
+                raise bad(f"tensor {names[wrong[0]]!r}: {key} {float(arr[wrong[0]])!r} is not a "
+                          "finite number >= 0")
+    bins = out["num_bins"]
+    wrong = np.flatnonzero((bins < 1) | (bins > counts.shape[1]))
+    if wrong.size:
+        raise bad(f"tensor {names[wrong[0]]!r}: num_bins {int(bins[wrong[0]])} is outside "
+                  f"1..{counts.shape[1]} (the width of counts)")
+    if out["dropped"] is not None and np.any(out["dropped"] < 0):
+        raise bad("dropped holds a negative count")
+    policy = str(get("range_policy")) if "range_policy" in files else DEFAULT_RANGE_POLICY
+    out["range_policy"] = policy
+    out["batches"] = int(get("batches")) if "batches" in files else 0
+    meta: Any = {}
+    if "meta" in files:
+        try:
+            meta = json.loads(str(get("meta")))
+        except json.JSONDecodeError as exc:
+            raise bad(f"meta is not JSON ({exc.msg})") from None
+    out["meta"] = meta if isinstance(meta, dict) else {}
+    return out
 
 
 def _as_host_or_device(values: Any) -> Any:

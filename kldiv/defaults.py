@@ -32,8 +32,10 @@ __all__ = [
     "DEFAULT_WORKSPACE",
     "MIN_TABLE_COVERAGE",
     "INT8_MAX",
+    "MAX_NUM_BINS",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
+    "TRT_MAJOR_RANGE",
 ]
 
 #: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
@@ -102,10 +104,20 @@ DEFAULT_PRECISION: Final[str] = "fp32"
 #: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
 
+# --- limits of user options ---
+#: Most histogram bins a calibration accepts (``--num-bins``): 32x TensorRT's 2048 and 8x
+#: MXNet's 8001. Each tensor keeps its int64 counts in memory and the entropy search grows with
+#: the square of the bin count (kldiv._checks.check_num_bins).
+MAX_NUM_BINS: Final[int] = 1 << 16
+#: Oldest and newest TensorRT major versions whose cache header number kldiv writes from a
+#: version string (the real caches it was checked on span 5.1 to 10.14; a newer TensorRT's
+#: header number can be given as a number).
+TRT_MAJOR_RANGE: Final[tuple[int, int]] = (5, 10)
+
 # --- distributed calibration (kldiv.distributed) ---
 #: Shards per worker when a sharded calibration is not told how many. More shards balance
 #: load and make a retried shard cheaper, but each costs a task, a first batch that grows the
-#: ranges again, and its result's transfer (~10-40 ms each in benchmarks/sharded.py).
+#: ranges again, and its result's transfer (~10-90 ms each in benchmarks/sharded.py).
 DEFAULT_SHARDS_PER_WORKER: Final[int] = 2
 #: Seconds to wait for a Dask scheduler to answer (``--scheduler``) before giving up.
 DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0

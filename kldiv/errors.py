@@ -21,6 +21,11 @@ __all__ = [
     "DataSourceError",
     "ModelError",
     "OutputExistsError",
+    "PathError",
+    "InputNotFoundError",
+    "NotAFileError",
+    "OutputFolderError",
+    "OverwriteInputError",
     "QuantizationError",
     "TableMismatchError",
     "UnknownNameError",
@@ -119,6 +124,37 @@ class ModelError(KldivError, ValueError):
 
 class OutputExistsError(KldivError, FileExistsError):
     """An output file exists and overwriting was not allowed (pass ``force=True`` / ``--force``)."""
+
+
+class PathError(KldivError, OSError):
+    """A path given to kldiv cannot be used as asked (the message names it and says why).
+
+    Also an :class:`OSError`, so ``except OSError`` keeps working; the subclasses are the
+    matching built-in errors too (``FileNotFoundError``, ``IsADirectoryError``, ``ValueError``).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InputNotFoundError(PathError, FileNotFoundError):
+    """An input file (model, cache, histogram file ...) does not exist."""
+
+
+class NotAFileError(PathError, IsADirectoryError):
+    """A folder was given where a file is read or written."""
+
+
+class OutputFolderError(PathError, FileNotFoundError):
+    """The folder an output file is to be written into does not exist."""
+
+
+class OverwriteInputError(PathError, ValueError):
+    """An output path names one of the command's inputs; never overwritten, even with force."""
 
 
 class QuantizationError(KldivError, ValueError):

@@ -37,9 +37,13 @@ def test_table_is_the_search_of_every_collected_histogram(collected, lenet_batch
     assert table.header.text == "TRT-8601-EntropyCalibration2"
     sources = collected.meta["scale_sources"]  # pooling outputs take their input's scale
     assert sources == {"pool1": "relu1", "pool2": "relu2"}
+    aliases = collected.meta["value_aliases"]  # Flatten/Reshape: their source's final scale
+    assert aliases == {"flatten": "pool2"}
     for name in table:
+        source = aliases.get(name, name)
+        source = sources.get(source, source)
         with using("numpy"):
-            expected = search_threshold(collected[sources.get(name, name)], "tensorrt")
+            expected = search_threshold(collected[source], "tensorrt")
         assert table.hex(name) == scale_to_hex(expected.scale), name
     # the histograms are those of the activations (checked on one tensor, by hand)
     acts = [runner.run(runner.prepare(b)) for b in lenet_batches]
@@ -136,7 +140,9 @@ def test_collector_merge_gives_same_table_as_one_run(lenet_batches):
         c = HistogramCollector(range_policy="global", ranges=ranges)
         # graph facts (pooling sources, Clip bounds) come from the model, as collect_histograms
         # records them
-        c.meta.update({k: whole.meta[k] for k in ("scale_sources", "activation_bounds")})
+        c.meta.update(
+            {k: whole.meta[k] for k in ("scale_sources", "activation_bounds", "value_aliases")}
+        )
         runner = OnnxRuntimeRunner(lenet_model_path())
         for acts in runner.iter_activations(part):
             c.observe(acts)
