@@ -49,6 +49,10 @@ _LAZY: dict[str, str] = {
     "Preprocess": "data",
     "to_qdq_onnx": "qdq",
     "EvaluationReport": "evaluate",
+    # explaining scales
+    "explain_scale": "explain",
+    "Explanation": "explain",
+    "write_report": "report",
     # errors
     "KldivError": "errors",
     "HistogramError": "errors",
@@ -74,6 +78,7 @@ __all__ = [
     "DataSourceError",
     "EntropyOptions",
     "EvaluationReport",
+    "Explanation",
     "GraphFacts",
     "HistogramCollector",
     "HistogramError",
@@ -97,6 +102,7 @@ __all__ = [
     "choose_threshold",
     "collect_histograms",
     "compare",
+    "explain_scale",
     "format_cache",
     "header_for",
     "hex_to_scale",
@@ -108,6 +114,7 @@ __all__ = [
     "search_threshold",
     "to_qdq_onnx",
     "write_cache",
+    "write_report",
     "write_table",
 ]
 
@@ -146,11 +153,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownNameError,
     )
     from .evaluate import EvaluationReport
+    from .explain import Explanation, explain_scale
     from .exports import read_table, write_table
     from .graph import GraphFacts
     from .histogram import ActivationHistogram
     from .pipeline import Calibration, calibrate, calibrate_histograms, collect_histograms
     from .qdq import to_qdq_onnx
+    from .report import write_report
     from .runners import OnnxRuntimeRunner
     from .scales import (
         CacheHeader,

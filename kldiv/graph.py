@@ -139,6 +139,13 @@ class GraphFacts:
         except (TypeError, ValueError) as exc:
             raise HistogramError(f"{where}: {exc}") from None
 
+    def __reduce__(self) -> tuple[type[GraphFacts], tuple[dict[str, Any], ...]]:
+        # read-only views do not pickle; the facts travel as plain dicts (Dask, processes)
+        return (
+            GraphFacts,
+            (dict(self.activation_bounds), dict(self.scale_sources), dict(self.value_aliases)),
+        )
+
     def __bool__(self) -> bool:
         return bool(self.activation_bounds or self.scale_sources or self.value_aliases)
 

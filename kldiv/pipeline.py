@@ -41,6 +41,7 @@ from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_PRESET,
@@ -74,8 +75,19 @@ METHODS: tuple[str, ...] = tuple(_thresholds.METHODS)
 ProgressCallback = Callable[[int, int], None]
 
 
+def batch_digest(feed: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 of one batch as fed: input names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.data.cast("B"))
+    return h.digest()
+
+
 class _Fingerprint:
-    """SHA-256 over every batch fed to the model: input names, dtypes, shapes and bytes."""
+    """SHA-256 over the batches' digests (:func:`batch_digest`), in order: the same value
+    whether the batches were read in one process or in shards on several workers."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
@@ -83,16 +95,32 @@ class _Fingerprint:
         self.samples = 0
 
     def update(self, feed: Mapping[str, np.ndarray]) -> None:
-        for name in sorted(feed):
-            arr = np.ascontiguousarray(feed[name])
-            self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            self._h.update(arr.data.cast("B"))
+        self.add_digest(batch_digest(feed))
+        self.samples += batch_samples(feed)
+
+    def add_digest(self, digest: bytes) -> None:
+        """Chain one batch's digest (a shard's, in batch order)."""
+        self._h.update(digest)
         self.batches += 1
-        first = next(iter(feed.values()), None)
-        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (``None`` where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb / 1024, 1)
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the first input's leading dimension (1 for a scalar input)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def data_fingerprint(batches: Iterable[Mapping[str, np.ndarray]]) -> str:
@@ -122,6 +150,7 @@ def collect_histograms(
     include_constants: bool = False,
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
 
@@ -151,13 +180,17 @@ def collect_histograms(
         float rounding; see :class:`~kldiv.runners.OnnxRuntimeRunner`).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once; a batch whose activations exceed it runs in
+        stages (see :class:`~kldiv.runners.OnnxRuntimeRunner`); same histograms. ``None``:
+        no limit.
 
     Returns
     -------
     HistogramCollector
         With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
-        ``samples``, ``seconds``; and ``graph``: the :class:`~kldiv.graph.GraphFacts` of the
-        collected tensors.
+        ``samples``, ``seconds``, ``peak_memory_mb`` (the process's peak resident memory); and
+        ``graph``: the :class:`~kldiv.graph.GraphFacts` of the collected tensors.
 
     Raises
     ------
@@ -184,6 +217,7 @@ def collect_histograms(
         include_constants=include_constants,
         graph_optimization_level=graph_optimization_level,
         fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+        max_memory=max_memory,
     )
     source = as_source(data, preprocess=preprocess, batch_size=batch_size)
     ranges = None
@@ -202,7 +236,8 @@ def collect_histograms(
     for index, feed in _feeds(runner, source, max_batches):
         fp.update(feed)
         for chunk in runner.split(feed):
-            collector.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                collector.observe(acts, batch=index)
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
@@ -217,6 +252,7 @@ def collect_histograms(
         samples=fp.samples,
         seconds=round(time.perf_counter() - start, 3),
         kldiv_version=_kldiv_version(),
+        peak_memory_mb=peak_memory_mb(),
     )
     return collector
 
@@ -264,7 +300,8 @@ def _absmax_pass(
     probe = HistogramCollector(1, "pow2", nonfinite=nonfinite)  # 1 bin: absmax is what we use
     for index, feed in _feeds(runner, source, max_batches):
         for chunk in runner.split(feed):
-            probe.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                probe.observe(acts, batch=index)
     return {n: probe.absmax(n) for n in probe}
 
 
@@ -633,6 +670,7 @@ def calibrate(
     save_histograms: str | os.PathLike[str] | None = None,
     force: bool = False,
     on_batch: ProgressCallback | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> Calibration:
     """Calibrate an ONNX model: run it over data, histogram, search, return the result.
 
@@ -663,6 +701,9 @@ def calibrate(
         Overwrite ``save_histograms`` if it exists.
     on_batch : callable, optional
         Progress callback ``on_batch(index, samples)``.
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once (see :func:`collect_histograms`). To shard the
+        data over a Dask cluster instead, see :func:`kldiv.distributed.calibrate_distributed`.
 
     Returns
     -------
@@ -697,7 +738,7 @@ def calibrate(
     collector = collect_histograms(
         model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
         preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-        on_batch=on_batch,
+        on_batch=on_batch, max_memory=max_memory,
     )
     result = calibrate_histograms(
         collector, graph=collector.graph, preset=preset, method=method, options=options,
