@@ -194,8 +194,10 @@ class HistogramCollector:
         self.batches += 1
 
     def _observe_one(self, name: str, values: Any, index: int) -> float | None:
-        """Fill one tensor of a batch; return the batch's largest finite ``|x|`` (``None``
-        for an empty tensor, which adds nothing)."""
+        """Fill one tensor of a batch; return the batch's largest finite ``|x|``.
+
+        ``None`` for an empty tensor, which adds nothing.
+        """
         where = f"tensor {name!r}, batch {index}"
         arr = _as_host_or_device(values)
         if arr.size == 0:
@@ -546,8 +548,11 @@ def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
 
 
 def _as_host_or_device(values: Any) -> Any:
-    """``np.asarray(values)``; CUDA arrays (CuPy, torch CUDA tensors, DLPack) stay on the
-    device as a CuPy view (:func:`kldiv.gpu.as_device_array`)."""
+    """``np.asarray(values)``, except for CUDA arrays.
+
+    CUDA arrays (CuPy, torch CUDA tensors, DLPack) stay on the device as a CuPy view
+    (:func:`kldiv.gpu.as_device_array`).
+    """
     if _is_device_array(values):
         from .gpu import as_device_array
 

@@ -138,7 +138,7 @@ def _worker_name() -> str:
 
 
 def _runner(model: str | bytes, sha256: str, opts: Mapping[str, Any]) -> Any:
-    """This worker's onnxruntime runner for ``model`` (created once, kept for later shards)."""
+    """The onnxruntime runner of this worker for ``model`` (created once, kept for later shards)."""
     key = (sha256, tuple(sorted(opts.items())))
     runner = _RUNNERS.get(key)
     if runner is not None:
@@ -242,8 +242,11 @@ def _cluster(
 
 
 def local_cluster_options(workers: int) -> dict[str, Any]:
-    """``LocalCluster`` options of ``--workers N``: N processes of one task thread each,
-    the machine's cores divided among them (the histogram kernels' threads too)."""
+    """``LocalCluster`` options of ``--workers N``.
+
+    N processes of one task thread each, the machine's cores divided among them (the histogram
+    kernels' threads too).
+    """
     share = str(max(1, (os.cpu_count() or 1) // workers))
     return {
         "n_workers": workers, "threads_per_worker": 1, "processes": True,

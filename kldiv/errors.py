@@ -168,8 +168,11 @@ class QuantizationError(KldivError, ValueError):
 
 
 class ClusterError(KldivError, RuntimeError):
-    """A distributed run could not be done: no scheduler answered, or a shard's worker died
-    more often than the engine retries. No table or histogram file is written."""
+    """A distributed run could not be done.
+
+    No scheduler answered, or a shard's worker died more often than the engine retries. No
+    table or histogram file is written.
+    """
 
 
 class TableMismatchError(QuantizationError):

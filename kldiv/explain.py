@@ -362,8 +362,11 @@ class Variant:
 
 
 class _Searcher:
-    """Runs many variants of the search on one histogram, computing each distinct divergence
-    curve once; the winner is picked as :func:`kldiv.entropy.kernel_search` picks it."""
+    """Runs many variants of the search on one histogram.
+
+    Each distinct divergence curve is computed once; the winner is picked as
+    :func:`kldiv.entropy.kernel_search` picks it.
+    """
 
     def __init__(self, counts: np.ndarray, amax: float) -> None:
         from . import _kernels
@@ -435,8 +438,11 @@ def _variant_options(
 
 
 def _reference_only(opts: EntropyOptions) -> bool:
-    """Smoothing with emptiness judged on the raw histogram: no tool uses the pair (MXNet and
-    onnxruntime judge it on P), and only the NumPy reference computes it (~0.1 s a curve)."""
+    """Smoothing with emptiness judged on the raw histogram.
+
+    No tool uses the pair (MXNet and onnxruntime judge it on P), and only the NumPy reference
+    computes it (~0.1 s a curve).
+    """
     return opts.smoothing != "none" and opts.empty != "p"
 
 

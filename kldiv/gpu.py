@@ -353,8 +353,10 @@ def absmax_stats(values: Any) -> tuple[float, int]:
 
 
 def count_at_least(values: Any, threshold: float) -> int:
-    """How many finite values of a CUDA array have ``|x| >= threshold`` (exact, as
-    :func:`kldiv.histogram.count_at_least`)."""
+    """How many finite values of a CUDA array have ``|x| >= threshold``.
+
+    Exact, as :func:`kldiv.histogram.count_at_least`.
+    """
     cp = _cupy()
     arr = as_device_array(values)
     t = arr.dtype.type(threshold)

@@ -256,8 +256,11 @@ def _as_array(values: ArrayLike) -> np.ndarray:
 
 
 def _is_device_array(values: Any) -> bool:
-    """Whether ``values`` lives in CUDA memory (``__cuda_array_interface__``, or DLPack with a
-    CUDA device): such arrays are filled on the GPU by :mod:`kldiv.gpu`. Asks no module."""
+    """Whether ``values`` lives in CUDA memory.
+
+    ``__cuda_array_interface__``, or DLPack with a CUDA device: such arrays are filled on the GPU
+    by :mod:`kldiv.gpu`. Asks no module.
+    """
     if isinstance(values, np.ndarray):
         return False
     try:

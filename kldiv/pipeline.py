@@ -86,8 +86,11 @@ def batch_digest(feed: Mapping[str, np.ndarray]) -> bytes:
 
 
 class _Fingerprint:
-    """SHA-256 over the batches' digests (:func:`batch_digest`), in order: the same value
-    whether the batches were read in one process or in shards on several workers."""
+    """SHA-256 over the batches' digests (:func:`batch_digest`), in order.
+
+    The same value whether the batches were read in one process or in shards on several
+    workers.
+    """
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
@@ -108,7 +111,7 @@ class _Fingerprint:
 
 
 def peak_memory_mb() -> float | None:
-    """This process's peak resident memory so far, in MB (``None`` where unknown)."""
+    """The peak resident memory of this process so far, in MB (``None`` where unknown)."""
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows

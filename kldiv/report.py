@@ -37,8 +37,8 @@ import numpy as np
 from .defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
 from .entropy import PRESETS, apply_zero_policy, search_threshold
 from .errors import DataSourceError, PresetError
-from .graph import GraphFacts
 from .explain import abs_presets, load_histograms, load_tables, place_value
+from .graph import GraphFacts
 from .scales import CalibrationTable, ThresholdResult, clipped_fraction, scale_to_bits
 
 __all__ = ["PLOT_POINTS", "build_report", "render_html", "write_report"]
@@ -116,9 +116,12 @@ def _op_types(model: Any) -> dict[str, str]:
 
 
 def _evaluations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """``kldiv evaluate --json`` output as a list of reports: a list of reports, one report, or
-    a document holding them under ``"reports"``; classification figures at the top of a report
-    or under ``"classification"``, per-output metrics under ``"outputs"``."""
+    """``kldiv evaluate --json`` output as a list of reports.
+
+    Reads a list of reports, one report, or a document holding them under ``"reports"``;
+    classification figures at the top of a report or under ``"classification"``, per-output
+    metrics under ``"outputs"``.
+    """
     p = Path(path)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))

@@ -787,8 +787,11 @@ def _fmt_bytes(n: float) -> str:
 def _stage_cost(g: Any, lo: int, hi: int, sizes: Mapping[str, int], size: Any,
                 exposed: set[str], last_use: Mapping[str, int], produced_by: Mapping[str, int],
                 inits: set[str]) -> int:
-    """Bytes held while stage ``lo:hi`` runs: its inputs from before, and its outputs that are
-    exposed or read later (onnxruntime frees the others as it goes)."""
+    """Bytes held while stage ``lo:hi`` runs.
+
+    Its inputs from before, and its outputs that are exposed or read later (onnxruntime frees
+    the others as it goes).
+    """
     made: set[str] = set()
     cost = 0
     for node in g.node[lo:hi]:

@@ -118,10 +118,12 @@ class ShardCollector(HistogramCollector):
         self._records: dict[str, list[tuple[int, float, int]]] = {}
 
     def observe(self, activations: Mapping[str, Any], *, batch: int | None = None) -> None:
-        """Add one batch (as :meth:`HistogramCollector.observe`), recording what merging
-        needs. A tensor with a base is filled from it, and on its first batch here the range
-        is grown to the batch's absmax before the fill: the range the fill would grow to, so
-        the batch is read once (not filled at the base, then again)."""
+        """Add one batch (as :meth:`HistogramCollector.observe`), recording what merging needs.
+
+        A tensor with a base is filled from it, and on its first batch here the range is grown to
+        the batch's absmax before the fill: the range the fill would grow to, so the batch is read
+        once (not filled at the base, then again).
+        """
         for name, values in activations.items():
             b = self.base.get(name, 0.0)
             if name in self._hists or b <= 0.0:
@@ -166,8 +168,10 @@ class ShardCollector(HistogramCollector):
 
 
 def shard_bases(first: ShardResult | HistogramCollector) -> dict[str, float]:
-    """The range each tensor's histogram has after the first batch: what every other shard
-    starts from (0 for tensors all-zero or empty there)."""
+    """The range each tensor's histogram has after the first batch.
+
+    What every other shard starts from (0 for tensors all-zero or empty there).
+    """
     hists = first.hists if isinstance(first, ShardResult) else dict(first.items())
     return {n: h.amax for n, h in hists.items()}
 
@@ -277,8 +281,10 @@ def _add_zeros(h: ActivationHistogram, zeros: ActivationHistogram) -> Activation
 def _merge_exact(
     cur: ActivationHistogram, h: ActivationHistogram, rec: np.ndarray | None, name: str
 ) -> ActivationHistogram:
-    """``cur`` (the batches so far) + ``h`` (the next shard, filled from the same base), with
-    the shard's clamped values moved where the one-process run puts them."""
+    """``cur`` (the batches so far) + ``h`` (the next shard, filled from the same base).
+
+    The shard's clamped values are moved where the one-process run puts them.
+    """
     n = cur.num_bins
     target = max(cur.amax, h.amax)
     a = cur.copy().grow_to(target, policy="pow2")

@@ -1,5 +1,6 @@
 """Bounded memory: a model whose activations exceed max_memory runs in stages, each node
-once, with the same histograms; a budget too small for one tensor is a clear error."""
+once, with the same histograms; a budget too small for one tensor is a clear error.
+"""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def test_place_value_finds_the_bin_and_bit_exactness() -> None:
 
 def test_cached_curves_pick_what_search_threshold_picks() -> None:
     """reproduce() computes each divergence curve once and picks like the kernel search: the
-    same bin as search_threshold for every variant of up to two changed fields."""
+    same bin as search_threshold for every variant of up to two changed fields.
+    """
     base = PRESETS["tensorrt"]
     fields = list(SEARCH_SPACE)
     # 512 bins: the smoothed reference curve costs O(bins^2)
@@ -218,7 +219,8 @@ def test_explain_real_tensorrt_cache_post_relu(
     tmp_path: Path, trt_caches: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """TRT 7.0's ip1 (post-ReLU): the tensorrt preset reproduces it; counted from the slide's
-    literal reading, the zero spike is the change that explains it."""
+    literal reading, the zero spike is the change that explains it.
+    """
     hist = _sampleint8_histograms(tmp_path)
     cache = trt_caches / "sampleint8-mnist-trt7000.cache"
     assert main(["explain", str(hist), "ip1", "--cache", str(cache), "--json"]) == 0
@@ -250,7 +252,8 @@ def test_smoothing_is_tried_with_emptiness_from_p_unless_exhaustive() -> None:
 
 def test_reproduce_finds_the_degenerate_window_rule() -> None:
     """A spike alone in its window gives KL = 0 (P and Q the same one point): a cache that took
-    that minimum is explained by taking degenerate windows, one field from tensorrt."""
+    that minimum is explained by taking degenerate windows, one field from tensorrt.
+    """
     if "min_nonempty_bins" not in SEARCH_SPACE:
         pytest.skip("this EntropyOptions has no min_nonempty_bins field")
     rng = np.random.default_rng(1)

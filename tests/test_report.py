@@ -181,7 +181,8 @@ def test_cli_report_with_evaluation(
 
 def test_report_on_real_tensorrt_caches(tmp_path: Path, trt_caches: Path) -> None:
     """sampleINT8: TRT 7.0's cache lands in kldiv's bin on all 8 tensors it holds; TRT 5.1's
-    (other calibration images) mostly does not."""
+    (other calibration images) mostly does not.
+    """
     folder = fixtures_dir() / "conformance" / "sampleint8"
     if not (folder / "mnist_lenet.onnx").is_file():
         pytest.skip(f"sampleINT8 fixtures not found in {folder}; set KLDIV_FIXTURES")

@@ -32,7 +32,8 @@ def _assert_same(merged, whole):
 
 def _edge_batches(seed, n, num_bins, dtype):
     """Saturated activations and pixels at 1.0: values exactly on R0 * 2**k, and ranges that
-    double in some shards before batches that sit on the old edge."""
+    double in some shards before batches that sit on the old edge.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):

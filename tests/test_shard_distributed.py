@@ -1,5 +1,6 @@
 """Sharded calibration on a real Dask LocalCluster (2 worker processes): the same histograms,
-absmax, order and data fingerprint as one process; retries, dead workers and bad input."""
+absmax, order and data fingerprint as one process; retries, dead workers and bad input.
+"""
 
 from __future__ import annotations
 
