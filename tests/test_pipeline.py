@@ -215,3 +215,13 @@ def test_damaged_graph_facts_in_a_histogram_file_are_named(tmp_path, collected):
     collected.save(path, meta={"activation_bounds": {"relu6": -1.0}}, force=True)
     with pytest.raises(HistogramError, match="activation bound of 'relu6'"):
         HistogramCollector.load(path)
+
+
+def test_graph_facts_are_read_only_and_travel_between_processes(collected):
+    import pickle
+
+    facts = collected.graph
+    with pytest.raises(TypeError):
+        facts.scale_sources["pool1"] = "conv1"  # type: ignore[index]
+    again = pickle.loads(pickle.dumps(facts))  # Dask and process pools pickle them
+    assert again == facts and again.scale_sources["pool1"] == "relu1"
