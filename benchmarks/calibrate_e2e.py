@@ -15,6 +15,7 @@ subprocess; its wall time (after imports) and peak RSS (``VmHWM``) are measured 
 - ``ort-entropy``: ``onnxruntime.quantization.calibrate.create_calibrator(...,
   CalibrationMethod.Entropy, extra_options={"num_bins": 2048})``, ``collect_data``,
   ``compute_data``.
+- ``kldiv-serial``: the same with ``overlap=False`` (each batch's model run, then its fills).
 - ``exposed``: the floor of kldiv's design: onnxruntime with kldiv's session options and
   every tensor kldiv calibrates as an output (the session of ``OnnxRuntimeRunner``), the
   outputs dropped. ``kldiv / exposed`` is what the histograms, the search and the set-up
@@ -261,6 +262,18 @@ def child_kldiv(model: str, data: Batches) -> dict:
     return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
 
 
+def child_kldiv_serial(model: str, data: Batches) -> dict:
+    """``kldiv.calibrate`` with ``overlap=False``: each batch's model run, then its fills."""
+    import onnxruntime  # noqa: F401
+
+    import kldiv
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    table = kldiv.calibrate(model, data, preset="tensorrt", overlap=False)
+    return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
+
+
 def child_kldiv_parts(model: str, data: Batches) -> dict:
     """The same work by its parts, timed separately (sequential; no kernel preload)."""
     import onnxruntime  # noqa: F401
@@ -324,6 +337,7 @@ CHILDREN = {
     "kldiv-jit": child_kldiv,  # run with KLDIV_KERNELS=jit
     "kldiv-parts": child_kldiv_parts,
     "exposed": child_exposed,
+    "kldiv-serial": child_kldiv_serial,
     "ort-entropy": child_ort_entropy,
 }
 
@@ -480,6 +494,9 @@ def main() -> None:
         print(f"onnxruntime entropy (2048 bins) / kldiv: {_span(ratio('ort-entropy', 'kldiv'))}x "
               f"time (target >= 10x), {_span(ratio('ort-entropy', 'kldiv', 'peak_mb'))}x "
               "peak memory (target >= 20x)")
+    if "kldiv-serial" in contenders and "kldiv" in contenders:
+        print(f"kldiv without overlap / kldiv: {_span(ratio('kldiv-serial', 'kldiv'))}x time, "
+              f"{_span(ratio('kldiv-serial', 'kldiv', 'peak_mb'))}x peak memory")
     if "kldiv-jit" in contenders and "kldiv" in contenders:
         print(f"kernels ahead of time vs Numba's JIT: kldiv-jit / kldiv "
               f"{_span(ratio('kldiv-jit', 'kldiv'))}x time, "

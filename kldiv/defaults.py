@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_LEGACY_QUANTILE",
     "DEFAULT_METHOD",
     "DEFAULT_ORT_OPTIMIZATION",
+    "DEFAULT_OVERLAP",
     "DEFAULT_PERCENTILE",
     "DEFAULT_PRECISION",
     "DEFAULT_PRESET",
@@ -97,6 +98,9 @@ COMPARE_RTOL: Final[float] = 0.01
 #: the fastest
 #: (benchmarks/calibrate_e2e.py).
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
+#: Run the model on the next batch while the current batch's histograms fill (one more
+#: batch of activations held; same counts). See kldiv.pipeline.collect_histograms.
+DEFAULT_OVERLAP: Final[bool] = True
 #: TensorRT builder workspace (memory-pool limit, bytes) when none is named (trt_backend).
 DEFAULT_WORKSPACE: Final[int] = 1 << 30
 #: Engine precision trt_backend builds when none is named (and no cache/table is given).
