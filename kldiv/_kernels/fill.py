@@ -14,7 +14,8 @@ How it is fast without changing the answer
     histogram; the partials are added at the end (no atomics, no shared writes).
     Chunks go in blocks through two passes: branch-free loops that LLVM vectorises compute
     the bin codes and the block's maximum (as the integer maximum of the magnitude bits),
-    then the codes are counted into four interleaved copies of the histogram, so runs of one
+    then the codes are counted into four interleaved uint32 copies of the histogram (added to
+    the int64 counts at the end, at most 2**31 elements at a time), so runs of one
     bin (the zeros after a ReLU) do not serialise on one counter. Loops index a slice of the
     block (``block[j]``, never ``x[start + j]``): an index Numba cannot prove non-negative
     gets a wrap-around fix-up per element, which made LLVM load the values with a gather
@@ -174,8 +175,10 @@ def _fill_chunk(  # pragma: no cover - compiled
 @jit
 def _fill_scratch(bits, num_bins, n_chunks):  # pragma: no cover - compiled
     """Per-chunk lanes and tallies for :func:`_fill_chunk` (zeroed). The lanes are uint32:
-    half the cache of int64 lanes (4 x 2049 x 4 bytes = 32 KiB, within L1 on most x86 cores,
-    where int64 lanes were 64 KiB), and fewer bytes to zero and to add up per fill."""
+    4 x 2049 x 4 bytes = 32 KiB, half of int64 lanes (the 48 KiB L1d of the benchmark
+    machine holds them; int64 lanes did not fit), and half the bytes to zero and add up per
+    fill (0.98-1.59x the speed of int64 lanes over two runs of ``benchmarks/fill_kernel_ab.py``,
+    docs/performance.md)."""
     return (
         np.zeros((n_chunks, 4 * (num_bins + 1)), np.uint32),
         np.zeros((n_chunks, 2), np.int64),  # nonfinite, over
