@@ -152,7 +152,7 @@ def collect_histograms(
         this batch's histograms fill. Holds at most two batches of activations instead of
         one; the fills happen in the same order on the calling thread, so every count and
         every error (with its batch) is the same as without. It pays only where the model
-        run leaves cores idle: on 2 cores it measured 0.89-1.06x the time for 1.2-1.7x the
+        run leaves cores idle: on 2 cores it measured 0.76-1.32x the time for 1.2-1.7x the
         peak memory (docs/performance.md).
 
     Returns
