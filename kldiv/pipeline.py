@@ -38,6 +38,7 @@ from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_OVERLAP,
@@ -69,8 +70,19 @@ METHODS: tuple[str, ...] = tuple(_thresholds.METHODS)
 ProgressCallback = Callable[[int, int], None]
 
 
+def batch_digest(feed: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 of one batch as fed: input names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.data.cast("B"))
+    return h.digest()
+
+
 class _Fingerprint:
-    """SHA-256 over every batch fed to the model: input names, dtypes, shapes and bytes."""
+    """SHA-256 over the batches' digests (:func:`batch_digest`), in order: the same value
+    whether the batches were read in one process or in shards on several workers."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
@@ -78,16 +90,32 @@ class _Fingerprint:
         self.samples = 0
 
     def update(self, feed: Mapping[str, np.ndarray]) -> None:
-        for name in sorted(feed):
-            arr = np.ascontiguousarray(feed[name])
-            self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            self._h.update(arr.data.cast("B"))
+        self.add_digest(batch_digest(feed))
+        self.samples += batch_samples(feed)
+
+    def add_digest(self, digest: bytes) -> None:
+        """Chain one batch's digest (a shard's, in batch order)."""
+        self._h.update(digest)
         self.batches += 1
-        first = next(iter(feed.values()), None)
-        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (``None`` where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb / 1024, 1)
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the first input's leading dimension (1 for a scalar input)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def data_fingerprint(batches: Iterable[Mapping[str, np.ndarray]]) -> str:
@@ -118,6 +146,7 @@ def collect_histograms(
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
     overlap: bool = DEFAULT_OVERLAP,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
 
@@ -153,13 +182,18 @@ def collect_histograms(
         one; the fills happen in the same order on the calling thread, so every count and
         every error (with its batch) is the same as without. It pays only where the model
         run leaves cores idle: on 2 cores it measured 0.76-1.32x the time for 1.2-1.7x the
-        peak memory (docs/performance.md).
+        peak memory (docs/performance.md). Only without a memory budget
+        (``max_memory=None``): a budget is never exceeded by a second batch.
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once; a batch whose activations exceed it runs in
+        stages (see :class:`~kldiv.runners.OnnxRuntimeRunner`); same histograms. ``None``:
+        no limit.
 
     Returns
     -------
     HistogramCollector
         With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
-        ``samples``, ``seconds``.
+        ``samples``, ``seconds``, ``peak_memory_mb`` (the process's peak resident memory).
 
     Raises
     ------
@@ -186,6 +220,7 @@ def collect_histograms(
         include_constants=include_constants,
         graph_optimization_level=graph_optimization_level,
         fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+        max_memory=max_memory,
     )
     source = as_source(data, preprocess=preprocess, batch_size=batch_size)
     ranges = None
@@ -202,8 +237,9 @@ def collect_histograms(
     fp = _Fingerprint()
     start = time.perf_counter()
     for index, acts, samples in _activations(runner, source, max_batches, fp, overlap):
-        collector.observe(acts, batch=index)
-        del acts  # before the next batch is taken: at most two batches alive
+        if acts is not None:
+            collector.observe(acts, batch=index)
+        del acts  # before the next part is taken: at most two batches alive
         if samples is not None and on_batch is not None:
             on_batch(index, samples)
     collector.batches = fp.batches
@@ -218,6 +254,7 @@ def collect_histograms(
         samples=fp.samples,
         seconds=round(time.perf_counter() - start, 3),
         kldiv_version=_kldiv_version(),
+        peak_memory_mb=peak_memory_mb(),
     )
     return collector
 
@@ -263,10 +300,12 @@ def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:
 def _activations(
     runner: Any, source: Iterable[Any], max_batches: int | None, fp: _Fingerprint | None,
     overlap: bool,
-) -> Iterator[tuple[int, dict[str, np.ndarray], int | None]]:
+) -> Iterator[tuple[int, dict[str, np.ndarray] | None, int | None]]:
     """``(batch index, activations, samples so far)`` for each model run, in order;
-    ``samples`` is ``None`` except on the last run of a batch (a batch larger than a fixed
-    model batch size runs in pieces).
+    ``samples`` is ``None`` except on the last item of a batch (a batch larger than a fixed
+    model batch size runs in pieces, and under a memory budget each piece in stages, whose
+    activations are handed out one stage at a time; then a last item without activations,
+    ``None``, carries the samples).
 
     With ``overlap``, the run of the next piece starts in a worker thread before the current
     one is handed out, so the caller's fills overlap the model. The caller must drop what it
@@ -285,9 +324,18 @@ def _activations(
             for k, chunk in enumerate(chunks):
                 yield index, chunk, samples if k == len(chunks) - 1 else None
 
+    if overlap and getattr(runner, "max_memory", None) is not None:
+        log.info("overlap=True is ignored under max_memory=%s: a second batch of activations "
+                 "would not be bounded by it (pass max_memory=None)", runner.max_memory)
+        overlap = False
     if not overlap:
         for index, chunk, samples in runs():
-            yield index, runner.run(chunk, index=index), samples
+            parts = runner.run_parts(chunk, index=index)
+            for acts in parts:  # one dict, or one per stage under a memory budget
+                yield index, acts, None
+                del acts
+            if samples is not None:
+                yield index, None, samples  # the batch is complete: progress only
         return
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -333,7 +381,8 @@ def _absmax_pass(
     """First pass of the ``"global"`` policy: each tensor's absmax over all the data."""
     probe = HistogramCollector(1, "pow2", nonfinite=nonfinite)  # 1 bin: absmax is what we use
     for index, acts, _ in _activations(runner, source, max_batches, None, overlap):
-        probe.observe(acts, batch=index)
+        if acts is not None:
+            probe.observe(acts, batch=index)
         del acts
     return {n: probe.absmax(n) for n in probe}
 
@@ -599,6 +648,7 @@ def calibrate(
     force: bool = False,
     on_batch: ProgressCallback | None = None,
     overlap: bool = DEFAULT_OVERLAP,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> CalibrationTable:
     """Calibrate an ONNX model: run it over data, histogram, search, return the table.
 
@@ -632,6 +682,9 @@ def calibrate(
     overlap : bool, default DEFAULT_OVERLAP
         Run the model on the next batch while this one's histograms fill (see
         :func:`collect_histograms`).
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once (see :func:`collect_histograms`). To shard the
+        data over a Dask cluster instead, see :func:`kldiv.distributed.calibrate_distributed`.
 
     Returns
     -------
@@ -676,9 +729,9 @@ def calibrate(
                 "calibrate() needs a model and calibration data (or histograms=FILE.npz)"
             )
         collector = collect_histograms(
-            model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
-            preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-            on_batch=on_batch, overlap=overlap,
+            model, data, num_bins=num_bins, range_policy=range_policy,
+            batch_size=batch_size, preprocess=preprocess, max_batches=max_batches,
+            nonfinite=nonfinite, on_batch=on_batch, max_memory=max_memory, overlap=overlap,
         )
     _, table = calibrate_histograms(
         collector, preset=preset, method=method, options=options, trt_version=trt_version,

@@ -203,11 +203,13 @@ def test_files_onnx_must_read_take_the_onnx_path(tmp_path: Path):
 
 
 def test_calibrating_a_model_file_does_not_import_onnx(tmp_path: Path):
-    """The point of the wire reader: a calibration of a file never imports onnx."""
+    """The point of the wire reader: a calibration of a file without a memory budget never
+    imports onnx (the budget's stage planner needs onnx's shape inference; see below)."""
     code = (
         "import sys, numpy as np, kldiv\n"
         "from kldiv.examples import lenet_model_path, lenet_calibration_data\n"
-        "t = kldiv.calibrate(lenet_model_path(), lenet_calibration_data(), max_batches=2)\n"
+        "t = kldiv.calibrate(lenet_model_path(), lenet_calibration_data(), max_batches=2,\n"
+        "                    max_memory=None)\n"
         "assert len(t) > 5, len(t)\n"
         "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n"
     )
@@ -215,3 +217,17 @@ def test_calibrating_a_model_file_does_not_import_onnx(tmp_path: Path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_memory_budget_parses_the_file_with_onnx_in_the_background(tmp_path: Path):
+    """Under max_memory the stage planner gets onnx's proto, parsed in a thread started before
+    the session (tests/test_bounded_memory.py checks staged runs of a model file against whole
+    ones)."""
+    path = tmp_path / "aliases.onnx"
+    onnx.save(tva._model(), str(path))
+    runner = OnnxRuntimeRunner(path, max_memory=1 << 20)
+    assert runner._proto is None and runner._proto_loader is not None
+    feed = runner.prepare(tva._batches()[0])
+    assert runner._plan_for(feed).stages is None  # fits: planned from onnx's shapes
+    assert isinstance(runner._proto, onnx.ModelProto)
+    assert OnnxRuntimeRunner(path)._proto_loader is None  # no budget: onnx is not needed

@@ -40,7 +40,7 @@ def test_counts_identical_with_and_without_overlap(policy: str) -> None:
     calls: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
     got = {
         overlap: collect_histograms(
-            lenet_model_path(), data, range_policy=policy, overlap=overlap,
+            lenet_model_path(), data, range_policy=policy, overlap=overlap, max_memory=None,
             on_batch=lambda i, n, o=overlap: calls[o].append((i, n)),
         )
         for overlap in (True, False)
@@ -74,7 +74,7 @@ def _positive(n: int = 2) -> dict[str, np.ndarray]:
 def test_nan_names_tensor_and_batch(overlap: bool) -> None:
     data = [_positive(), _positive(), {"x": -np.ones((2, 3), np.float32)}, _positive()]
     with pytest.raises(NonFiniteError, match=r"tensor 'y', batch 2"):
-        collect_histograms(_log_model(), data, overlap=overlap)
+        collect_histograms(_log_model(), data, overlap=overlap, max_memory=None)
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -84,16 +84,16 @@ def test_errors_surface_in_batch_order(overlap: bool) -> None:
     # reshape to 2x3): the NaN of batch 1 is the error, as when running one batch at a time
     data = [_positive(), {"x": -np.ones((2, 3), np.float32)}, _positive(3)]
     with pytest.raises(NonFiniteError, match="batch 1"):
-        collect_histograms(model, data, overlap=overlap)
+        collect_histograms(model, data, overlap=overlap, max_memory=None)
     with pytest.raises(ModelError, match="batch 2"):
-        collect_histograms(model, [_positive(), _positive(), _positive(3)], overlap=overlap)
+        collect_histograms(model, [_positive(), _positive(), _positive(3)], overlap=overlap, max_memory=None)
     # a batch that fails its checks (batch 2) after one whose fill fails (batch 1)
     data = [_positive(), {"x": -np.ones((2, 3), np.float32)}, {"x": np.ones((2, 4), np.float32)}]
     with pytest.raises(NonFiniteError, match="batch 1"):
-        collect_histograms(model, data, overlap=overlap)
+        collect_histograms(model, data, overlap=overlap, max_memory=None)
     data = [_positive(), _positive(), {"x": np.ones((2, 4), np.float32)}]
     with pytest.raises(DataSourceError, match="batch 2"):
-        collect_histograms(model, data, overlap=overlap)
+        collect_histograms(model, data, overlap=overlap, max_memory=None)
 
 
 class _CountingRunner:
@@ -114,6 +114,11 @@ class _CountingRunner:
         with self.lock:
             self.alive -= 1
 
+    max_memory = None
+
+    def run_parts(self, feed: dict[str, np.ndarray], *, index: int) -> Any:
+        yield self.run(feed, index=index)
+
     def run(self, feed: dict[str, np.ndarray], *, index: int) -> dict[str, np.ndarray]:
         out = np.ones(1000, np.float32) * index
         with self.lock:
@@ -127,11 +132,15 @@ class _CountingRunner:
 def test_at_most_two_batches_alive(overlap: bool, most: int) -> None:
     runner = _CountingRunner()
     fp = _Fingerprint()
-    seen = []
+    seen, progress = [], []
     for index, acts, samples in _activations(runner, [np.zeros(4)] * 20, None, fp, overlap):
-        seen.append((index, float(acts["t"][0]), samples))
+        if acts is not None:
+            seen.append((index, float(acts["t"][0])))
+        if samples is not None:
+            progress.append((index, samples))
         del acts
-    assert seen == [(i, float(i), 4 * (i + 1)) for i in range(20)]  # 4 samples a batch
+    assert seen == [(i, float(i)) for i in range(20)]
+    assert progress == [(i, 4 * (i + 1)) for i in range(20)]  # 4 samples a batch
     assert runner.most == most
 
 
@@ -141,3 +150,15 @@ def test_stopping_early_leaves_no_thread() -> None:
     next(gen)
     gen.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("kldiv-model-run")]
+
+
+def test_overlap_is_not_used_under_a_memory_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """A budget bounds one batch of activations: overlap (two batches) is then ignored, with a
+    log line, and the run is the serial one."""
+    import logging
+
+    data = lenet_calibration_data(batch_size=8)[:3]
+    with caplog.at_level(logging.INFO, logger="kldiv.pipeline"):
+        got = collect_histograms(lenet_model_path(), data, overlap=True, max_memory=1 << 30)
+    assert "overlap=True is ignored under max_memory" in caplog.text
+    _same(got, collect_histograms(lenet_model_path(), data, max_memory=None))
