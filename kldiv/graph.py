@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _onnx_wire as _wire
 from .errors import HistogramError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,6 +185,28 @@ class GraphRules:
         return ("activation_bounds", "pooling_inherits", "alias_inherits")
 
 
+def _to_array(tensor: Any) -> np.ndarray:
+    """A tensor's values, from onnx's protos or the wire reader's.
+
+    ``onnx.numpy_helper.to_array`` for onnx's protos, the wire reader's decoder for its own
+    (:mod:`kldiv._onnx_wire`).
+    """
+    if isinstance(tensor, _wire.Tensor):
+        return _wire.tensor_to_array(tensor)
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def _attr_value(attr: Any) -> Any:
+    """``onnx.helper.get_attribute_value``, for onnx's protos and the wire reader's."""
+    if isinstance(attr, _wire.Attribute):
+        return attr.value()
+    import onnx
+
+    return onnx.helper.get_attribute_value(attr)
+
+
 def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
     """Outputs whose range the graph itself bounds: ``Clip`` with constant limits.
 
@@ -203,29 +226,24 @@ def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
         (attributes before opset 11; initializers or ``Constant`` outputs from opset 11) and
         finite.
     """
-    import onnx
-    from onnx import numpy_helper
-
     g = model.graph
     # only the Clip limits are needed: converting every weight would copy the whole model
     wanted = {i for n in g.node if n.op_type == "Clip" for i in n.input[1:3] if i}
     consts: dict[str, np.ndarray] = {
-        t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted
+        t.name: _to_array(t) for t in g.initializer if t.name in wanted
     }
     for node in g.node:
         if node.op_type == "Constant" and node.output and node.output[0] in wanted:
             for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+                if a.name == "value" and a.type == _wire.ATTR_TENSOR:
+                    consts[node.output[0]] = _to_array(a.t)
                 elif a.name in ("value_float", "value_floats"):
-                    consts[node.output[0]] = np.asarray(
-                        onnx.helper.get_attribute_value(a), dtype=np.float64
-                    )
+                    consts[node.output[0]] = np.asarray(_attr_value(a), dtype=np.float64)
     bounds: dict[str, float] = {}
     for node in g.node:
         if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or not node.output:
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: _attr_value(a) for a in node.attribute}
         limits: list[float] = []
         if "min" in attrs or "max" in attrs:  # opset < 11
             limits = [float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))]
@@ -243,7 +261,6 @@ def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
             if np.isfinite(bound) and bound > 0:
                 bounds[node.output[0]] = bound
     return bounds
-
 
 
 #: Ops whose output TensorRT gives its input's scale (see :func:`scale_sources`).

@@ -32,16 +32,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _onnx_wire as _wire
 from .defaults import DEFAULT_ORT_OPTIMIZATION
 from .errors import DataSourceError, ModelError
-from .graph import GraphFacts, activation_bounds, scale_sources, value_aliases
+from .graph import (
+    GraphFacts,
+    activation_bounds,
+    scale_sources,
+    value_aliases,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -143,13 +151,11 @@ def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
 
 
 def _graph_attrs(node: Any) -> list[Any]:
-    import onnx
-
     graphs = []
     for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
+        if a.type == _wire.ATTR_GRAPH:  # == onnx.AttributeProto.GRAPH
             graphs.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
+        elif a.type == _wire.ATTR_GRAPHS:
             graphs.extend(a.graphs)
     return graphs
 
@@ -164,7 +170,15 @@ def _count_subgraph_values(graph: Any) -> int:
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every value whose type is known (after shape inference)."""
+    """Element type of every value whose type is known.
+
+    After shape inference; for the wire reader's model, as declared in the file (the runner
+    takes the others from onnxruntime).
+    """
+    if isinstance(model, _wire.Model):
+        g = model.graph
+        return {vi.name: vi.elem_type for vi in [*g.value_info, *g.input, *g.output]
+                if vi.elem_type}
     import onnx
 
     try:
@@ -236,6 +250,68 @@ def calibration_tensor_names(
                 outputs.append(o)
                 seen.add(o)
     return inputs, outputs, n_sub
+
+
+_ORT_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+#: Suffixes onnx reads as binary protobuf (others may be text formats: onnx reads those).
+_BINARY_SUFFIXES = frozenset({".onnx", ".pb"})
+
+
+def _graph_facts(
+    model: Any, include_constants: bool
+) -> tuple[dict[str, float], dict[str, str], list[str], list[str], int]:
+    """Clip bounds, pooling sources and the calibrated tensors of a model.
+
+    The model is an onnx proto or the wire reader's.
+    """
+    bounds = activation_bounds(model)
+    sources = scale_sources(model)
+    inputs, outputs, n_sub = calibration_tensor_names(model, include_constants=include_constants)
+    return bounds, sources, inputs, outputs, n_sub
+
+
+def _load_in_thread(data: bytes) -> Future[Any]:
+    """``onnx``'s ``ModelProto`` of ``data``, parsed in a daemon thread.
+
+    For the stage planner, which needs onnx's shape inference; errors are raised by
+    ``result()``.
+    """
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(load_model(data)[0])
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="kldiv-onnx-load", daemon=True).start()
+    return future
+
+
+def _read_without_onnx(model: Any, include_constants: bool) -> Any:
+    """``(model, label, sha256, bytes, graph facts)`` read by :mod:`kldiv._onnx_wire`.
+
+    ``None`` when onnx must read it (an onnx proto, a text format, external data, anything the
+    wire reader does not handle; onnx then gives the usual errors).
+    """
+    if isinstance(model, (bytes, bytearray)):
+        label, data = "<bytes>", bytes(model)
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix.lower() not in _BINARY_SUFFIXES or not path.is_file():
+            return None
+        label, data = str(path), path.read_bytes()
+    else:
+        return None
+    try:
+        wire = _wire.read_model(data)
+        if not wire.graph.node and not wire.graph.input:
+            return None  # onnx's path names the error
+        facts = _graph_facts(wire, include_constants)
+    except _wire.WireFormatError as exc:
+        log.debug("%s: read with onnx (%s)", label, exc)
+        return None
+    return wire, label, hashlib.sha256(data).hexdigest(), data, facts
 
 
 @dataclass(frozen=True)
@@ -373,7 +449,6 @@ class OnnxRuntimeRunner:
         fetch_aliases: bool = True,
         max_memory: int | None = None,
     ) -> None:
-        import onnx
         import onnxruntime as ort
 
         if graph_optimization_level not in _OPT_LEVELS:
@@ -381,12 +456,27 @@ class OnnxRuntimeRunner:
                 f"graph_optimization_level must be one of {_OPT_LEVELS}, "
                 f"got {graph_optimization_level!r}"
             )
-        proto, self.label, self.model_sha256 = load_model(model)
+        budget = None if max_memory is None else int(max_memory)
+        if budget is not None and budget <= 0:
+            raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        # A model file is read without onnx when the wire reader handles it (importing onnx
+        # costs more than the rest of the set-up); anything else goes through onnx.
+        read = _read_without_onnx(model, include_constants)
+        loader: Future[Any] | None = None
+        if read is not None and budget is not None:
+            loader = _load_in_thread(read[3])
+        if read is not None:
+            proto, self.label, self.model_sha256, data, facts = read
+        else:
+            proto, self.label, self.model_sha256 = load_model(model)
+            data = None
+            facts = _graph_facts(proto, include_constants)
+        #: Graph facts TensorRT uses (read once here, so the model is not parsed twice).
+        self.activation_bounds, self.scale_sources, inputs, outputs, n_sub = facts
         opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
         self.opset = opsets.get("ai.onnx")
         if self.opset is not None and self.opset not in TESTED_OPSETS:
             log.info("%s: opset %s is outside the tested range 11-21", self.label, self.opset)
-        inputs, outputs, n_sub = calibration_tensor_names(proto, include_constants=include_constants)
         if n_sub:
             log.warning(
                 "%s: %d tensors inside If/Loop/Scan subgraphs are not collected (onnxruntime "
@@ -395,9 +485,11 @@ class OnnxRuntimeRunner:
             )
         self.network_order = [*inputs, *outputs]
         #: What the graph says about the calibrated tensors (read once, while parsed).
-        self.graph = GraphFacts.from_model(proto, self.network_order)
-        self.activation_bounds = dict(self.graph.activation_bounds)
-        self.scale_sources = dict(self.graph.scale_sources)
+        self.graph = GraphFacts(
+            activation_bounds=self.activation_bounds,
+            scale_sources=self.scale_sources,
+            value_aliases=value_aliases(proto, self.network_order),
+        )
         self.value_aliases = dict(self.graph.value_aliases)
         if not fetch_aliases:
             outputs = [o for o in outputs if o not in self.value_aliases]
@@ -406,17 +498,24 @@ class OnnxRuntimeRunner:
         self.tensor_names = [*inputs, *outputs]
         self._checked_dtypes = False
 
-        # Every tensor becomes a graph output. Added to the model itself and taken off again
-        # once serialized: a copy of the proto would hold the weights a third time.
-        declared = len(proto.graph.output)
         existing = {o.name for o in proto.graph.output}
-        try:
-            for name in outputs:
-                if name not in existing:
-                    proto.graph.output.append(onnx.ValueInfoProto(name=name))
-            augmented = proto.SerializeToString()
-        finally:
-            del proto.graph.output[declared:]
+        if data is not None:
+            # the file's bytes plus a second graph field holding the outputs (merged on parse)
+            augmented = _wire.with_outputs(data, [n for n in outputs if n not in existing])
+            del data
+        else:
+            # Every tensor becomes a graph output. Added to the model itself and taken off
+            # again once serialized: a copy of the proto would hold the weights a third time.
+            import onnx
+
+            declared = len(proto.graph.output)
+            try:
+                for name in outputs:
+                    if name not in existing:
+                        proto.graph.output.append(onnx.ValueInfoProto(name=name))
+                augmented = proto.SerializeToString()
+            finally:
+                del proto.graph.output[declared:]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -447,10 +546,13 @@ class OnnxRuntimeRunner:
                 f"{str(exc).strip()}); check it with onnx.checker.check_model"
             ) from exc
         del augmented
-        self.max_memory = None if max_memory is None else int(max_memory)
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-        self._proto = proto if self.max_memory is not None else None
+        if read is not None:
+            self._take_types_from_session()
+        self.max_memory = budget
+        # the stage planner reads onnx's ModelProto: a file read without onnx is parsed by
+        # onnx in a thread started before the session was created (the import overlaps it)
+        self._proto = proto if budget is not None and read is None else None
+        self._proto_loader = loader
         self._opts = opts
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._plans: dict[tuple[Any, ...], _Plan] = {}
@@ -466,6 +568,26 @@ class OnnxRuntimeRunner:
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({self.label!r}, {len(self.tensor_names)} tensors)"
+
+    def _take_types_from_session(self) -> None:
+        """Drop the exposed tensors onnxruntime types as non-floating, and their aliases.
+
+        Read without shape inference, their types were unknown: these are the same tensors the
+        first batch's dtype check keeps after onnx's shape inference.
+        """
+        types = {o.name: o.type for o in self.session.get_outputs()}
+        dropped = {n for n in self._outputs if types.get(n, _ORT_FLOAT_TYPES[0])
+                   not in _ORT_FLOAT_TYPES}
+        if not dropped:
+            return
+        # a value-preserving op keeps its input's dtype: an alias of a dropped tensor is not
+        # floating either
+        dropped |= {n for n, src in self.value_aliases.items() if src in dropped}
+        log.debug("dropping %d non-float tensors (onnxruntime's types)", len(dropped))
+        self._outputs = [n for n in self._outputs if n not in dropped]
+        self.tensor_names = [n for n in self.tensor_names if n not in dropped]
+        self.network_order = [n for n in self.network_order if n not in dropped]
+        self.value_aliases = {n: s for n, s in self.value_aliases.items() if n not in dropped}
 
     # -- input checks ----------------------------------------------------------------------
     def prepare(self, batch: Any, *, index: int = 0) -> dict[str, np.ndarray]:
@@ -583,6 +705,9 @@ class OnnxRuntimeRunner:
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.clear()
+            if self._proto is None and self._proto_loader is not None:
+                self._proto = self._proto_loader.result()
+                self._proto_loader = None
             assert self._proto is not None and self.max_memory is not None
             plan = _make_plan(self._proto, feed, self._outputs, self.max_memory, self._opts,
                               self._providers, self.label)
