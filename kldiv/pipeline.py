@@ -68,14 +68,16 @@ class _Fingerprint:
         self.batches = 0
         self.samples = 0
 
-    def update(self, feed: Mapping[str, np.ndarray]) -> None:
+    def update(self, feed: Mapping[str, np.ndarray], samples: int | None = None) -> None:
         for name in sorted(feed):
             arr = np.ascontiguousarray(feed[name])
             self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
             self._h.update(arr.data.cast("B"))
         self.batches += 1
-        first = next(iter(feed.values()), None)
-        self.samples += int(first.shape[0]) if first is not None and first.ndim else 1
+        if samples is None:
+            first = next(iter(feed.values()), None)
+            samples = int(first.shape[0]) if first is not None and first.ndim else 1
+        self.samples += samples
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
@@ -108,6 +110,7 @@ def collect_histograms(
     include_constants: bool = False,
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
+    batch_axes: Any = None,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
 
@@ -137,6 +140,10 @@ def collect_histograms(
         float rounding; see :class:`~kldiv.runners.OnnxRuntimeRunner`).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axis of inputs (``None``: not batched, fed as given: recurrent
+        state, scalars); the others are inferred from the model
+        (:func:`kldiv.data.infer_batch_axes`). Re-batching touches batched inputs only.
 
     Returns
     -------
@@ -163,8 +170,10 @@ def collect_histograms(
             include_constants=include_constants,
             graph_optimization_level=graph_optimization_level,
             fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+            batch_axes=batch_axes,
         )
-        source = as_source(data, preprocess=preprocess, batch_size=batch_size)
+        source = as_source(data, preprocess=preprocess, batch_size=batch_size,
+                           batch_axes=runner.batch_axes)
         ranges = None
         if range_policy == "global":
             if iter(source) is source:
@@ -179,7 +188,7 @@ def collect_histograms(
         fp = _Fingerprint()
         start = time.perf_counter()
         for index, feed in _feeds(runner, source, max_batches):
-            fp.update(feed)
+            fp.update(feed, runner.samples(feed))
             for chunk in runner.split(feed):
                 collector.observe(runner.run(chunk, index=index), batch=index)
             if on_batch is not None:
@@ -455,6 +464,7 @@ def calibrate(
     save_histograms: str | os.PathLike[str] | None = None,
     force: bool = False,
     on_batch: ProgressCallback | None = None,
+    batch_axes: Any = None,
 ) -> CalibrationTable:
     """Calibrate an ONNX model: run it over data, histogram, search, return the table.
 
@@ -485,6 +495,8 @@ def calibrate(
         Overwrite ``save_histograms`` if it exists.
     on_batch : callable, optional
         Progress callback ``on_batch(index, samples)``.
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axes (see :func:`collect_histograms`).
 
     Returns
     -------
@@ -518,7 +530,7 @@ def calibrate(
         collector = collect_histograms(
             model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
             preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-            on_batch=on_batch,
+            on_batch=on_batch, batch_axes=batch_axes,
         )
     _, table = calibrate_histograms(
         collector, preset=preset, method=method, options=options, trt_version=trt_version,
