@@ -21,29 +21,9 @@ from ..defaults import (
 )
 from ..errors import DataSourceError
 from ..thresholds import METHODS
+from ._data_args import add_data_options
 
 __all__ = ["add_table_options", "format_summary", "register", "run", "thresholds_and_table"]
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
-        ) from None
-
-
-def _size(text: str) -> int | tuple[int, int]:
-    try:
-        parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
 
 
 def add_table_options(p: argparse.ArgumentParser) -> None:
@@ -83,11 +63,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("model", nargs="?", help="the .onnx model (not needed with --from-histograms)")
-    p.add_argument("--data", help="folder or file of .npy/.npz, images, or sampleINT8 batch files")
     p.add_argument("--out", "-o", required=True, help="the calibration cache to write")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="samples per batch (images per batch for image folders)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after N batches")
     p.add_argument("--save-histograms", metavar="H.npz",
                    help="also save the histograms (recompute later with --from-histograms)")
     p.add_argument("--from-histograms", metavar="H.npz",
@@ -100,30 +76,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-bins", type=int, default=NUM_BINS, help=f"bins (default {NUM_BINS})")
     p.add_argument("--drop-nonfinite", action="store_true",
                    help="skip NaN/Inf activations instead of stopping with an error")
-    g = p.add_argument_group("image preprocessing (image folders only)")
-    g.add_argument("--preprocess", metavar="FILE", help="JSON/TOML file with the keys below")
-    g.add_argument("--resize", type=_size, help="N (shorter side) or H,W")
-    g.add_argument("--crop", type=_size, help="center crop N or H,W")
-    g.add_argument("--color", choices=("RGB", "BGR", "L"), help="channel order (default RGB)")
-    g.add_argument("--scale", type=float, help="multiply pixels (0-255) by this first")
-    g.add_argument("--mean", type=_floats, help="subtract, per channel: 0.485,0.456,0.406")
-    g.add_argument("--std", type=_floats, help="then divide, per channel")
-    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default NCHW")
+    add_data_options(p, data_help="calibration data")
     add_table_options(p)
     p.set_defaults(func=run)
-
-
-def _preprocess(args: argparse.Namespace) -> Any:
-    from ..data import Preprocess
-
-    keys = {"resize": args.resize, "center_crop": args.crop, "color": args.color,
-            "scale": args.scale, "mean": args.mean, "std": args.std, "layout": args.layout}
-    given = {k: v for k, v in keys.items() if v is not None}
-    if args.preprocess:
-        base = Preprocess.from_file(args.preprocess).to_dict()
-        base.update(given)
-        return Preprocess.from_dict(base)
-    return Preprocess.from_dict(given) if given else None
 
 
 def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
@@ -194,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text, check_writable
     from ..cachefile import write_cache
     from ..collect import HistogramCollector
-    from ..data import as_source
     from ..pipeline import collect_histograms
+    from ._data_args import batch_axes_from_args, model_batch_axes, source_from_args
 
     outputs = [args.out, args.save_histograms, args.provenance]
     for path in outputs:
@@ -206,11 +161,15 @@ def run(args: argparse.Namespace) -> int:
     if args.from_histograms:
         collector = HistogramCollector.load(args.from_histograms)
     else:
-        if not args.model or not args.data:
+        if not args.model or not (args.data or args.data_loader_script):
             raise DataSourceError(
-                "give MODEL and --data PATH (or --from-histograms H.npz to skip the model)"
+                "give MODEL and --data PATH or --data-loader-script FILE.py (or "
+                "--from-histograms H.npz to skip the model)"
             )
-        source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
+        declared = batch_axes_from_args(args)
+        source = source_from_args(
+            args, batch_axes=model_batch_axes(args.model, declared), limit=False
+        )
         total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
         if total is not None and args.max_batches is not None:
             total = min(total, args.max_batches)
@@ -220,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
                 max_batches=args.max_batches,
                 nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+                batch_axes=declared,
             )
         finally:
             if bar is not None:
