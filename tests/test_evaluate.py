@@ -78,7 +78,7 @@ def test_bad_input():
         evaluate(m, m, [])
     with pytest.raises(ModelError, match="no output"):
         evaluate(m, m, batches, output="nope")
-    with pytest.raises(ModelError, match="batch 0"):
+    with pytest.raises(DataSourceError, match="batch 0: input 'input' has shape"):
         evaluate(m, m, [{INPUT_NAME: np.zeros((2, 3), np.float32)}])
     with pytest.raises(ModelError, match="does not exist"):
         evaluate("missing.onnx", m, batches)
@@ -112,12 +112,13 @@ def test_cli_evaluate(tmp_path, capsys):
         "--json",
     ]  # fmt: skip
     assert main(argv) == 0
-    reports = json.loads(capsys.readouterr().out)
+    reports = json.loads(capsys.readouterr().out)["reports"]
     assert [r["name"] for r in reports] == ["INT8 Q/DQ (inputs)", "INT8 Q/DQ (all)"]
     assert reports[1]["integer_ops"].get("QLinearConv") == 2
     report = reports[0]
-    assert report["n"] == 360 and report["agreement"]["1"] > 0.9
-    assert report["fp32_accuracy"]["1"] >= 0.95
+    cls = report["classification"]
+    assert report["n"] == 360 and cls["agreement"]["1"] > 0.9
+    assert cls["fp32_accuracy"]["1"] >= 0.95
     onnx.checker.check_model(onnx.load(str(out)))
     # refuses to overwrite without --force; nothing else is written
     assert main(argv) == 2
