@@ -962,10 +962,15 @@ def infer_batch_axes(
     3. a symbolic dimension (``dim_param``) shared by two or more inputs is the batch
        dimension: each input holding it is batched along it (``state [2, B, 128]`` with
        ``x [B, T]``: axis 1 and 0);
-    4. other inputs with a symbolic or unknown dimension are batched along the first one;
+    4. other inputs with a symbolic or unknown dimension (``None``, or an int ``<= 0`` as
+       some exporters write) are batched along axis 0, the leading axis (a ``[1, 3, h, w]``
+       detector input is batched along axis 0, not along its dynamic height);
     5. inputs whose shape is fully fixed are not batched when some other input has a
        dynamic dimension (recurrent state ``h [1, 1, 128]``); when every input is fixed,
        all are batched along axis 0 (a fixed-batch model).
+
+    A wrong guess shows as "inputs disagree on the batch size" on the first batch, with the
+    ``--batch-axis`` fix in the message.
 
     Parameters
     ----------
@@ -984,7 +989,7 @@ def infer_batch_axes(
     DataSourceError
         For a declared name that is not an input or an axis the input does not have.
     """
-    decl = parse_batch_axes(declared)  # type: ignore[arg-type]
+    decl = parse_batch_axes(declared)
     unknown = [n for n in decl if n not in shapes]
     if unknown:
         raise DataSourceError(
@@ -1002,7 +1007,10 @@ def infer_batch_axes(
         order = {s: min(i for shape in shapes.values() for i, d in enumerate(shape) if d == s)
                  for s in shared}
         batch_sym = max(shared, key=lambda s: (counts[s], -order[s]))
-    any_dynamic = any(not isinstance(d, int) for shape in shapes.values() for d in shape)
+    def fixed(d: Any) -> bool:
+        return isinstance(d, (int, np.integer)) and d > 0
+
+    any_dynamic = any(not fixed(d) for shape in shapes.values() for d in shape)
     out: dict[str, int | None] = {}
     for name, shape in shapes.items():
         rank = len(shape)
@@ -1022,8 +1030,8 @@ def infer_batch_axes(
             out[name] = None
         elif batch_sym is not None and batch_sym in shape:
             out[name] = list(shape).index(batch_sym)
-        elif not all(isinstance(d, int) for d in shape):
-            out[name] = next(i for i, d in enumerate(shape) if not isinstance(d, int))
+        elif not all(fixed(d) for d in shape):
+            out[name] = 0
         else:
             out[name] = None if any_dynamic else 0
     return out
@@ -1250,10 +1258,10 @@ def rebatch(
             bare = is_bare
         elif bare != is_bare:
             raise DataSourceError(f"batch {i}: mixes bare arrays and dicts; use one kind")
-        d = (
+        d: dict[Any, np.ndarray] = (
             {None: np.asarray(item)}
             if is_bare
-            else {k: np.asarray(v) for k, v in dict(item).items()}  # type: ignore[arg-type]
+            else {k: np.asarray(v) for k, v in dict(item).items()}
         )
         axes = {k: (0 if k is None else axes_of.get(k, 0)) for k in d}
         sizes = {k: _axis_len(v, axes[k]) for k, v in d.items() if axes[k] is not None}
@@ -1280,7 +1288,7 @@ def rebatch(
     if have:
         out = {
             k: (pending[0][k] if axes[k] is None
-                else np.concatenate([p[k] for p in pending], axis=axes[k]))  # type: ignore[arg-type]
+                else np.concatenate([p[k] for p in pending], axis=axes[k]))
             for k in pending[0]
         }
         yield out[None] if bare else out
@@ -1316,7 +1324,7 @@ def _take(
         if len(taken) == 1
         else {
             k: (taken[0][k] if axes.get(k) is None
-                else np.concatenate([t[k] for t in taken], axis=axes[k]))  # type: ignore[arg-type]
+                else np.concatenate([t[k] for t in taken], axis=axes[k]))
             for k in taken[0]
         }
     )
@@ -1387,15 +1395,15 @@ def _npy_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Array shapes of a ``.npy`` (key ``''``) or ``.npz`` file, from the headers only."""
     from numpy.lib import format as npformat
 
-    def header(fh: Any) -> tuple[int, ...]:
+    def header(fh: Any) -> tuple[int, ...]:  # a file or a zip member
         version = npformat.read_magic(fh)
         reader = (npformat.read_array_header_1_0 if version == (1, 0)
                   else npformat.read_array_header_2_0)
         return tuple(reader(fh)[0])
 
     if path.suffix.lower() == ".npy":
-        with open(path, "rb") as fh:
-            return {"": header(fh)}
+        with open(path, "rb") as npy:
+            return {"": header(npy)}
     out = {}
     with zipfile.ZipFile(path) as z:
         for member in z.namelist():

@@ -374,7 +374,8 @@ def topk_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     """Whether ``target`` is among the k largest scores of each row (ties: lowest index)."""
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return (top == target[:, None]).any(axis=1)
+    hits: np.ndarray = (top == target[:, None]).any(axis=1)
+    return hits
 
 
 # ---------------------------------------------------------------------------------------
@@ -605,7 +606,7 @@ def evaluate_many(
     if labels is not None:
         _, classes = _static_classes(s32, cls_out) if cls_out else (None, None)
         axes = {s.name: s.batch_axis for s in specs}
-        known = count_samples(data, axes)  # type: ignore[arg-type]
+        known = count_samples(data, axes)
         if known is not None and max_batches is not None:
             known = None  # a truncated source: counted as it runs
         y = check_labels(labels, samples=known, classes=classes)

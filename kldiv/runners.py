@@ -402,7 +402,7 @@ class InputSpec:
         if self.batch_axis is None:
             return None
         d = self.shape[self.batch_axis]
-        return d if isinstance(d, int) else None
+        return d if isinstance(d, int) and d > 0 else None
 
     def describe(self) -> str:
         """``name: float32[N,3,224,224]``."""

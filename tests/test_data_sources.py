@@ -191,6 +191,8 @@ def test_data_loader_script(tmp_path):
 def test_infer_batch_axes_rules():
     # one dynamic input: its first dynamic axis
     assert infer_batch_axes({"x": ("N", 3, 224, 224)}) == {"x": 0}
+    assert infer_batch_axes({"x": (1, 3, "h", "w")}) == {"x": 0}  # not its dynamic height
+    assert infer_batch_axes({"x": (-1, 3, "?", "?"), "im": (1, 2)}) == {"x": 0, "im": None}
     # a symbol shared by several inputs is the batch; static state and scalars are not batched
     vad = {"x": ("B", "T"), "state": (2, "B", 128), "sr": (), "h": (1, 1, 128)}
     assert infer_batch_axes(vad) == {"x": 0, "state": 1, "sr": None, "h": None}

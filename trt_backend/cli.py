@@ -72,14 +72,13 @@ def _build(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kldiv-trt`` argument parser."""
+    from kldiv._cli._data_args import add_data_options
     from kldiv.defaults import (
         DEFAULT_ALGORITHM,
         DEFAULT_PRECISION,
         DEFAULT_PRESET,
         DEFAULT_WORKSPACE,
     )
-
-    from kldiv._cli._data_args import add_data_options
 
     from .engine import PRECISIONS
 

@@ -197,7 +197,7 @@ def model_batch_axes(model: Any, declared: Any = None) -> dict[str, int | None]:
         try:
             proto = onnx.load(os.fspath(model), load_external_data=False)
         except FileNotFoundError:
-            raise ModelError(f"{model}: model file not found; give the path of an .onnx file")
+            raise ModelError(f"{model}: model file not found; give the path of an .onnx file") from None
         except Exception as exc:
             raise ModelError(
                 f"{model}: cannot load it as an ONNX model ({exc.__class__.__name__}: {exc})"

@@ -103,12 +103,12 @@ def _labels(path: str) -> np.ndarray:
         raise DataSourceError(f"labels file {p} does not exist")
     try:
         if p.suffix == ".npy":
-            return np.load(p, allow_pickle=False)
+            return np.asarray(np.load(p, allow_pickle=False))
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as f:
                 for key in ("y", "labels", "label"):
                     if key in f:
-                        return f[key]
+                        return np.asarray(f[key])
             raise DataSourceError(f"{p} has no array named 'y', 'labels' or 'label'")
         return np.loadtxt(p, dtype=np.int64, ndmin=1)
     except DataSourceError:
