@@ -51,6 +51,7 @@ __all__ = [
     "evaluate",
     "evaluate_many",
     "integer_ops",
+    "layers_reading",
     "rank_tensors",
     "resolve_exclusions",
     "topk_hits",
@@ -780,20 +781,25 @@ _WEIGHT_MASK = "kldiv_mask__weights"
 
 
 def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
-    """The Q/DQ model with a switch per quantized activation (and one for all weights).
+    """The Q/DQ model with a switch per quantized activation: the activation and the
+    weights of the layers reading it.
 
     Every ``DequantizeLinear`` fed by a ``QuantizeLinear`` of activation ``t`` gets a
-    ``Where(switch_t, dq, t)`` after it; every weight ``DequantizeLinear`` a
-    ``Where(switch_weights, dq, float_weight)``. Switches are scalar bool graph inputs: all
-    on is the Q/DQ model (values equal to float rounding), all off the FP32 model.
+    ``Where(switch_t, dq, t)`` after it; the weight ``DequantizeLinear`` of a layer whose data
+    input is that dequantized ``t`` gets ``Where(switch_t, dq, float_weight)``. So switching
+    ``t`` off is what dropping ``t`` from a TensorRT cache does: the layers reading ``t`` run in
+    higher precision, weights included. Weights of layers with no quantized input share one
+    switch. Switches are scalar bool graph inputs: all on is the Q/DQ model (the same
+    numbers; onnxruntime's Q/DQ fusions round differently), all off the FP32 model.
 
     Returns
     -------
     model : onnx.ModelProto
     switches : dict
-        Activation tensor -> its switch input name, in the order the Q/DQ model lists them.
+        Activation tensor -> its switch input name, in graph order.
     weights : int
-        Weight DQs given a switch (ones whose float weight was not found stay quantized).
+        Weight DQs given a switch (a weight whose float original is not found by name
+        stays quantized in every run).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -803,6 +809,10 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
     g = m.graph
     inits = {i.name for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     float_consts: dict[str, Any] = {t.name: t for t in fp32.graph.initializer}
     for node in fp32.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -810,32 +820,45 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
                 if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                     float_consts[node.output[0]] = a.t
     switches: dict[str, str] = {}
+    dq_tensor: dict[str, str] = {}  # dequantized activation name -> the activation
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
     n_weights = 0
     for node in list(g.node):
         if node.op_type != "DequantizeLinear" or not node.output:
             continue
-        src = node.input[0]
-        q = producers.get(src)
-        out = node.output[0]
+        q = producers.get(node.input[0])
         if q is not None and q.op_type == "QuantizeLinear":
             tensor = q.input[0]
             switch = switches.setdefault(tensor, f"{_MASK_PREFIX}{len(switches)}")
+            out = node.output[0]
+            dq_tensor[out] = tensor
             node.output[0] = out + "__kldiv_switched"
             new_nodes.append(helper.make_node("Where", [switch, node.output[0], tensor], [out]))
-        elif src in inits:
-            base = src[: -len("_quantized")] if src.endswith("_quantized") else None
-            w = float_consts.get(base) if base else None
-            if w is None or w.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16,
-                                                TensorProto.DOUBLE):
-                continue
-            arr = numpy_helper.to_array(w)
-            fname = f"{base}__kldiv_float"
-            new_inits.append(numpy_helper.from_array(arr, fname))
-            node.output[0] = out + "__kldiv_switched"
-            new_nodes.append(helper.make_node("Where", [_WEIGHT_MASK, node.output[0], fname], [out]))
-            n_weights += 1
+    for node in list(g.node):
+        if node.op_type != "DequantizeLinear" or not node.output:
+            continue
+        src = node.input[0]
+        if src not in inits or node.output[0].endswith("__kldiv_switched"):
+            continue
+        base = src[: -len("_quantized")] if src.endswith("_quantized") else None
+        w = float_consts.get(base) if base else None
+        if w is None or w.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16,
+                                            TensorProto.DOUBLE):
+            continue
+        out = node.output[0]
+        # the switch of the activation the reading layer quantizes, if any
+        switch = _WEIGHT_MASK
+        for layer in readers.get(out, []):
+            for i in layer.input:
+                if i in dq_tensor:
+                    switch = switches[dq_tensor[i]]
+                    break
+        fname = f"{base}__kldiv_float"
+        new_inits.append(numpy_helper.from_array(numpy_helper.to_array(w), fname))
+        node.output[0] = out + "__kldiv_switched"
+        new_nodes.append(helper.make_node("Where", [switch, node.output[0], fname], [out]))
+        n_weights += 1
     g.node.extend(new_nodes)
     g.initializer.extend(new_inits)
     for name in [*switches.values(), _WEIGHT_MASK]:
@@ -848,9 +871,27 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
     return m, switches, n_weights
 
 
+def layers_reading(model: Any, tensors: Iterable[str]) -> set[str]:
+    """Names of the weighted layers (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``) that
+    read any of ``tensors`` as data input: what leaving those tensors in float leaves in
+    float in TensorRT (a layer runs in INT8 only with its input's scale). Unnamed layers are
+    not listed (their weights stay quantized in the Q/DQ model)."""
+    from .qdq import QUANTIZABLE_OPS
+
+    names = set(tensors)
+    out: set[str] = set()
+    for node in _proto(model).graph.node:
+        if node.op_type in QUANTIZABLE_OPS and node.name:
+            data = node.input[:2] if node.op_type == "MatMul" else node.input[:1]
+            if any(i in names for i in data):
+                out.add(node.name)
+    return out
+
+
 @dataclass
 class TensorImpact:
-    """The output error one tensor's quantization causes alone (every other tensor float).
+    """The output error one tensor's quantization causes alone: the tensor and the weights
+    of the layers reading it in INT8, every other tensor and weight in float.
 
     Attributes
     ----------
@@ -886,8 +927,6 @@ class TensorRanking:
         Worst first (largest ``noise``; ties by lower agreement).
     all_quantized : TensorImpact
         Every tensor quantized (tensor ``"*"``), weights too: the starting point.
-    weights_only : TensorImpact
-        Only the weights quantized (tensor ``"weights"``).
     suggested : list of str
         The exclusion set: the fewest top-ranked tensors whose return to float recovers
         ``target`` of the loss (or, failing that within ``max_suggest``, the best prefix).
@@ -915,7 +954,6 @@ class TensorRanking:
 
     impacts: list[TensorImpact]
     all_quantized: TensorImpact
-    weights_only: TensorImpact
     suggested: list[str]
     suggested_result: TensorImpact
     criterion: str
@@ -934,7 +972,6 @@ class TensorRanking:
             "method": self.method, "criterion": self.criterion,
             "impacts": [i.to_dict() for i in self.impacts],
             "all_quantized": self.all_quantized.to_dict(),
-            "weights_only": self.weights_only.to_dict(),
             "suggested": list(self.suggested),
             "suggested_result": self.suggested_result.to_dict(),
             "recovered": _num(self.recovered), "target": self.target,
@@ -960,7 +997,7 @@ class TensorRanking:
         if len(self.impacts) > max_rows:
             lines.append(f"... {len(self.impacts) - max_rows} more tensors")
         lines.append("")
-        lines.extend(_table([head, row("", self.all_quantized), row("", self.weights_only),
+        lines.extend(_table([head, row("", self.all_quantized),
                              row("", self.suggested_result)]))
         lines.append(
             f"suggested --exclude ({len(self.suggested)} of {len(self.impacts)} tensors left in "
@@ -990,11 +1027,14 @@ def rank_tensors(
 ) -> TensorRanking:
     """Rank the quantized activations of a Q/DQ model by the output error each causes alone.
 
-    Method: the Q/DQ model gets a switch per activation Q/DQ pair (``Where(s, DQ(Q(t)), t)``)
-    and one for all weights; onnxruntime then runs it once per tensor with only that tensor's
-    switch on (every other activation and the weights in float) over the same batches, and
-    compares every output with FP32 (:class:`TensorImpact`). One session, no model rebuilt:
-    the cost is one forward pass over the data per tensor, linear in the tensor count.
+    Method: the Q/DQ model gets a switch per quantized activation ``t``
+    (``Where(s, DQ(Q(t)), t)``, and the same on the weights of the layers reading ``t``: what
+    dropping ``t`` from a TensorRT cache leaves in float); onnxruntime runs it once per tensor
+    with only that switch on, over the same batches, and compares every output with FP32
+    (:class:`TensorImpact`). One session, no model rebuilt: the cost is one forward pass over
+    the data per tensor, linear in the tensor count. The switched model computes the same
+    numbers as the Q/DQ model with its fusions off; onnxruntime's optimized Q/DQ kernels
+    (``QLinearConv`` ...) round differently, so the real model's figures differ a little.
 
     The suggested exclusion set is greedy from the ranking: with everything quantized, the
     worst tensors are switched back to float one at a time until the criterion (top-1
@@ -1067,7 +1107,7 @@ def rank_tensors(
         if first.ndim != 2 or first.shape[0] != feed_samples(specs, feeds[0]):
             cls_index = None
     tensors = list(switches)
-    total_runs = len(tensors) + 2 + min(max_suggest, len(tensors)) + 1
+    total_runs = len(tensors) + 1 + min(max_suggest, len(tensors))
     runs = 0
     true_ = np.array(True)
     false_ = np.array(False)
@@ -1092,7 +1132,6 @@ def rank_tensors(
         return TensorImpact(label, noise, sqnr, agree / samples if cls_index is not None else None)
 
     everything = measure("all quantized", set(tensors), True)
-    weights_only = measure("weights only", set(), True)
     impacts = [measure(t, {t}, False) for t in tensors]
     impacts.sort(key=lambda i: (-i.noise, i.agreement if i.agreement is not None else 0.0))
 
@@ -1125,7 +1164,6 @@ def rank_tensors(
         impacts=impacts,
         all_quantized=TensorImpact("all quantized", everything.noise, everything.sqnr_db,
                                    everything.agreement),
-        weights_only=weights_only,
         suggested=[i.tensor for i in impacts[:k]],
         suggested_result=result,
         criterion=criterion,
@@ -1138,7 +1176,7 @@ def rank_tensors(
         weights_switched=n_weights,
         method=(
             f"per-tensor impact: each of {len(tensors)} quantized activations alone (Q/DQ on "
-            "that tensor only, every other activation and all weights in float), compared "
-            "with FP32 on every output"
+            "that tensor and on the weights of the layers reading it; every other tensor and "
+            "weight in float), compared with FP32 on every output"
         ),
     )

@@ -221,25 +221,14 @@ def _lenet_table():
     return calibrate(lenet_model_path(), lenet_calibration_data())
 
 
-def _hand_qdq(model, tensor, scale):
-    """``tensor`` fake-quantized (int8, zero point 0) by hand: a reference for rank_tensors."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            if name == tensor:
-                node.input[i] = "ref_dq"
-    g.initializer.extend([numpy_helper.from_array(np.float32(scale), "ref_s"),
-                          numpy_helper.from_array(np.int8(0), "ref_z")])
-    g.node.extend([helper.make_node("QuantizeLinear", [tensor, "ref_s", "ref_z"], ["ref_q"]),
-                   helper.make_node("DequantizeLinear", ["ref_q", "ref_s", "ref_z"], ["ref_dq"])])
-    from kldiv.qdq import _toposort
+def _one_layer_qdq(model, table, tensor):
+    """Reference for rank_tensors: only ``tensor`` and the weighted layers reading it in INT8,
+    built by to_qdq_onnx with every other weighted layer excluded."""
+    from kldiv.qdq import QUANTIZABLE_OPS, to_qdq_onnx
 
-    nodes = _toposort(list(g.node), {i.name for i in g.input} | {i.name for i in g.initializer})
-    del g.node[:]
-    g.node.extend(nodes)
-    return m
+    others = {n.name for n in model.graph.node
+              if n.op_type in QUANTIZABLE_OPS and tensor not in n.input[:1]}
+    return to_qdq_onnx(model, {tensor: table[tensor]}, placement="inputs", exclude=others)
 
 
 def test_rank_tensors_matches_one_tensor_quantized_by_hand():
@@ -261,9 +250,10 @@ def test_rank_tensors_matches_one_tensor_quantized_by_hand():
     assert [i.noise for i in ranking.impacts] == sorted((i.noise for i in ranking.impacts),
                                                         reverse=True)
     assert steps and steps[-1][0] == steps[-1][1] and ranking.runs >= len(acts) + 2
+    assert all(n.name for n in fp32.graph.node)  # the reference excludes layers by name
     s32 = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
     for impact in ranking.impacts:
-        ref = _hand_qdq(fp32, impact.tensor, table[impact.tensor])
+        ref = _one_layer_qdq(fp32, table, impact.tensor)
         sq = ort.InferenceSession(ref.SerializeToString(), providers=["CPUExecutionProvider"])
         see = saa = 0.0
         for b in batches:
