@@ -1,8 +1,10 @@
 """Threshold search speed: our Numba kernel vs our NumPy reference vs ONNX Runtime vs ModelOpt.
 
 Run: ``python benchmarks/threshold_search.py [--tensors N] [--peers-tensors M]``.
-All contestants get the same 2048-bin |x| histograms (ONNX Runtime's routine works on a
-signed histogram: it gets a 2048-bin histogram of the same values, as it would build one).
+The ``tensorrt`` preset skips degenerate windows (``min_nonempty_bins=2``); the kernel is also
+timed with that rule off, in the same run. All contestants get the same 2048-bin |x|
+histograms (ONNX Runtime's routine works on a signed histogram: it gets a 2048-bin histogram of
+the same values, as it would build one).
 Prints ms per tensor and each one's ratio to our Numba path.
 """
 
@@ -40,6 +42,20 @@ def _time(fn, items) -> float:  # type: ignore[no-untyped-def]
     return best
 
 
+def _time_interleaved(fns, items) -> list[float]:  # type: ignore[no-untyped-def]
+    """Like :func:`_time` for several contenders at once, their passes interleaved (the order
+    reversed every pass), so that drifting machine speed hits them alike: an A/B in one run."""
+    best = [float("inf")] * len(fns)
+    for p in range(REPEAT):
+        order = range(len(fns)) if p % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            t = time.perf_counter()
+            for it in items:
+                fns[k](it)
+            best[k] = min(best[k], (time.perf_counter() - t) / len(items) * 1e3)
+    return best
+
+
 REPEAT = 5
 
 
@@ -54,13 +70,17 @@ def main() -> None:
     xs = _tensors(args.tensors)
     abs_h = [np.histogram(np.abs(x), bins=NUM_BINS)[0].astype(np.int64) for x in xs]
     opts = PRESETS["tensorrt"]
+    opts_rule_off = opts.replace(min_nonempty_bins=1)  # the tensorrt preset takes 2
     hists = [ActivationHistogram.from_counts(c, float(np.abs(x).max())) for c, x in zip(abs_h, xs)]
     search_threshold(hists[0], "tensorrt", backend="numba")  # load the compiled kernel (cache)
+    rule_on, rule_off = _time_interleaved(
+        [lambda c: search(c, opts), lambda c: search(c, opts_rule_off)], abs_h
+    )
     rows = [
         ("kldiv search_threshold (tensorrt, numba)",
          _time(lambda h: search_threshold(h, "tensorrt", backend="numba"), hists)),
-        (f"kldiv numba kernel alone ({kernels().name} build)",
-         _time(lambda c: search(c, opts), abs_h)),
+        (f"kldiv numba kernel alone ({kernels().name} build)", rule_on),
+        ("  same, degenerate-window rule off (interleaved)", rule_off),
     ]
     rows.append(("kldiv numpy reference", _time(lambda c: divergence_curve(c, opts), abs_h[:3])))
     few = xs[: args.peers_tensors]

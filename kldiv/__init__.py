@@ -58,6 +58,8 @@ _LAZY: dict[str, str] = {
     "ModelError": "errors",
     "OutputExistsError": "errors",
     "QuantizationError": "errors",
+    "TableMismatchError": "errors",
+    "UnknownNameError": "errors",
 }
 
 __all__ = [
@@ -81,7 +83,9 @@ __all__ = [
     "Preprocess",
     "PresetError",
     "QuantizationError",
+    "TableMismatchError",
     "ThresholdResult",
+    "UnknownNameError",
     "__version__",
     "amax_to_scale",
     "calibrate",
@@ -134,6 +138,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         OutputExistsError,
         PresetError,
         QuantizationError,
+        TableMismatchError,
+        UnknownNameError,
     )
     from .evaluate import EvaluationReport
     from .exports import read_table, write_table

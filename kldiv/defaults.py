@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CLIP_WARN_FRACTION",
     "COMPARE_RTOL",
     "COMPARE_ULP_TOLERANCE",
     "DEFAULT_ALGORITHM",
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_TOPK",
     "DEFAULT_TRT_VERSION",
     "DEFAULT_WORKSPACE",
+    "MIN_TABLE_COVERAGE",
     "INT8_MAX",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
@@ -51,18 +53,27 @@ DEFAULT_METHOD: Final[str] = "entropy"
 DEFAULT_TOPK: Final[tuple[int, ...]] = (1, 5)
 #: Q/DQ export: weight quantization ("per_channel" or "per_tensor") when none is named.
 DEFAULT_QDQ_WEIGHTS: Final[str] = "per_channel"
+#: Applying a table: the smallest fraction of the model's calibratable tensors it must cover
+#: (a genuine TensorRT cache covers 80-100 %; a table for another model, almost none).
+MIN_TABLE_COVERAGE: Final[float] = 0.5
 #: Q/DQ export: bias handling ("float" kept, or "int32" quantized) when none is named.
 DEFAULT_QDQ_BIAS: Final[str] = "float"
 #: Percentile used by the ``percentile`` method when none is named.
 DEFAULT_PERCENTILE: Final[float] = 99.99
 #: Batch size of calibration batches when none is named.
 DEFAULT_BATCH_SIZE: Final[int] = 8
-#: Regression cutoff written in a legacy-calibrator cache header when none is given
-#: (TensorRT's sampleINT8 legacy calibrator; the real legacy fixtures hold 1.0).
+#: Regression cutoff of the legacy calibrator (``method="legacy"``) and of its cache header
+#: when none is given: TensorRT leaves it to the user; 1.0 is what TensorRT's sampleINT8 legacy
+#: cache (``legacy-mnist-trt6.cache``) and the MLPerf 3D-UNet legacy cache hold.
 DEFAULT_LEGACY_CUTOFF: Final[float] = 1.0
-#: Quantile written in a legacy-calibrator cache header when none is given (the MLPerf 3D-UNet
-#: legacy cache holds 0.99999).
-DEFAULT_LEGACY_QUANTILE: Final[float] = 0.99999
+#: Quantile of the legacy calibrator and of its cache header when none is given: TensorRT
+#: leaves it to the user; 1 - 1e-6 is what TensorRT's sampleINT8 legacy cache holds (the
+#: MLPerf 3D-UNet legacy cache holds 0.99999).
+DEFAULT_LEGACY_QUANTILE: Final[float] = 0.999999
+#: Summaries flag (and the log warns about) a tensor whose threshold clips more than this
+#: fraction of its histogram's mass: three times the largest share TensorRT's own sampleINT8
+#: thresholds clip (1.6 %, pool1); the degenerate KL = 0 minimum clips 99 % (docs/fidelity.md).
+CLIP_WARN_FRACTION: Final[float] = 0.05
 
 # --- histograms (appended by helper HIST) ---
 #: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".

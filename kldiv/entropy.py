@@ -50,6 +50,7 @@ __all__ = [
     "divergence_curve",
     "group_index",
     "histogram_counts",
+    "is_degenerate",
     "kl_divergence",
     "pick_minimum",
     "resolve_options",
@@ -92,6 +93,14 @@ class EntropyOptions:
         ModelOpt; no for the slide's ``range(128, 2048)``.
     stride : int
         #6. Step between candidates (ModelOpt's ``stride``).
+    min_nonempty_bins : int
+        #6. Degenerate windows: a candidate whose kept bins (after the ``zeros`` policy) hold
+        at least one but fewer than ``min_nonempty_bins`` non-empty bins is not taken (its
+        divergence is ``inf``). With a single non-empty bin, ``P`` and ``Q`` are the same
+        one-point distribution and KL = 0, a minimum that says nothing about the data; real
+        TensorRT caches show TensorRT does not take it (algorithm.md §4), so the ``tensorrt``
+        preset uses 2. 1 (the default) takes every candidate, as ModelOpt and the slide do.
+        A window without any non-empty bin is ``empty_q``'s case.
     grouping : {'proportional', 'floor'}
         #7. How the ``i`` kept bins merge into ``num_levels`` groups when ``num_levels`` does not
         divide ``i``: bin ``j`` goes to group ``floor(j * num_levels / i)`` (``'proportional'``,
@@ -140,6 +149,7 @@ class EntropyOptions:
     stop_bin: int | None = None
     include_last: bool = True
     stride: int = 1
+    min_nonempty_bins: int = 1
     grouping: Literal["proportional", "floor"] = "proportional"
     empty: Literal["histogram", "p"] = "histogram"
     smoothing: Literal["none", "eps"] = "none"
@@ -167,7 +177,7 @@ class EntropyOptions:
                 raise PresetError(
                     f"option {name}={value!r} is not valid; choose one of {', '.join(allowed)}"
                 )
-        for name in ("num_levels", "stride", "divisor"):
+        for name in ("num_levels", "stride", "divisor", "min_nonempty_bins"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise PresetError(f"option {name}={value!r} must be a positive integer")
@@ -221,17 +231,22 @@ PRESETS: Mapping[str, EntropyOptions] = MappingProxyType(
         # Our reconstruction of IInt8EntropyCalibrator2 (algorithm.md §4). Pinned by real
         # caches: |x| domain, 2048 bins / 128 levels, i = 2048 is a candidate (softmax,
         # constant tensors), (m + 0.5) * w, divisor 127, float32 order; proportional grouping
-        # (MNIST data = 3c008912 needs i = 2040, whatever the zero policy). Not pinned
-        # (documented defaults): emptiness from the raw histogram, no smoothing, first minimum,
-        # and exact zeros handled as NVIDIA's ModelOpt does (bin 0 := bin 1). Keeping the zero
-        # spike would make every ReLU output pick tiny thresholds (group 0 spreads the spike),
-        # which real caches contradict: in the NVDLA ResNet-50 cache (TRT 5.1) post-ReLU amaxes
-        # are 0.55-1.16x (median 0.9) of the pre-ReLU ones, where keeping zeros predicts ~0.4x;
+        # (MNIST data = 3c008912 needs i = 2040, whatever the zero policy); emptiness from the
+        # raw histogram and the zero spike not kept (sampleINT8 TRT 5.1 / 7.0 reproduced, 16 of
+        # 16 entries in TensorRT's bin: docs/fidelity.md). Not pinned (documented defaults): no
+        # smoothing, and bin 0 := bin 1 as NVIDIA's ModelOpt does rather than dropping it (both
+        # fit every cache). Keeping the zero spike would make every ReLU output pick tiny
+        # thresholds (group 0 spreads the spike): sampleINT8's ip1 lands ~800 bins low with it,
         # and EfficientNet-Lite0 falls to 0% top-1 agreement (docs/threshold-search.md).
         # Ties (#11, unknown): divergences within 1e-12 of the minimum are ties and the last
         # (widest) candidate wins, as in ModelOpt. Without it, sparse discrete data (pixels
         # k/16) has exact KL = 0 ties that rounding resolves to the first: amax 1/16 for [0, 1].
-        "tensorrt": EntropyOptions(zeros="bin1", ties="last", tie_tolerance=1e-12),
+        # Degenerate windows (#6, algorithm.md §4): a candidate whose window holds a single
+        # non-empty bin has KL = 0 and is not taken; a real TRT 7.0 cache is the KL curve's
+        # second minimum, 1 ulp away, once that candidate is skipped.
+        "tensorrt": EntropyOptions(
+            zeros="bin1", ties="last", tie_tolerance=1e-12, min_nonempty_bins=2
+        ),
         # The slide, literally: range(128, 2048), (m + 0.5) * w, plain KL. It does not say how
         # to group when 128 does not divide i; we take the widespread floor width with the
         # remainder in the last group (which the MNIST golden shows TensorRT does not use).
@@ -472,12 +487,28 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, opts: EntropyOptions) -> float:
     return kl / math.log(opts.log_base)
 
 
+def is_degenerate(hist: np.ndarray, i: int, opts: EntropyOptions) -> bool:
+    """Whether candidate ``i``'s window is degenerate: it holds at least one but fewer than
+    ``opts.min_nonempty_bins`` non-empty bins of ``hist`` (the histogram after
+    :func:`apply_zero_policy`)."""
+    lo, hi = window(hist.size, i, opts)
+    nonempty = int(np.count_nonzero(hist[lo:hi]))
+    return 0 < nonempty < opts.min_nonempty_bins
+
+
 def divergence_curve(counts: np.ndarray, opts: EntropyOptions) -> tuple[np.ndarray, np.ndarray]:
-    """The reference loop: ``(candidates, divergence)`` for every candidate ``i``."""
+    """The reference loop: ``(candidates, divergence)`` for every candidate ``i``.
+
+    A degenerate candidate (:func:`is_degenerate`) gets ``inf``: it is not taken unless every
+    candidate is infinite, when the tie rule decides (:func:`pick_minimum`).
+    """
     hist = apply_zero_policy(counts, opts)
     candidates = candidate_bins(hist.size, opts)
     divergence = np.empty(candidates.size, dtype=np.float64)
     for k, i in enumerate(candidates):
+        if is_degenerate(hist, int(i), opts):
+            divergence[k] = math.inf
+            continue
         p, q = distributions(hist, int(i), opts)
         divergence[k] = kl_divergence(p, q, opts)
     return candidates, divergence

@@ -18,6 +18,8 @@ __all__ = [
     "ModelError",
     "OutputExistsError",
     "QuantizationError",
+    "TableMismatchError",
+    "UnknownNameError",
 ]
 
 
@@ -117,3 +119,14 @@ class OutputExistsError(KldivError, FileExistsError):
 class QuantizationError(KldivError, ValueError):
     """A calibration table cannot be turned into a quantized (Q/DQ) model: a scale that is
     infinite, NaN or negative, or an unknown option."""
+
+
+class TableMismatchError(QuantizationError):
+    """A calibration table does not belong to the model it is applied to: its provenance names
+    another model, or it covers too few of the model's calibratable tensors. Pass
+    ``force=True`` (``--force``) to apply it anyway."""
+
+
+class UnknownNameError(QuantizationError):
+    """A tensor, node or op type named by the user (``exclude=``, ``--exclude``) is not in the
+    model. The message lists the closest names."""

@@ -287,9 +287,11 @@ def choose_thresholds(
         The histograms.
     preset : str, default DEFAULT_PRESET
         Entropy preset (``method="entropy"``), see :data:`kldiv.entropy.PRESETS`.
-    method : {"entropy", "minmax", "percentile", "mse"}
+    method : {"entropy", "minmax", "percentile", "mse", "legacy"}
         ``"minmax"`` uses the exact largest ``|x|`` seen (as TensorRT's MinMax calibrator),
-        not the histogram's range. The others go through
+        not the histogram's range. ``"legacy"`` is TensorRT's legacy calibrator (options
+        ``quantile``, ``regression_cutoff``; pooling outputs are searched, not inherited, as
+        the real legacy cache shows). The others go through
         :func:`kldiv.entropy.search_threshold` / :func:`kldiv.thresholds.choose_threshold`.
     activation_bounds : bool, optional
         Give tensors whose range the graph bounds (``Clip`` with constant limits, i.e. ReLU6;
@@ -339,13 +341,13 @@ def choose_thresholds(
                 amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
                 method="activation-bound", preset=preset if method == "entropy" else None,
                 options={"source": "Clip limits in the graph", "bound": float(bound)},
-                histogram=hist,
+                histogram=hist, clipped_fraction=0.0,  # every |x| seen is within the bound
             )
         elif method == "minmax":
             a = collector.absmax(name)
             results[name] = ThresholdResult(
                 amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
-                options={"source": "largest |x| seen"}, histogram=hist,
+                options={"source": "largest |x| seen"}, histogram=hist, clipped_fraction=0.0,
             )
         elif method == "entropy":
             results[name] = search_threshold(hist, preset, **options)
@@ -371,19 +373,30 @@ def build_table(
         TensorRT version whose header is written (:func:`kldiv.cachefile.header_for`).
     algorithm : str, optional
         Header algorithm; default ``"minmax"`` for minmax results, else
-        :data:`~kldiv.defaults.DEFAULT_ALGORITHM` (``entropy2``) — TensorRT reads a cache only
-        with the header of the calibrator that uses it.
+        :data:`~kldiv.defaults.DEFAULT_ALGORITHM` (``entropy2``), and ``"legacy"`` (with the
+        results' cutoff and quantile) for legacy results — TensorRT reads a cache only with the
+        header of the calibrator that uses it.
     provenance : mapping, optional
         Stored on the table.
     """
     from .cachefile import header_for
 
+    methods = {r.method for r in results.values()}
     if algorithm is None:
-        methods = {r.method for r in results.values()}
-        algorithm = "minmax" if methods == {"minmax"} else DEFAULT_ALGORITHM
+        if methods == {"minmax"}:
+            algorithm = "minmax"
+        elif "legacy" in methods:
+            algorithm = "legacy"
+        else:
+            algorithm = DEFAULT_ALGORITHM
+    legacy = next((r.options for r in results.values() if r.method == "legacy"), {})
+    header_options = {
+        k: legacy[o] for k, o in (("cutoff", "regression_cutoff"), ("quantile", "quantile"))
+        if o in legacy
+    }
     table = CalibrationTable(
         ((n, r.scale) for n, r in results.items()),
-        header=header_for(trt_version, algorithm),
+        header=header_for(trt_version, algorithm, **header_options),
         provenance=provenance,
     )
     return table
@@ -422,6 +435,7 @@ def calibrate_histograms(
         The scales, header and provenance.
     """
     results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
+    clipping = _thresholds.clipping_outliers(results)  # logs a warning naming them
     searched = [r for r in results.values() if r.method not in ("activation-bound", "inherited")]
     first = searched[0] if searched else None
     bounded = [n for n, r in results.items() if r.method == "activation-bound"]
@@ -433,6 +447,7 @@ def calibrate_histograms(
         "options": first.options if first is not None else dict(options or {}),
         "thresholds_from_activation_bounds": bounded,
         "thresholds_inherited_from_inputs": inherited,
+        "clipping_above_limit": clipping,
         "range_policy": collector.range_policy,
         "num_bins": collector.num_bins,
         "trt_version": trt_version,
@@ -443,6 +458,14 @@ def calibrate_histograms(
         results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
     )
     return results, table
+
+
+def _method_only(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` without the graph rules' switches (those go to :func:`choose_thresholds`)."""
+    return {
+        k: v for k, v in dict(options or {}).items()
+        if k not in ("activation_bounds", "pooling_inherits")
+    }
 
 
 def calibrate(
@@ -476,8 +499,8 @@ def calibrate(
         Calibration data (see :func:`kldiv.data.as_source`); ignored with ``histograms=``.
     preset : str, default DEFAULT_PRESET
         Entropy preset (``"tensorrt"``, ``"gtc2017"``, ``"modelopt"`` ...).
-    method : {"entropy", "minmax", "percentile", "mse"}, default "entropy"
-        Threshold method.
+    method : {"entropy", "minmax", "percentile", "mse", "legacy"}, default "entropy"
+        Threshold method. Its options are checked before the model runs.
     options : mapping, optional
         Options for the preset / method.
     trt_version : str, default DEFAULT_TRT_VERSION
@@ -512,6 +535,7 @@ def calibrate(
     >>> table = calibrate(lenet_model_path(), lenet_calibration_data())  # doctest: +SKIP
     >>> kldiv.write_cache(table, "lenet.cache")                           # doctest: +SKIP
     """
+    _thresholds.check_method_options(method, _method_only(options))  # before any model runs
     if save_histograms is not None:
         from ._io import check_writable
 

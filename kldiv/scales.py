@@ -27,6 +27,7 @@ __all__ = [
     "ThresholdResult",
     "amax_to_scale",
     "bits_to_scale",
+    "clipped_fraction",
     "hex_to_scale",
     "scale_to_amax",
     "scale_to_bits",
@@ -318,9 +319,67 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         t._bits = dict(self._bits)
         return t
 
+    def without(self, names: Iterable[str]) -> CalibrationTable:
+        """A copy without the entries ``names`` (names the table lacks are ignored).
+
+        TensorRT runs a layer in INT8 only when every tensor it reads and writes has a scale, so
+        a cache written from the result leaves the layers around the dropped tensors in higher
+        precision. The header is kept; ``provenance["excluded"]`` lists the names dropped
+        (added to any list already there).
+        """
+        drop = set(names)
+        t = self.copy()
+        t._bits = {n: b for n, b in self._bits.items() if n not in drop}
+        dropped = [n for n in self._bits if n in drop]
+        if dropped:
+            t.provenance["excluded"] = [*t.provenance.get("excluded", []), *dropped]
+        return t
+
     def is_finite(self, name: str) -> bool:
         """Whether ``name``'s scale is a finite number."""
         return math.isfinite(float(self[name]))
+
+
+def clipped_fraction(counts: Any, hist_amax: float, threshold: float) -> float:
+    """The fraction of a ``|x|`` histogram's mass above ``threshold``.
+
+    Bins entirely above the threshold count whole; the bin the threshold falls in counts
+    pro rata (its values taken as spread evenly over the bin). A threshold on a bin edge (the
+    legacy and percentile rules) is exact; one in the middle of bin ``m`` (the entropy
+    search's ``(m + 0.5) * w``) counts half of bin ``m``.
+
+    Parameters
+    ----------
+    counts : array_like
+        The histogram's counts over ``[0, hist_amax]``.
+    hist_amax : float
+        The histogram's range ``R``.
+    threshold : float
+        The threshold ``T``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 0 when ``T >= R``; NaN for an empty histogram.
+
+    Examples
+    --------
+    >>> clipped_fraction([6, 2, 1, 1], 4.0, 2.5)   # half of bin 2 and all of bin 3
+    0.15
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    total = float(c.sum())
+    if total <= 0 or not math.isfinite(total):
+        return math.nan
+    n = c.size
+    if not threshold < hist_amax or hist_amax <= 0:
+        return 0.0
+    pos = max(float(threshold), 0.0) / hist_amax * n
+    if abs(pos - round(pos)) < 1e-9 * max(1.0, pos):  # on an edge, up to rounding
+        pos = float(round(pos))
+    j = int(math.floor(pos))
+    above = float(c[j + 1:].sum()) + float(c[j]) * ((j + 1) - pos)
+    return min(1.0, max(0.0, above / total))
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,6 +410,11 @@ class ThresholdResult:
         The histogram searched.
     explainer : callable, optional
         ``explainer(i) -> (P, Q)``; used by :meth:`distributions`.
+    clipped_fraction : float, optional
+        The fraction of the histogram's mass above ``amax``: what the threshold saturates.
+        Computed from ``histogram`` by :func:`clipped_fraction` when not given (NaN without a
+        histogram); a method that knows it exactly (minmax: ``amax`` is the largest ``|x|``
+        seen, so 0) passes it.
     """
 
     amax: float
@@ -363,6 +427,16 @@ class ThresholdResult:
     candidates: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     histogram: Any = field(default=None, repr=False)
     explainer: Any = field(default=None, repr=False)
+    clipped_fraction: float = None  # type: ignore[assignment]  # filled in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.clipped_fraction is None:
+            h = self.histogram
+            value = (
+                math.nan if h is None or not hasattr(h, "counts")
+                else clipped_fraction(h.counts, h.amax, self.amax)
+            )
+            object.__setattr__(self, "clipped_fraction", value)
 
     @property
     def scale_hex(self) -> str:

@@ -1,4 +1,4 @@
-"""Threshold methods behind one dispatch: entropy (KL), minmax, percentile, mse.
+"""Threshold methods behind one dispatch: entropy (KL), minmax, percentile, mse, legacy.
 
 :func:`choose_threshold` returns a :class:`~kldiv.scales.ThresholdResult` for every method, so
 a calibration pipeline can switch method by name. The entropy method is
@@ -19,18 +19,31 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .defaults import DEFAULT_METHOD, DEFAULT_PERCENTILE, INT8_MAX, NUM_QUANT_LEVELS
+from .defaults import (
+    CLIP_WARN_FRACTION,
+    DEFAULT_LEGACY_CUTOFF,
+    DEFAULT_LEGACY_QUANTILE,
+    DEFAULT_METHOD,
+    DEFAULT_PERCENTILE,
+    INT8_MAX,
+    NUM_QUANT_LEVELS,
+)
 from .entropy import _require_nonempty, histogram_counts, search_threshold
 from .errors import HistogramError, PresetError
 from .scales import ThresholdResult, amax_to_scale
 
 __all__ = [
     "METHODS",
+    "check_legacy_options",
+    "check_method_options",
     "choose_threshold",
+    "clipping_outliers",
+    "legacy_threshold",
     "minmax_threshold",
     "mse_threshold",
     "percentile_threshold",
@@ -147,6 +160,80 @@ def mse_threshold(
     )
 
 
+def check_legacy_options(quantile: float, regression_cutoff: float) -> None:
+    """Raise :class:`PresetError` unless the legacy calibrator's options are usable.
+
+    Both must lie in ``(0, 1]``. A cutoff below 1.0 is refused too: what TensorRT's legacy
+    calibrator does with it is unknown (algorithm.md §4), and kldiv does not guess.
+    """
+    for name, value in (("quantile", quantile), ("regression_cutoff", regression_cutoff)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+            raise PresetError(f"{name}={value!r} must be a number in (0, 1]")
+        if not (0.0 < float(value) <= 1.0):
+            raise PresetError(
+                f"{name}={value!r} is outside (0, 1]; the legacy calibrator's {name} is a "
+                f"fraction, e.g. {DEFAULT_LEGACY_QUANTILE if name == 'quantile' else 1.0}"
+            )
+    if float(regression_cutoff) < 1.0:
+        raise PresetError(
+            f"regression_cutoff={regression_cutoff!r}: what TensorRT's legacy calibrator does "
+            "with a cutoff below 1.0 is unknown (no real cache shows it; docs/fidelity.md), so "
+            "kldiv does not reproduce it; use regression_cutoff=1.0"
+        )
+
+
+def legacy_threshold(
+    hist: Any,
+    *,
+    quantile: float = DEFAULT_LEGACY_QUANTILE,
+    regression_cutoff: float = DEFAULT_LEGACY_CUTOFF,
+    divisor: int = INT8_MAX,
+) -> ThresholdResult:
+    """TensorRT's legacy calibrator (``IInt8LegacyCalibrator``) with regression cutoff 1.0.
+
+    ``T = k * R / num_bins`` for the smallest bin edge ``k`` such that at most
+    ``(1 - quantile) * N`` of the ``N`` counted values lie in bins ``>= k``; the same
+    ``|x|`` histogram (and range growth) as the entropy calibrator. This fits TensorRT's
+    sampleINT8 legacy cache on 8 of 8 tensors (algorithm.md §4, docs/fidelity.md).
+
+    Parameters
+    ----------
+    hist : ActivationHistogram or object with ``.counts`` and ``.amax``
+        The ``|x|`` histogram.
+    quantile : float, default DEFAULT_LEGACY_QUANTILE (0.999999)
+        In ``(0, 1]``.
+    regression_cutoff : float, default DEFAULT_LEGACY_CUTOFF (1.0)
+        Only 1.0 is accepted (see :func:`check_legacy_options`); it is written in the cache
+        header.
+    divisor : int, default 127
+        ``scale = T / divisor``.
+
+    Raises
+    ------
+    PresetError
+        A quantile or cutoff outside ``(0, 1]``, or a cutoff below 1.0.
+    """
+    check_legacy_options(quantile, regression_cutoff)
+    counts, amax = _nonempty(hist)
+    n = counts.size
+    tail = np.concatenate((np.cumsum(counts[::-1])[::-1], [0]))  # tail[k] = sum(counts[k:])
+    allowed = (1.0 - float(quantile)) * float(counts.sum())
+    k = int(np.flatnonzero(tail <= allowed)[0])
+    t = k * (amax / n)
+    return ThresholdResult(
+        amax=t,
+        bin_index=k,
+        scale=amax_to_scale(t, divisor=divisor),
+        method="legacy",
+        options={
+            "quantile": float(quantile),
+            "regression_cutoff": float(regression_cutoff),
+            "divisor": divisor,
+        },
+        histogram=hist,
+    )
+
+
 def _entropy(hist: Any, **options: Any) -> ThresholdResult:
     return search_threshold(hist, **options)
 
@@ -157,13 +244,71 @@ METHODS = {
     "minmax": minmax_threshold,
     "percentile": percentile_threshold,
     "mse": mse_threshold,
+    "legacy": legacy_threshold,
 }
 
 _OPTIONS = {
     "minmax": ("divisor",),
     "percentile": ("percentile", "edge", "divisor"),
     "mse": ("start_bin", "stride", "levels", "divisor"),
+    "legacy": ("quantile", "regression_cutoff", "divisor"),
 }
+
+
+def check_method_options(method: str, options: Mapping[str, Any]) -> None:
+    """Check a method's name and options before any data is read (no histogram needed).
+
+    Raises
+    ------
+    PresetError
+        An unknown method or option name, or a legacy quantile / cutoff that cannot be used.
+    """
+    if method not in METHODS:
+        raise PresetError(
+            f"unknown threshold method {method!r}; choose one of {', '.join(METHODS)}"
+        )
+    if method == "entropy":
+        return
+    _check_options(method, dict(options), _OPTIONS[method])
+    if method == "legacy":
+        check_legacy_options(
+            options.get("quantile", DEFAULT_LEGACY_QUANTILE),
+            options.get("regression_cutoff", DEFAULT_LEGACY_CUTOFF),
+        )
+
+
+def clipping_outliers(
+    results: Mapping[str, ThresholdResult], *, limit: float = CLIP_WARN_FRACTION
+) -> dict[str, float]:
+    """Tensors whose threshold clips more than ``limit`` of their histogram's mass.
+
+    Logs one warning naming them (with their clipped fractions) when there are any.
+
+    Parameters
+    ----------
+    results : mapping of str to ThresholdResult
+        Per tensor.
+    limit : float, default CLIP_WARN_FRACTION (0.05)
+        The flag rule: more than this fraction of the values saturate (docs/fidelity.md).
+
+    Returns
+    -------
+    dict of str to float
+        ``{tensor: clipped fraction}``, in the results' order.
+    """
+    flagged = {
+        name: float(r.clipped_fraction)
+        for name, r in results.items()
+        if r.clipped_fraction is not None and float(r.clipped_fraction) > limit
+    }
+    if flagged:
+        logger.warning(
+            "%d tensor(s) clip more than %.3g%% of their values at the chosen threshold: %s "
+            "(check their histograms, e.g. with `kldiv search --curve`)",
+            len(flagged), 100 * limit,
+            ", ".join(f"{n} ({100 * f:.3g}%)" for n, f in flagged.items()),
+        )
+    return flagged
 
 
 def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) -> ThresholdResult:
@@ -173,10 +318,11 @@ def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) ->
     ----------
     hist : ActivationHistogram or object with ``.counts`` and ``.amax``
         The ``|x|`` histogram.
-    method : {'entropy', 'minmax', 'percentile', 'mse'}
+    method : {'entropy', 'minmax', 'percentile', 'mse', 'legacy'}
         ``entropy`` takes ``preset=`` and :class:`~kldiv.entropy.EntropyOptions` fields (and
         ``backend=``); ``percentile`` takes ``percentile=`` and ``edge=``; ``mse`` takes
-        ``start_bin=``, ``stride=``, ``levels=``; every method takes ``divisor=``.
+        ``start_bin=``, ``stride=``, ``levels=``; ``legacy`` takes ``quantile=`` and
+        ``regression_cutoff=``; every method takes ``divisor=``.
 
     Returns
     -------

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from kldiv.histogram import ActivationHistogram
 
-__all__ = ["counts_arrays"]
+__all__ = ["counts_arrays", "degenerate_counts", "make_hist"]
 
 MAX_COUNT = 2**40
 
@@ -47,3 +47,31 @@ def counts_arrays(draw: st.DrawFn, min_bins: int, max_bins: int, odd: bool = Fal
 def make_hist(counts: np.ndarray, amax: float = 1.0) -> ActivationHistogram:
     """An ActivationHistogram over [0, amax] holding ``counts``."""
     return ActivationHistogram.from_counts(counts, amax)
+
+
+@st.composite
+def degenerate_counts(draw: st.DrawFn, min_bins: int, max_bins: int) -> np.ndarray:
+    """Histograms where many candidate windows hold a single non-empty bin.
+
+    A few isolated non-empty bins (the first one often below the first candidate, so that
+    every window up to the second one holds it alone), optionally a spike of exact zeros in
+    bin 0 with or without a count in bin 1 (the ``zeros`` policies then decide whether bin 0
+    counts as non-empty), and optionally a dense tail.
+    """
+    n = draw(st.integers(min_bins, max_bins))
+    c = np.zeros(n, dtype=np.int64)
+    k = draw(st.integers(1, 4))
+    positions = draw(st.lists(st.integers(1, n - 1), min_size=k, max_size=k, unique=True))
+    for pos in positions:
+        c[pos] = draw(st.integers(1, MAX_COUNT))
+    if draw(st.booleans()):
+        c[0] = draw(st.integers(1, 10**9))  # ReLU zeros
+    if draw(st.booleans()):
+        c[1] = draw(st.integers(0, 3))  # bin 1: what zeros="bin1" copies into bin 0
+    if draw(st.booleans()):
+        start = draw(st.integers(n // 2, n - 1))
+        seed = draw(st.integers(0, 2**32 - 1))
+        c[start:] += np.random.default_rng(seed).integers(0, 20, n - start)
+    if c.sum() == 0:
+        c[-1] = 1
+    return c

@@ -142,8 +142,8 @@ def test_legacy_headers_spaced_and_run_together(trt_caches: Path) -> None:
     assert (unet.cutoff, unet.quantile) == (1.0, 0.99999)
     assert (mnist.cutoff, mnist.quantile) == (1.0, 0.999999)
     # header_for reproduces both real legacy headers
-    assert header_for("7.2.0", "legacy").text == unet.text
-    assert header_for("6.0.1", "legacy", quantile=0.999999).text == mnist.text
+    assert header_for("7.2.0", "legacy", quantile=0.99999).text == unet.text
+    assert header_for("6.0.1", "legacy").text == mnist.text  # the defaults: sampleINT8
     t = read_cache(trt_caches / "legacy-mnist-trt6.cache")
     assert list(t) == ["pool1", "ip1", "ip2", "pool2", "prob", "data", "conv2", "conv1"]
 

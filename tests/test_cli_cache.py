@@ -35,7 +35,7 @@ def test_convert_to_trt_with_new_header(
     assert out.read_text().startswith("TRT-100900-MinMaxCalibration\n")
     assert main(["cache", "convert", str(src), "--to", "trt", "--algorithm", "legacy",
                  "--trt-version", "7.2"]) == 0
-    assert capsys.readouterr().out.startswith("0 3ff0000000000000 3fefffeb074a771d\n")
+    assert capsys.readouterr().out.startswith("0 3ff0000000000000 3feffffde7210be9\n")
 
 
 @pytest.mark.parametrize("fmt", ["dynamic-range", "nvdla-json", "ort-json", "ort-text", "csv", "json"])

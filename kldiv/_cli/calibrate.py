@@ -13,17 +13,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..defaults import (
+    CLIP_WARN_FRACTION,
+    DEFAULT_LEGACY_CUTOFF,
+    DEFAULT_LEGACY_QUANTILE,
     DEFAULT_METHOD,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
-from ..errors import DataSourceError
-from ..thresholds import METHODS
+from ..errors import DataSourceError, PresetError
+from ..thresholds import METHODS, check_method_options
 from ._data_args import add_data_options
 
-__all__ = ["add_table_options", "format_summary", "register", "run", "thresholds_and_table"]
+__all__ = [
+    "add_table_options", "format_summary", "method_options", "register", "run",
+    "thresholds_and_table",
+]
+
+
+def _fraction(text: str) -> float:
+    """A number in (0, 1] (the legacy calibrator's quantile and cutoff)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
 
 
 def add_table_options(p: argparse.ArgumentParser) -> None:
@@ -35,6 +52,12 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
                    help=f"threshold method (default {DEFAULT_METHOD})")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --method percentile (default kldiv.defaults)")
+    p.add_argument("--quantile", type=_fraction, default=None,
+                   help=f"quantile for --method legacy, in (0, 1] (default "
+                        f"{DEFAULT_LEGACY_QUANTILE}, TensorRT's sampleINT8)")
+    p.add_argument("--regression-cutoff", type=_fraction, default=None,
+                   help=f"regression cutoff for --method legacy (default "
+                        f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version whose cache header is written (default "
                         f"{DEFAULT_TRT_VERSION})")
@@ -98,13 +121,29 @@ def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
     return bar, on_batch
 
 
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The threshold method's options from ``--percentile/--quantile/...``, checked (raises
+    :class:`~kldiv.errors.PresetError` before any model runs)."""
+    options: dict[str, Any] = {}
+    if args.method == "percentile" and args.percentile is not None:
+        options["percentile"] = args.percentile
+    legacy = {"quantile": getattr(args, "quantile", None),
+              "regression_cutoff": getattr(args, "regression_cutoff", None)}
+    given = {k: v for k, v in legacy.items() if v is not None}
+    if given and args.method != "legacy":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise PresetError(f"{flags} apply to --method legacy only")
+    if args.method == "legacy":
+        options.update(given)
+    check_method_options(args.method, options)
+    return options
+
+
 def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
     from ..pipeline import calibrate_histograms
 
-    options: dict[str, Any] = {}
-    if args.method == "percentile" and args.percentile is not None:
-        options["percentile"] = args.percentile
+    options = method_options(args)
     if args.no_activation_bounds:
         options["activation_bounds"] = False
     if args.no_pooling_inherits:
@@ -116,9 +155,16 @@ def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any,
 
 
 def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> str:
-    """The summary table: tensor, histogram range, bin index, amax, scale and its hex."""
-    rows = [("tensor", "range R", "bin", "amax", "scale", "hex")]
+    """The summary table: tensor, histogram range, bin index, amax, scale, its hex, and the
+    share of the values the threshold clips (``!`` above
+    :data:`~kldiv.defaults.CLIP_WARN_FRACTION`)."""
+    rows = [("tensor", "range R", "bin", "amax", "scale", "hex", "clipped")]
+    flagged = []
     for name, r in results.items():
+        clipped = float(r.clipped_fraction)
+        flag = clipped > CLIP_WARN_FRACTION
+        if flag:
+            flagged.append(name)
         rows.append((
             name,
             f"{collector[name].amax:.6g}",
@@ -126,6 +172,7 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"{r.amax:.6g}",
             f"{float(r.scale):.6g}",
             table.hex(name),
+            _percent(clipped) + (" !" if flag else "  "),
         ))
     width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
@@ -135,6 +182,11 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
     lines.insert(1, "  ".join("-" * w for w in width))
     meta = collector.meta
     foot = [f"{len(results)} tensors; header {table.header.text}"]
+    if flagged:
+        foot.append(
+            f"! {len(flagged)} tensor(s) clip more than {_percent(CLIP_WARN_FRACTION).strip()} "
+            f"of their values: {', '.join(flagged)} (see docs/fidelity.md, \"Clipping\")"
+        )
     if "model_sha256" in meta:
         foot.append(
             f"model {meta.get('model')} (sha256 {str(meta['model_sha256'])[:12]}); "
@@ -142,6 +194,15 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"(fingerprint {str(meta.get('data_fingerprint'))[:12]}); {meta.get('seconds')} s"
         )
     return "\n".join([*lines, *foot])
+
+
+def _percent(fraction: float) -> str:
+    """A clipped fraction as a short percentage (``0.0123%``, ``99.9%``, ``0%``)."""
+    if fraction != fraction:  # NaN: no histogram
+        return "-"
+    if fraction == 0:
+        return "0%"
+    return f"{100 * fraction:.3g}%"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import collect_histograms
     from ._data_args import batch_axes_from_args, model_batch_axes, source_from_args
 
+    method_options(args)  # bad method options fail before any model runs
     outputs = [args.out, args.save_histograms, args.provenance]
     for path in outputs:
         if path is not None:

@@ -12,9 +12,9 @@ import ast
 import math
 from typing import Any
 
-from ..defaults import DEFAULT_METHOD, DEFAULT_PRESET
+from ..defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
 from ..errors import PresetError
-from ..thresholds import METHODS
+from ..thresholds import METHODS, check_method_options
 
 __all__ = ["register", "run", "parse_option"]
 
@@ -46,9 +46,11 @@ def register(subparsers: Any) -> None:
         help="thresholds from saved histograms, for one or several presets",
         description=(
             "Recompute thresholds from histograms saved by `kldiv calibrate --save-histograms` "
-            "and print, per tensor and per preset, the chosen bin, amax, scale and its "
+            "and print, per tensor and per preset, the chosen bin, amax, the share of values "
+            f"the threshold clips (! above {100 * CLIP_WARN_FRACTION:g}%), scale and its "
             "TensorRT hex. Override any single option of the search with --option KEY=VALUE "
-            "(see kldiv.entropy.EntropyOptions)."
+            "(see kldiv.entropy.EntropyOptions; --method legacy takes quantile=, "
+            "regression_cutoff=)."
         ),
     )
     p.add_argument("histograms", metavar="H.npz", help="histogram file from --save-histograms")
@@ -88,6 +90,8 @@ def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
     best = "-"
     if result.bin_index is not None and len(result.divergence):
         best = f"{result.divergence_at(result.bin_index):.6g}"
+    clipped = float(result.clipped_fraction)
+    flag = " !" if clipped > CLIP_WARN_FRACTION else "  "
     return (
         name,
         label,
@@ -96,11 +100,13 @@ def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
         f"{float(result.scale):.7g}",
         result.scale_hex,
         best,
+        ("-" if clipped != clipped else "0%" if clipped == 0 else f"{100 * clipped:.3g}%")
+        + flag,
     )
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL")
+    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL", "clipped")
     allrows = [head, *rows]
     width = [max(len(r[i]) for r in allrows) for i in range(len(head))]
     lines = [
@@ -129,8 +135,10 @@ def _neighbourhood(result: Any, span: int = 3) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv search``."""
     from ..collect import HistogramCollector
-    from ..thresholds import choose_threshold
+    from ..thresholds import choose_threshold, clipping_outliers
 
+    if args.method != "entropy":
+        check_method_options(args.method, dict(args.option))
     collector = HistogramCollector.load(args.histograms)
     names = list(collector.names)
     if args.tensors:
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(args.option)
     rows: list[tuple[str, ...]] = []
     curves: list[str] = []
+    by_label: dict[str, dict[str, Any]] = {}
     for name in names:
         hist = collector[name]
         for preset in presets if args.method == "entropy" else [args.method]:
@@ -158,9 +167,15 @@ def run(args: argparse.Namespace) -> int:
                 "+" + ",".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
             )
             rows.append(_row(name, label, result))
+            by_label.setdefault(label, {})[name] = result
             if args.curve and args.method == "entropy":
                 curves.append(f"{name} [{label}]\n{_neighbourhood(result)}")
     print(_table(rows))
+    for label, results in by_label.items():
+        flagged = clipping_outliers(results)  # and a logged warning naming them
+        if flagged:
+            print(f"! [{label}] {len(flagged)} tensor(s) clip more than "
+                  f"{100 * CLIP_WARN_FRACTION:g}% of their values: {', '.join(flagged)}")
     if curves:
         print("\nKL around the chosen candidate (* = chosen):")
         print("\n".join(curves))

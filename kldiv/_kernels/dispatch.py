@@ -425,17 +425,22 @@ def divergences(
     candidates = np.ascontiguousarray(ref.candidate_bins(h.size, opts), dtype=np.int64)
     signed = opts.domain == "signed"
     grouping = 0 if opts.grouping == "proportional" else 1
+    min_nonempty = int(opts.min_nonempty_bins)
     if opts.smoothing == "none" and not signed and grouping == 0:
         levels = opts.num_levels
         shift = levels.bit_length() - 1 if levels & (levels - 1) == 0 else -1
-        div = k.curve_abs_proportional(h, candidates, levels, shift, int(opts.empty == "p"))
+        div = k.curve_abs_proportional(
+            h, candidates, levels, shift, int(opts.empty == "p"), min_nonempty
+        )
     elif opts.smoothing == "none":
         div = k.curve_closed_form(
-            h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p")
+            h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p"),
+            min_nonempty,
         )
     else:
         div = k.curve_smoothed(
-            h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps)
+            h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps),
+            min_nonempty,
         )
     if opts.empty_q == "nan":  # candidates whose kept bins are all empty
         csum = np.concatenate(([0], np.cumsum(h)))

@@ -14,6 +14,10 @@ own. With normalizations ``S = sum(P)`` and ``S_Q = sum(H[kept])``::
 
 With ``smoothing='eps'`` the closed form breaks; an O(i) loop computes the reference formula.
 
+Every kernel takes ``min_nonempty`` (``EntropyOptions.min_nonempty_bins``): a candidate whose
+window holds at least one but fewer than ``min_nonempty`` non-empty bins is degenerate and gets
+``inf``, as in the reference (one comparison per candidate, from the non-empty prefix sum).
+
 The minimum is chosen as the reference chooses it: the kernel curve agrees with the reference
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
@@ -32,8 +36,8 @@ from ._jit import jit
 
 __all__ = ["AOT_EXPORTS"]
 
-_SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64)"
-_SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64)"
+_SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64, int64)"
+_SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64, int64)"
 
 
 @jit("float64(int64)")
@@ -86,7 +90,9 @@ def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
 
 
 @jit(_SIG_CLOSED)
-def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pragma: no cover
+def _curve_closed_form(
+    h, candidates, signed, levels, grouping, empty_p, min_nonempty
+):  # pragma: no cover
     n_bins = h.size
     c, nz, cl_hi, cl_lo = _prefix_sums(h)
     total = c[n_bins]
@@ -106,7 +112,7 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
         left_out = c[lo]
         right_out = total - c[hi]
         s_q = c[hi] - c[lo]
-        if s_q == 0:
+        if s_q == 0 or nz[hi] - nz[lo] < min_nonempty:  # empty or degenerate window
             out[ci] = np.inf
             continue
         width = length // levels
@@ -197,11 +203,13 @@ def _curve_closed_form(h, candidates, signed, levels, grouping, empty_p):  # pra
     return out
 
 
-_SIG_PROP = "float64[:](int64[:], int64[:], int64, int64, int64)"
+_SIG_PROP = "float64[:](int64[:], int64[:], int64, int64, int64, int64)"
 
 
 @jit(_SIG_PROP)
-def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: no cover - compiled
+def _curve_abs_proportional(
+    h, candidates, levels, shift, empty_p, min_nonempty
+):  # pragma: no cover - compiled
     """The closed form for ``domain='abs'`` with proportional grouping (TensorRT, ModelOpt).
 
     The same terms as :func:`_curve_closed_form`, organized for speed on one core:
@@ -236,7 +244,7 @@ def _curve_abs_proportional(h, candidates, levels, shift, empty_p):  # pragma: n
         i = candidates[ci]
         right_out = total - c[i]
         s_q = c[i]
-        if s_q == 0:
+        if s_q == 0 or nz[i] < min_nonempty:  # empty or degenerate window
             out[ci] = np.inf
             continue
         width = i // levels
@@ -330,7 +338,9 @@ def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
 
 
 @jit(_SIG_SMOOTH)
-def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no cover
+def _curve_smoothed(
+    h, candidates, signed, levels, grouping, eps, min_nonempty
+):  # pragma: no cover
     """O(i) per candidate: MXNet / ONNX Runtime eps smoothing, emptiness from P."""
     n_bins = h.size
     z = n_bins // 2
@@ -346,9 +356,15 @@ def _curve_smoothed(h, candidates, signed, levels, grouping, eps):  # pragma: no
         length = hi - lo
         p = np.empty(length, dtype=np.float64)
         s_q = 0
+        n_nonempty = 0
         for j in range(length):
             p[j] = float(h[lo + j])
             s_q += h[lo + j]
+            if h[lo + j] != 0:
+                n_nonempty += 1
+        if 0 < n_nonempty < min_nonempty:  # degenerate window
+            out[ci] = np.inf
+            continue
         left = 0
         for j in range(lo):
             left += h[j]
