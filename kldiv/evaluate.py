@@ -342,6 +342,8 @@ def _session(model: Any, *, optimized_path: str | None = None) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # idle threads that spin between runs steal the cores the next run needs
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         opts.optimized_model_filepath = optimized_path
     if isinstance(model, onnx.ModelProto):
