@@ -228,7 +228,8 @@ def _one_layer_qdq(model, table, tensor):
 
     others = {n.name for n in model.graph.node
               if n.op_type in QUANTIZABLE_OPS and tensor not in n.input[:1]}
-    return to_qdq_onnx(model, {tensor: table[tensor]}, placement="inputs", exclude=others)
+    return to_qdq_onnx(model, {tensor: table[tensor]}, placement="inputs", exclude=others,
+                       check=False)
 
 
 def test_rank_tensors_matches_one_tensor_quantized_by_hand():
@@ -283,7 +284,7 @@ def test_exclusions_resolve_and_reach_the_cache(tmp_path, capsys):
     assert "conv1" in resolve_exclusions(model, ["conv1"])
     relus = {n.output[0] for n in model.graph.node if n.op_type == "Relu"}
     assert relus <= resolve_exclusions(model, ["Relu"])
-    with pytest.raises(QuantizationError, match="'conv9' is not a tensor.*did you mean"):
+    with pytest.raises(QuantizationError, match="'conv9'.*did you mean"):
         resolve_exclusions(model, ["conv9"])
     cache = _minmax_cache(tmp_path)
     data = tmp_path / "data"

@@ -77,7 +77,8 @@ def register(subparsers: Any) -> None:
                    help="also write the Q/DQ model here (atomic; the first placement evaluated)")
     z.add_argument("--out", "-o", type=Path,
                    help="write the cache without the --exclude tensors here (atomic)")
-    z.add_argument("--force", action="store_true", help="overwrite --save-qdq / --out")
+    z.add_argument("--force", action="store_true",
+                   help="overwrite --save-qdq / --out; apply a table the coverage check refuses")
     r = p.add_argument_group("which tensor hurts")
     r.add_argument(
         "--per-tensor", action="store_true",
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     for placement in placements:
         models[f"INT8 Q/DQ ({placement})"] = to_qdq_onnx(
             fp32, table, weights=args.weights, placement=placement, bias=args.bias,
-            exclude=excluded,
+            exclude=excluded, force=args.force,
         )
     reports = evaluate_many(fp32, models, data, labels, topk=args.topk, output=args.output,
                             batch_axes=declared)
@@ -245,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         suggested = to_qdq_onnx(
             fp32, table, weights=args.weights, placement=placement, bias=args.bias,
             exclude=excluded | set(ranking.suggested) | layers_reading(fp32, ranking.suggested),
+            force=args.force,
         )
         name = f"INT8 Q/DQ ({placement}), suggested tensors in float"
         verified = evaluate_many(fp32, {name: suggested}, data, labels, topk=args.topk,
