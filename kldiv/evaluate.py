@@ -51,7 +51,6 @@ __all__ = [
     "evaluate",
     "evaluate_many",
     "integer_ops",
-    "layers_reading",
     "rank_tensors",
     "resolve_exclusions",
     "topk_hits",
@@ -783,15 +782,18 @@ _WEIGHT_MASK = "kldiv_mask__weights"
 
 
 def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
-    """The Q/DQ model with a switch per quantized activation: the activation and the
-    weights of the layers reading it.
+    """The Q/DQ model with a switch per quantized activation ``t``: its Q/DQ pair, the
+    weights of the layers reading it, and the quantized inputs and weights of the layer
+    writing it.
 
     Every ``DequantizeLinear`` fed by a ``QuantizeLinear`` of activation ``t`` gets a
     ``Where(switch_t, dq, t)`` after it; the weight ``DequantizeLinear`` of a layer whose data
-    input is that dequantized ``t`` gets ``Where(switch_t, dq, float_weight)``. So switching
-    ``t`` off is what dropping ``t`` from a TensorRT cache does: the layers reading ``t`` run in
-    higher precision, weights included. Weights of layers with no quantized input share one
-    switch. Switches are scalar bool graph inputs: all on is the Q/DQ model (the same
+    input is that dequantized ``t`` gets ``Where(switch_t, dq, float_weight)``; the layer
+    writing ``t`` reads its quantized inputs and weights through ``Where(switch_t, ..., float)``.
+    So switching ``t`` off is what excluding ``t`` does (:func:`kldiv.qdq.to_qdq_onnx`
+    ``exclude=``) and what dropping ``t`` from a TensorRT cache does: the layers writing and
+    reading ``t`` run in higher precision, weights included. Weights of layers with no
+    quantized input share one switch. Switches are scalar bool graph inputs: all on is the Q/DQ model (the same
     numbers; onnxruntime's Q/DQ fusions round differently), all off the FP32 model.
 
     Returns
@@ -823,6 +825,7 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
                     float_consts[node.output[0]] = a.t
     switches: dict[str, str] = {}
     dq_tensor: dict[str, str] = {}  # dequantized activation name -> the activation
+    weight_float: dict[str, str] = {}  # dequantized weight name -> its float initializer
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
     n_weights = 0
@@ -860,7 +863,21 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
         new_inits.append(numpy_helper.from_array(numpy_helper.to_array(w), fname))
         node.output[0] = out + "__kldiv_switched"
         new_nodes.append(helper.make_node("Where", [switch, node.output[0], fname], [out]))
+        weight_float[out] = fname
         n_weights += 1
+    # the layer writing a switched tensor is quantized only while that switch is on too
+    # (kldiv.qdq.to_qdq_onnx leaves the writer of an excluded tensor unquantized)
+    for tensor, switch in switches.items():
+        writer = producers.get(tensor)
+        if writer is None:
+            continue
+        for k, name in enumerate(writer.input):
+            plain = dq_tensor.get(name) or weight_float.get(name)
+            if plain is None:
+                continue
+            gated = f"{name}__kldiv_for_{switch}"
+            new_nodes.append(helper.make_node("Where", [switch, name, plain], [gated]))
+            writer.input[k] = gated
     g.node.extend(new_nodes)
     g.initializer.extend(new_inits)
     for name in [*switches.values(), _WEIGHT_MASK]:
@@ -873,27 +890,10 @@ def _switchable(fp32: Any, qdq: Any) -> tuple[Any, dict[str, str], int]:
     return m, switches, n_weights
 
 
-def layers_reading(model: Any, tensors: Iterable[str]) -> set[str]:
-    """Names of the weighted layers (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``) that
-    read any of ``tensors`` as data input: what leaving those tensors in float leaves in
-    float in TensorRT (a layer runs in INT8 only with its input's scale). Unnamed layers are
-    not listed (their weights stay quantized in the Q/DQ model)."""
-    from .qdq import QUANTIZABLE_OPS
-
-    names = set(tensors)
-    out: set[str] = set()
-    for node in _proto(model).graph.node:
-        if node.op_type in QUANTIZABLE_OPS and node.name:
-            data = node.input[:2] if node.op_type == "MatMul" else node.input[:1]
-            if any(i in names for i in data):
-                out.add(node.name)
-    return out
-
-
 @dataclass
 class TensorImpact:
-    """The output error one tensor's quantization causes alone: the tensor and the weights
-    of the layers reading it in INT8, every other tensor and weight in float.
+    """The output error one tensor's quantization causes alone: the tensor, and the layers
+    reading and writing it, in INT8; every other tensor and weight in float.
 
     Attributes
     ----------
@@ -1030,8 +1030,9 @@ def rank_tensors(
     """Rank the quantized activations of a Q/DQ model by the output error each causes alone.
 
     Method: the Q/DQ model gets a switch per quantized activation ``t``
-    (``Where(s, DQ(Q(t)), t)``, and the same on the weights of the layers reading ``t``: what
-    dropping ``t`` from a TensorRT cache leaves in float); onnxruntime runs it once per tensor
+    (``Where(s, DQ(Q(t)), t)``, and the same on the weights of the layers reading ``t`` and on
+    the quantized inputs and weights of the layer writing it: what excluding ``t`` leaves in
+    float); onnxruntime runs it once per tensor
     with only that switch on, over the same batches, and compares every output with FP32
     (:class:`TensorImpact`). One session, no model rebuilt: the cost is one forward pass over
     the data per tensor, linear in the tensor count. The switched model computes the same
@@ -1178,7 +1179,7 @@ def rank_tensors(
         weights_switched=n_weights,
         method=(
             f"per-tensor impact: each of {len(tensors)} quantized activations alone (Q/DQ on "
-            "that tensor and on the weights of the layers reading it; every other tensor and "
-            "weight in float), compared with FP32 on every output"
+            "that tensor, and the layers reading and writing it quantized; every other tensor "
+            "and weight in float), compared with FP32 on every output"
         ),
     )

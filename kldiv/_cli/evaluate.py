@@ -149,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
         _static_classes,
         check_labels,
         evaluate_many,
-        layers_reading,
         rank_tensors,
         resolve_exclusions,
     )
@@ -194,8 +193,6 @@ def run(args: argparse.Namespace) -> int:
     if source is not None:
         data = source
     excluded = resolve_exclusions(fp32, args.exclude)
-    # a tensor left in float leaves the layers reading it in float (as TensorRT does)
-    excluded |= layers_reading(fp32, excluded)
     if args.labels is not None:
         labels = _labels(args.labels)
     if labels is not None:
@@ -245,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         placement = placements[0]
         suggested = to_qdq_onnx(
             fp32, table, weights=args.weights, placement=placement, bias=args.bias,
-            exclude=excluded | set(ranking.suggested) | layers_reading(fp32, ranking.suggested),
+            exclude=excluded | set(ranking.suggested),
             force=args.force,
         )
         name = f"INT8 Q/DQ ({placement}), suggested tensors in float"
@@ -271,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{rep.name}: {_PLACEMENT_TEXT[placement]}")
         print(rep.to_text() + "\n")
     if excluded:
-        print(f"left in float (--exclude, with the layers reading them): {len(excluded)} names: "
+        print(f"left in float (--exclude; with the layers writing and reading them): "
+              f"{len(excluded)} tensors: "
               f"{', '.join(sorted(excluded)[:12])}{' ...' if len(excluded) > 12 else ''}")
     if ranking is not None and verified is not None:
         print(ranking.to_text(max_rows=args.rows))
