@@ -154,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..qdq import load_onnx, to_qdq_onnx
     from ..runners import input_specs
-    from ..scales import CalibrationTable
     from ._data_args import batch_axes_from_args, check_data_args, source_from_args
 
     # -- every option and input checked before anything runs ------------------------------
@@ -217,10 +216,7 @@ def run(args: argparse.Namespace) -> int:
                            force=args.force)
     written_cache = None
     if args.out is not None:
-        kept = CalibrationTable(((n, table[n]) for n in table if n not in excluded),
-                                header=table.header,
-                                provenance={**table.provenance,
-                                            "excluded": sorted(n for n in table if n in excluded)})
+        kept = table.without(excluded)
         write_cache(kept, args.out, force=args.force)
         written_cache = (len(kept), len(table))
 
