@@ -1008,7 +1008,7 @@ def infer_batch_axes(
                  for s in shared}
         batch_sym = max(shared, key=lambda s: (counts[s], -order[s]))
     def fixed(d: Any) -> bool:
-        return isinstance(d, (int, np.integer)) and d > 0
+        return isinstance(d, (int, np.integer)) and bool(d > 0)
 
     any_dynamic = any(not fixed(d) for shape in shapes.values() for d in shape)
     out: dict[str, int | None] = {}

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         source = source_from_args(
             args, batch_axes=model_batch_axes(args.model, declared), limit=False
         )
-        total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+        total = len(source) if hasattr(source, "__len__") else None
         if total is not None and args.max_batches is not None:
             total = min(total, args.max_batches)
         bar, on_batch = _progress(total, args.quiet)
