@@ -6,10 +6,8 @@ subprocess; its wall time (after imports) and peak RSS (``VmHWM``) are measured 
 - ``plain``: onnxruntime inference of the inputs (default session options), outputs dropped.
 - ``kldiv``: ``kldiv.calibrate(model, data, preset="tensorrt")``, the public call that
   ``kldiv calibrate`` makes (model load, data fingerprint, histograms, search, table), with
-  the kernels users get by default: compiled ahead of time (built once, before any
-  contender runs, and reported; see ``kldiv._kernels.aot``).
-- ``kldiv-jit``: the same with ``KLDIV_KERNELS=jit``: the same kernels through Numba's JIT
-  (machine code from Numba's on-disk cache, warmed before the run).
+  the kernels users get by default: Numba's JIT, machine code from kldiv's on-disk cache
+  (warmed in a subprocess before any contender runs, so no contender pays the compile).
 - ``kldiv-parts``: the same work spelled out (``OnnxRuntimeRunner`` + ``HistogramCollector``
   + the search), timed by part: model run / histograms / search.
 - ``ort-entropy``: ``onnxruntime.quantization.calibrate.create_calibrator(...,
@@ -170,7 +168,7 @@ def child_kldiv(model: str, data: Batches) -> dict:
 
 
 def child_kldiv_parts(model: str, data: Batches) -> dict:
-    """The same work by its parts, timed separately (sequential; no kernel preload)."""
+    """The same work by its parts, timed separately (sequential)."""
     import onnxruntime  # noqa: F401
 
     from kldiv.collect import HistogramCollector
@@ -229,44 +227,34 @@ def child_ort_entropy(model: str, data: Batches) -> dict:
 CHILDREN = {
     "plain": child_plain,
     "kldiv": child_kldiv,
-    "kldiv-jit": child_kldiv,  # run with KLDIV_KERNELS=jit
     "kldiv-parts": child_kldiv_parts,
     "ort-entropy": child_ort_entropy,
 }
 
 
 def _prepare_kernels() -> str:
-    """Build the ahead-of-time kernels if needed and warm Numba's JIT cache, in subprocesses
-    (so no contender pays a one-time compile); say which build ``kldiv`` will use."""
+    """Warm kldiv's kernel cache in a subprocess (so no contender pays a one-time compile);
+    say which kernels ``kldiv`` uses and how long the warm-up took."""
     code = ("import time, numpy as np; t = time.perf_counter()\n"
-            "from kldiv._kernels import aot, dispatch\n"
-            "m = aot.load(); k = dispatch.kernels()\n"
-            "dispatch.fill_counts(np.ones(1 << 17, np.float32), 1.0, 8, clip=False, build=k)\n"
-            "print(k.name, aot.module_path() if m is not None else '-', "
+            "import kldiv\n"
+            "from kldiv import _kernels\n"
+            "h = kldiv.ActivationHistogram.from_values(np.arange(1 << 17, dtype=np.float32))\n"
+            "kldiv.search_threshold(h)\n"
+            "k = _kernels.resolve()\n"
+            "print('numpy' if k is None else k.name, _kernels.cache_dir(), "
             "round(time.perf_counter() - t, 1))")
-    aot_out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                             text=True).stdout.split()
-    from kldiv._kernels.dispatch import KERNELS_ENV
-
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                   env={**os.environ, KERNELS_ENV: "jit"})
-    name, path, seconds = aot_out[-3:]
-    if name != "aot":
-        return "JIT only (the ahead-of-time build failed; see kldiv._kernels.aot)"
-    return f"ahead of time ({path}; build/load took {seconds} s before this run)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout.split()
+    name, folder, seconds = out[-3:]
+    return f"{name} (cache {folder}; warm-up took {seconds} s before this run)"
 
 
 def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
     """Run one contender in a fresh subprocess; return its report plus peak RSS."""
     cmd = [sys.executable, __file__, "--child", mode, "--model", str(model),
            "--batches", str(n_batches), "--batch-size", str(batch_size)]
-    from kldiv._kernels.dispatch import KERNELS_ENV
-
-    env = dict(os.environ)
-    if mode == "kldiv-jit":
-        env[KERNELS_ENV] = "jit"
     start = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     report["process_seconds"] = time.perf_counter() - start
     return report
@@ -306,7 +294,7 @@ def main() -> None:
               f"python {sys.version.split()[0]}")
         print(f"  kernels: {_prepare_kernels()}", flush=True)
         rows = {}
-        for mode in ("plain", "kldiv", "kldiv-jit", "kldiv-parts", "ort-entropy"):
+        for mode in ("plain", "kldiv", "kldiv-parts", "ort-entropy"):
             if mode == "ort-entropy" and args.skip_ort:
                 continue
             rows[mode] = measure(mode, model, n_batches, args.batch_size)
@@ -326,8 +314,8 @@ def main() -> None:
               f"{r['seconds'] / plain['seconds']:>8.2f}{r['peak_mb'] / plain['peak_mb']:>8.2f}")
     print()
     added = kl["seconds"] - plain["seconds"]
-    print(f"kldiv by parts (a separate run, {parts['seconds']:.2f} s, no overlap of the kernel "
-          f"load): model run with every tensor as output {parts['run']:.2f} s, histograms "
+    print(f"kldiv by parts (a separate run, {parts['seconds']:.2f} s): "
+          f"model run with every tensor as output {parts['run']:.2f} s, histograms "
           f"{parts['hist']:.2f} s (incl. loading the kernels), threshold search "
           f"{parts['search']:.2f} s ({kl['tensors']} tensors)")
     print(f"time kldiv adds on top of plain inference: {added:.2f} s = "
@@ -337,9 +325,6 @@ def main() -> None:
           f"time (every tensor an output): {parts['run'] - plain['seconds']:.2f} s")
     print(f"peak memory kldiv / plain: {kl['peak_mb'] / plain['peak_mb']:.2f}x (target <= 1.2x); "
           f"after imports: plain {plain['import_mb']:.0f} MB, kldiv {kl['import_mb']:.0f} MB")
-    jit = rows["kldiv-jit"]
-    print(f"kernels ahead of time vs Numba's JIT: {jit['seconds'] - kl['seconds']:+.2f} s, "
-          f"{jit['peak_mb'] - kl['peak_mb']:+.0f} MB saved")
     if "ort-entropy" in rows:
         o = rows["ort-entropy"]
         print(f"vs onnxruntime entropy (2048 bins): {o['seconds'] / kl['seconds']:.1f}x faster "

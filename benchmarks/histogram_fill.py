@@ -4,10 +4,10 @@ One run prints a table (GB/s of input read, and the ratio to ``np.histogram`` me
 same run on the same array). Every implementation histograms ``|x|`` into 2048 bins over
 ``[0, absmax]``:
 
-- ``kldiv numba``      ``ActivationHistogram(amax).fill(x)`` (parallel kernel, private partials),
-                       with the build kldiv uses by default (ahead of time when it builds)
-- ``kldiv numba, AOT / JIT``  the same kernel through each build explicitly
-- ``kldiv numpy``      the same with ``backend="numpy"`` (the readable reference)
+- ``kldiv numba``      ``ActivationHistogram(amax).fill(x)`` (the Numba kernel, chunks on
+                       threads, private partials)
+- ``kldiv numba kernel alone``  the same kernel called directly (:func:`kldiv._kernels.load`)
+- ``kldiv numpy``      the same fill with ``KLDIV_KERNELS=numpy`` (the readable reference)
 - ``np.histogram``     ``np.histogram(np.abs(x), bins=2048, range=(0, amax))`` (the baseline;
                        float16 is widened to float32 first, np.histogram refuses float16 edges)
 - ``onnxruntime``      ``HistogramCollector.collect_absolute_value`` (its |x| path), if installed
@@ -18,22 +18,40 @@ Usage::
     python benchmarks/histogram_fill.py                       # 16M float32 elements
     python benchmarks/histogram_fill.py --elements 67108864 --threads 2 --repeat 5
 
-Threads: ``--threads`` sets Numba's thread count (``NUMBA_NUM_THREADS``, which the ahead-of-time
-build reads too; and torch's); NumPy is single-threaded.
+Threads: ``--threads`` sets the kernels' thread count (``NUMBA_NUM_THREADS``, which kldiv's
+kernels read; and torch's); NumPy is single-threaded.
 The best of ``--repeat`` runs is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.histogram import ActivationHistogram, absmax
+
+
+@contextlib.contextmanager
+def _implementation(name: str) -> Iterator[None]:
+    """``KLDIV_KERNELS=name`` for the block (the one knob), restored afterwards."""
+    from kldiv import _kernels
+
+    saved = os.environ.get(_kernels.KERNELS_ENV)
+    os.environ[_kernels.KERNELS_ENV] = name
+    _kernels.reset()
+    try:
+        yield
+    finally:
+        os.environ.pop(_kernels.KERNELS_ENV)
+        if saved is not None:
+            os.environ[_kernels.KERNELS_ENV] = saved
+        _kernels.reset()
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -103,14 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
-    from kldiv._kernels import aot, dispatch
-    from kldiv._kernels._jit import numba_num_threads
+    from kldiv import _kernels
+    from kldiv._kernels.wrappers import threads as kernel_threads
 
-    threads = numba_num_threads(args.threads)
-    builds = {"JIT": dispatch.jit_kernels()}
-    module = aot.load()
-    if module is not None:
-        builds["AOT"] = dispatch.aot_kernels(module)
+    threads = kernel_threads()
+    numba = _kernels.load("numba")
     print(
         f"histogram fill, {NUM_BINS} bins of |x| over [0, absmax], {args.elements:,} elements, "
         f"numba threads={threads}, best of {args.repeat}"
@@ -126,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             return ActivationHistogram(amax, NUM_BINS).fill(x)
 
         def reference(x: np.ndarray = x, amax: float = amax) -> object:
-            return ActivationHistogram(amax, NUM_BINS).fill(x, backend="numpy")
+            with _implementation("numpy"):
+                return ActivationHistogram(amax, NUM_BINS).fill(x)
 
         def baseline(x: np.ndarray = x, amax: float = amax) -> object:
             a = np.abs(x)
@@ -138,13 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{label}: numba and numpy fills disagree; not timing")
         rows: dict[str, Callable[[], object]] = {
             "np.histogram(np.abs(x)) [baseline]": baseline,
-            f"kldiv numba (ActivationHistogram.fill, {dispatch.kernels().name})": ours,
+            "kldiv numba (ActivationHistogram.fill)": ours,
+            "kldiv numba kernel alone": (
+                lambda x=x, amax=amax: numba.fill_counts(x, amax, NUM_BINS, False)),
+            "kldiv numpy reference": reference,
         }
-        for build_name, build in builds.items():
-            rows[f"kldiv numba, {build_name}"] = (
-                lambda x=x, amax=amax, build=build: dispatch.fill_counts(
-                    x, amax, NUM_BINS, clip=False, build=build))
-        rows["kldiv numpy reference"] = reference
         if not args.no_peers and label.startswith("float32") and "strided" not in label:
             rows.update(_peers(x, amax, threads))
         base = None

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from kldiv._kernels.dispatch import kernels, search
+from kldiv import _kernels
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
-from kldiv.entropy import PRESETS, divergence_curve, search_threshold
+from kldiv.entropy import PRESETS, divergence_curve, kernel_search, search_threshold
 from kldiv.histogram import ActivationHistogram
 
 
@@ -72,14 +72,17 @@ def main() -> None:
     opts = PRESETS["tensorrt"]
     opts_rule_off = opts.replace(min_nonempty_bins=1)  # the tensorrt preset takes 2
     hists = [ActivationHistogram.from_counts(c, float(np.abs(x).max())) for c, x in zip(abs_h, xs)]
-    search_threshold(hists[0], "tensorrt", backend="numba")  # load the compiled kernel (cache)
+    kernels = _kernels.resolve()  # as KLDIV_KERNELS says (auto: the Numba kernels)
+    numba = _kernels.load("numba")
+    search_threshold(hists[0], "tensorrt")  # load the compiled kernels (cache)
     rule_on, rule_off = _time_interleaved(
-        [lambda c: search(c, opts), lambda c: search(c, opts_rule_off)], abs_h
+        [lambda c: kernel_search(c, opts, numba), lambda c: kernel_search(c, opts_rule_off, numba)],
+        abs_h,
     )
     rows = [
-        ("kldiv search_threshold (tensorrt, numba)",
-         _time(lambda h: search_threshold(h, "tensorrt", backend="numba"), hists)),
-        (f"kldiv numba kernel alone ({kernels().name} build)", rule_on),
+        (f"kldiv search_threshold (tensorrt, {'numpy' if kernels is None else kernels.name})",
+         _time(lambda h: search_threshold(h, "tensorrt"), hists)),
+        ("kldiv numba kernels alone (kernel_search)", rule_on),
         ("  same, degenerate-window rule off (interleaved)", rule_off),
     ]
     rows.append(("kldiv numpy reference", _time(lambda c: divergence_curve(c, opts), abs_h[:3])))

@@ -37,8 +37,8 @@ _LAZY: dict[str, str] = {
     "header_for": "cachefile",
     "read_table": "exports",
     "write_table": "exports",
-    "compare": "compare",
-    "ComparisonReport": "compare",
+    "compare": "comparison",
+    "ComparisonReport": "comparison",
     # end to end, explicit quantization
     "calibrate": "pipeline",
     "collect_histograms": "pipeline",
@@ -124,7 +124,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cachefile import format_cache, header_for, parse_cache, read_cache, write_cache
     from .collect import HistogramCollector
-    from .compare import ComparisonReport, compare
+    from .comparison import ComparisonReport, compare
     from .data import Preprocess
     from .entropy import PRESETS, EntropyOptions, search_threshold
     from .errors import (

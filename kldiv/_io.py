@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import NotAFileError, OutputExistsError, OutputFolderError, OverwriteInputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_writable", "same_file"]
 
 
 def _umask() -> int:
@@ -17,8 +18,24 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(path: str | os.PathLike[str], *, force: bool) -> Path:
-    """Refuse early when ``path`` exists and ``force`` is false.
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file (after symlinks; hard links too when both exist)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable(
+    path: str | os.PathLike[str],
+    *,
+    force: bool,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    what: str = "output",
+) -> Path:
+    """Check, before any work, that ``path`` can be written as a new file.
 
     Parameters
     ----------
@@ -26,6 +43,11 @@ def check_writable(path: str | os.PathLike[str], *, force: bool) -> Path:
         The output file.
     force : bool
         Whether overwriting an existing file is allowed.
+    inputs : iterable of path-like, optional
+        The files the command reads (model, data, caches ...): ``path`` must be none of them,
+        even with ``force`` (an output never replaces an input).
+    what : str, optional
+        How the output is named in messages (``"--out"``).
 
     Returns
     -------
@@ -34,10 +56,35 @@ def check_writable(path: str | os.PathLike[str], *, force: bool) -> Path:
 
     Raises
     ------
+    OverwriteInputError
+        If ``path`` is one of ``inputs``.
+    NotAFileError
+        If ``path`` is a folder.
+    OutputFolderError
+        If the folder it goes into does not exist.
     OutputExistsError
         If the file exists and ``force`` is false.
     """
     p = Path(path)
+    for given in inputs:
+        if given is not None and same_file(p, given):
+            raise OverwriteInputError(
+                f"{what} {p} is also an input ({given}); kldiv never writes over its inputs, "
+                "even with --force: choose another output path",
+                path=str(p),
+            )
+    if p.is_dir():
+        raise NotAFileError(
+            f"{what} {p} is a folder; give a file path inside it, e.g. {p / 'calibration.cache'}",
+            path=str(p),
+        )
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputFolderError(
+            f"cannot write {p}: folder {folder} does not exist; create it first "
+            f"(mkdir -p {folder})",
+            path=str(p),
+        )
     if p.exists() and not force:
         raise OutputExistsError(
             f"{p} already exists; pass --force (force=True) to overwrite it, or choose another path"
@@ -69,11 +116,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, force: bool
     ------
     OutputExistsError
         If ``path`` exists and ``force`` is false.
+    NotAFileError, OutputFolderError
+        If ``path`` is a folder, or its folder does not exist (see :func:`check_writable`).
     """
     p = check_writable(path, force=force)
     folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {p}: folder {folder} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode

@@ -14,6 +14,12 @@ of the scale, lowercase, unpadded (zero is ``0``).
 :func:`parse_cache` and :func:`format_cache` are pure functions on ``str``;
 :func:`read_cache` and :func:`write_cache` add the file (writes are atomic and never overwrite
 without ``force``). A table parsed from a file TensorRT wrote formats back byte for byte.
+
+Reading is streamed: :func:`read_cache` takes the file a chunk at a time and checks each
+chunk's lines with NumPy, keeping only the names (packed, :class:`~kldiv.scales.PackedNames`)
+and the bits (``array("I")``), so a cache of millions of entries reads at tens of MB/s in about
+its own size of memory. A file with anything unusual (a bad or blank line, a duplicate name,
+binary data, no header) is read again line by line, which names the problem.
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ import logging
 import os
 import re
 import struct
+from array import array
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from ._io import atomic_write_text
 from .defaults import (
@@ -30,12 +41,14 @@ from .defaults import (
     DEFAULT_LEGACY_CUTOFF,
     DEFAULT_LEGACY_QUANTILE,
     DEFAULT_TRT_VERSION,
+    TRT_MAJOR_RANGE,
 )
-from .errors import CacheFormatError
-from .scales import CacheHeader, CalibrationTable
+from .errors import CacheFormatError, InputNotFoundError, NotAFileError, PresetError
+from .scales import CacheHeader, CalibrationTable, PackedNames
 
 __all__ = [
     "ALGORITHMS",
+    "check_trt_version",
     "decode_cache_bytes",
     "format_cache",
     "header_for",
@@ -148,6 +161,53 @@ def trt_version_number(trt_version: str | int) -> int:
             "major*1000+minor*100+patch, which cannot hold a minor above 9"
         )
     return major * 1000 + minor * 100 + patch
+
+
+def check_trt_version(trt_version: str | int) -> int:
+    """Check a TensorRT version given by a user and return its cache header number.
+
+    A version string must be one whose header numbering kldiv knows: major
+    ``TRT_MAJOR_RANGE`` (5 to 10, the span of the real caches it was checked on). For another
+    TensorRT, give the header number that TensorRT writes (the ``N`` of ``TRT-N-...`` in a
+    cache it made) as a number: ``110000`` or ``"110000"``; it is written as is.
+
+    Raises
+    ------
+    PresetError
+        (a ``ValueError``) for text that is not a version, or a major version outside the range;
+        the message says what to pass instead.
+
+    Examples
+    --------
+    >>> check_trt_version("8.6.1"), check_trt_version("110000")
+    (8601, 110000)
+    """
+    text = str(trt_version).strip()
+    if isinstance(trt_version, int) and not isinstance(trt_version, bool) or text.isdigit():
+        number = int(text)
+        if number < 1000:
+            raise PresetError(
+                f"TensorRT header number {number} is too small (TensorRT 8.6.1 writes 8601, "
+                "10.9.0 writes 100900); write the version like '8.6.1'"
+            )
+        return number
+    lo, hi = TRT_MAJOR_RANGE
+    m = _VERSION.fullmatch(text)
+    if m is None:
+        raise PresetError(
+            f"not a TensorRT version: {trt_version!r}; write it like '8.6.1' or '10.9.0' "
+            f"(TensorRT {lo} to {hi})"
+        )
+    if not lo <= int(m[1]) <= hi:
+        raise PresetError(
+            f"TensorRT {text}: kldiv writes cache headers for TensorRT {lo}.x to {hi}.x; for "
+            "another version give the header number that TensorRT writes (the N of its "
+            "caches' first line TRT-N-...), e.g. --trt-version 110000"
+        )
+    try:
+        return trt_version_number(text)
+    except ValueError as exc:
+        raise PresetError(str(exc)) from None
 
 
 def _double_hex(x: float) -> str:
@@ -374,6 +434,25 @@ def parse_cache(
     """
     if not isinstance(text, (str, bytes, bytearray)):
         raise TypeError(f"parse_cache takes the file's text (str), got {type(text).__name__}")
+    if isinstance(text, str):
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: the line-by-line reader names the line
+            data = None
+    else:
+        data = bytes(text)
+    if data is not None:
+        table = _parse_chunks([data], path, allow_unknown_header)
+        if table is not None:
+            return table
+    return _parse_text(text, path, allow_unknown_header)
+
+
+def _parse_text(
+    text: str | bytes, path: str | None, allow_unknown_header: bool
+) -> CalibrationTable:
+    """The whole text at once, line by line: names the first bad line of a damaged file (and
+    reads the rarer forms: blank lines, a first line that is already an entry)."""
     text = _checked_text(
         text, path,
         empty_hint="TensorRT writes the cache after calibrating; recalibrate or check the path",
@@ -408,31 +487,173 @@ def parse_cache(
     if path is not None:
         provenance["source"] = str(path)
     body = lines[first_entry - 1 :]
-    bits = _parse_body_fast(body)
-    if bits is None:
-        bits, crlf_body = _parse_body(body, first_entry, path)
-    else:
-        crlf_body = bool(body) and body[0].endswith("\r")
+    bits, crlf_body = _parse_body(body, first_entry, path)
     if crlf or crlf_body:
         provenance["line_endings"] = "crlf"
-    # The values were checked to be 1-8 hex digits (< 2**32) and the names to hold no line
-    # break, which is all CalibrationTable.set_bits validates; adopting the dict directly makes
-    # parsing 10,000 entries several times faster (benchmarks/cache_io.py).
-    return CalibrationTable._from_validated_bits(bits, header=header, provenance=provenance)
+    return CalibrationTable._from_validated_columns(
+        list(bits), array("I", bits.values()), header=header, provenance=provenance
+    )
 
 
-def _parse_body_fast(body: list[str]) -> dict[str, int] | None:
-    """All entries at once when every line is well formed and names are unique; else None."""
-    if not body:
-        return {}
-    text = "\n".join(body)
-    pairs = _ENTRY_LINE.findall(text)
-    if len(pairs) != len(body):
+#: Bytes of a cache read at a time (the reader holds one chunk and the table, never the file).
+_CHUNK = 4 << 20
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_VALUE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF", start=10):
+    _HEX_VALUE[_c] = _i
+
+
+def _parse_chunks(
+    chunks: Iterable[bytes], path: str | None, allow_unknown_header: bool
+) -> CalibrationTable | None:
+    """The fast reader: a cache whose every line after the header is a well formed entry,
+    read a chunk at a time with NumPy (no Python object per entry but its name).
+
+    Returns None for anything unusual (a bad or blank line, a duplicate name, binary data, no
+    header ...): :func:`_parse_text` then reads the whole text line by line and names the
+    problem, or reads the rarer forms.
+    """
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if b"\n" in head:
+            break
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if bom:
+        head = head[3:]
+    first, newline, rest = head.partition(b"\n")
+    if not newline or b"\x00" in first:
         return None
-    bits = {name: int(value, 16) for name, value in pairs}
-    if len(bits) != len(pairs) or any("\r" in name for name in bits):
+    try:
+        first_line = first.decode("utf-8")
+    except UnicodeDecodeError:
         return None
-    return bits
+    crlf = first_line.endswith("\r")
+    if crlf:
+        first_line = first_line[:-1]
+    try:
+        header = parse_header(first_line, path=path, line_number=1)
+    except CacheFormatError:
+        if not allow_unknown_header or _entry_like(first_line) or not first_line.strip():
+            return None
+        header = CacheHeader(text=first_line, kind="unknown")
+    names = _Packer()
+    bits = array("I")
+    hashes: list[np.ndarray] = []
+    state = {"crlf": crlf}
+    carry = rest
+    for chunk in it:
+        block = carry + chunk
+        cut = block.rfind(b"\n") + 1
+        carry = block[cut:]
+        if cut and not _parse_block(block[:cut], names, bits, hashes, state):
+            return None
+    if carry and not carry.endswith(b"\n"):
+        carry += b"\n"  # the last line has no line break
+    if carry and not _parse_block(carry, names, bits, hashes, state):
+        return None
+    if hashes:
+        h = np.concatenate(hashes)
+        hashes.clear()
+        h.sort()
+        duplicate = bool(np.any(h[1:] == h[:-1]))
+        del h
+        if duplicate:  # a duplicate name (or a hash collision): read line by line
+            return None
+    provenance: dict[str, object] = {"format": "tensorrt-cache"}
+    if path is not None:
+        provenance["source"] = str(path)
+    if state["crlf"]:
+        provenance["line_endings"] = "crlf"
+    if bom:  # said here, once: a file the line reader takes over warns there
+        logger.warning("%s: skipping a UTF-8 byte-order mark", path or "cache")
+    return CalibrationTable._from_validated_columns(
+        names.packed(), bits, header=header, provenance=provenance
+    )
+
+
+class _Packer:
+    """Collects names as :class:`~kldiv.scales.PackedNames` a block at a time."""
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, blob: bytes, lengths: np.ndarray) -> None:
+        self.blob += blob
+        self.lengths.append(lengths)
+
+    def packed(self) -> PackedNames:
+        offsets = np.zeros(sum(x.size for x in self.lengths) + 1, dtype=np.int64)
+        if self.lengths:  # in place: no temporary the size of the table
+            np.concatenate(self.lengths, out=offsets[1:], casting="unsafe")
+            self.lengths.clear()
+            offsets[1:] += 1  # each name's LF
+            np.cumsum(offsets, out=offsets)
+        return PackedNames(self.blob, offsets)
+
+
+def _parse_block(
+    block: bytes, names: _Packer, bits: array[int], hashes: list[np.ndarray],
+    state: dict[str, bool],
+) -> bool:
+    """Append the entries of ``block`` (whole lines, ending with LF); False if any line is not
+    ``<name>: <1-8 hex digits>`` (CRLF allowed), or the block is not text."""
+    if b"\x00" in block:
+        return False
+    a = np.frombuffer(block, dtype=np.uint8)
+    nl = np.flatnonzero(a == 10)
+    starts = np.empty_like(nl)
+    starts[0] = 0
+    starts[1:] = nl[:-1] + 1
+    ends = nl.copy()  # line end without the CR of a CRLF
+    has_cr = nl > starts
+    has_cr[has_cr] = a[nl[has_cr] - 1] == 13
+    ends[has_cr] -= 1
+    n_cr = int(np.count_nonzero(has_cr))
+    if block.count(b"\r") != n_cr:
+        return False  # a CR inside a line
+    if n_cr:
+        state["crlf"] = True
+    # The line's last ": " is followed by 1-8 hex digits: it lies within the line's last ten
+    # bytes, and the nearest to the end there is the last one.
+    if np.any(ends - starts < 4):  # shorter than "x: 0" (a blank line, say)
+        return False
+    sep = np.full(nl.size, -1, dtype=nl.dtype)
+    for width in range(1, 9):
+        at = np.maximum(ends - width - 2, 0)
+        hit = (sep < 0) & (a[at] == 58) & (a[at + 1] == 32)
+        sep[hit] = at[hit]
+    width = ends - sep - 2  # hex digits
+    if np.any(sep <= starts):  # no ": " near the end (sep -1), or an empty name
+        return False
+    values = np.zeros(nl.size, dtype=np.uint32)
+    for j in range(8):
+        more = width > j
+        if not more.any():
+            break
+        digit = _HEX_VALUE[a[np.minimum(sep + 2 + j, a.size - 1)]]
+        if np.any(digit[more] == 255):
+            return False
+        values = np.where(more, (values << np.uint32(4)) | digit, values)
+    try:
+        block.decode("utf-8")  # names must be text (the rest was checked to be ASCII)
+    except UnicodeDecodeError:
+        return False
+    # keep each name and its LF: drop the bytes [sep, nl) of every line (": <hex>" and CR)
+    keep = np.ones(a.size, dtype=bool)
+    for j in range(11):
+        pos = sep + j
+        keep[pos[pos < nl]] = False
+    packed = a[keep].tobytes()
+    parts = packed.split(b"\n")
+    parts.pop()
+    hashes.append(np.fromiter(map(hash, parts), dtype=np.int64, count=len(parts)))
+    names.add(packed, (sep - starts).astype(np.int32))
+    bits.frombytes(values.astype("=u4", copy=False).tobytes())
+    return True
 
 
 def _parse_body(
@@ -558,12 +779,38 @@ def read_cache(
     ------
     CacheFormatError
         If the file is not a readable cache; the message names the file and the line.
-    FileNotFoundError
-        If there is no such file.
+    InputNotFoundError, NotAFileError
+        If there is no such file, or the path is a folder (``FileNotFoundError`` /
+        ``IsADirectoryError`` subclasses).
     """
     p = Path(path)
-    data = p.read_bytes()
-    return parse_cache(data, path=str(p), allow_unknown_header=allow_unknown_header)
+    read_input_bytes(p, what="calibration cache", probe=True)
+    with open(p, "rb") as fh:
+        table = _parse_chunks(iter(partial(fh.read, _CHUNK), b""), str(p), allow_unknown_header)
+    if table is not None:
+        return table
+    return _parse_text(p.read_bytes(), str(p), allow_unknown_header)
+
+
+def read_input_bytes(
+    path: str | os.PathLike[str], *, what: str = "file", probe: bool = False
+) -> bytes:
+    """The bytes of an input file, with kldiv's errors for a missing file or a folder
+    (``probe``: only check that it can be opened, return ``b""``)."""
+    p = Path(path)
+    if p.is_dir():
+        raise NotAFileError(
+            f"{p} is a folder, not a {what}; give the file itself", path=str(p)
+        )
+    try:
+        if probe:
+            with open(p, "rb"):
+                return b""
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise InputNotFoundError(
+            f"{p}: no such {what}; check the path", path=str(p)
+        ) from None
 
 
 def write_cache(

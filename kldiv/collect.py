@@ -15,16 +15,22 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._checks import check_num_bins
 from ._io import atomic_write_bytes
-from .defaults import DEFAULT_FILL_BACKEND, DEFAULT_RANGE_POLICY, NUM_BINS
-from .errors import HistogramError, HistogramRangeError, NonFiniteError
-from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, _resolve_backend, absmax
+from .defaults import DEFAULT_RANGE_POLICY, NUM_BINS
+from .errors import (
+    HistogramError,
+    HistogramRangeError,
+    InputNotFoundError,
+    NonFiniteError,
+    NotAFileError,
+)
+from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, GrowthPolicy, absmax
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
 
@@ -33,7 +39,7 @@ log = logging.getLogger(__name__)
 #: Value of the ``format`` key of a histogram file.
 HISTOGRAM_FILE_FORMAT = "kldiv-histograms"
 #: Version of the histogram file written (and the newest read).
-HISTOGRAM_FILE_VERSION = 1
+HISTOGRAM_FILE_VERSION = 2
 
 
 class HistogramCollector:
@@ -48,14 +54,18 @@ class HistogramCollector:
         ``"pow2"`` (TensorRT guide) starts at the first batch's absmax and doubles, merging
         bin pairs; ``"append"`` (ModelOpt) appends bins of the same width; ``"global"`` and
         ``"fixed"`` use ``ranges`` (``"global"``: the absmax of a first pass over all data,
-        see :func:`kldiv.pipeline.calibrate`).
+        see :func:`kldiv.pipeline.calibrate`). Each histogram is built with the matching
+        growth (:attr:`growth`): ``"pow2"``, ``"append"``, or ``"fixed"`` for the last two.
     ranges : mapping of str to float, optional
         Per-tensor range for ``"global"`` / ``"fixed"`` (required for those policies).
     nonfinite : {"raise", "drop"}, default "raise"
         NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` naming the tensor and the batch,
         or are skipped.
-    backend : {"auto", "numpy", "numba"}, default DEFAULT_FILL_BACKEND
-        Fill implementation.
+
+    Notes
+    -----
+    Fills run the Numba kernels or the NumPy reference as ``KLDIV_KERNELS`` chooses (see
+    :mod:`kldiv._kernels`); the histograms are the same.
 
     Examples
     --------
@@ -73,7 +83,6 @@ class HistogramCollector:
         *,
         ranges: Mapping[str, float] | None = None,
         nonfinite: str = "raise",
-        backend: str = DEFAULT_FILL_BACKEND,
     ) -> None:
         if range_policy not in RANGE_POLICIES:
             raise HistogramError(
@@ -86,15 +95,16 @@ class HistogramCollector:
             )
         if nonfinite not in _NONFINITE:
             raise HistogramError(f"nonfinite must be 'raise' or 'drop', got {nonfinite!r}")
-        self.num_bins = int(num_bins)
+        self.num_bins = check_num_bins(num_bins)
         self.range_policy = range_policy
         self.ranges = dict(ranges) if ranges is not None else None
         self.nonfinite = nonfinite
-        self.backend = backend
         self.batches = 0
         self.meta: dict[str, Any] = {}
         self._hists: dict[str, ActivationHistogram] = {}
         self._absmax: dict[str, float] = {}
+        #: Non-finite values skipped per tensor (``nonfinite="drop"``), in first-seen order.
+        self.dropped: dict[str, int] = {}
 
     # -- mapping-like access -------------------------------------------------------------
     def __getitem__(self, name: str) -> ActivationHistogram:
@@ -133,6 +143,16 @@ class HistogramCollector:
         """The largest finite ``|x|`` seen for ``name`` (``<= self[name].amax``)."""
         return self._absmax[name]
 
+    @property
+    def growth(self) -> GrowthPolicy:
+        """The growth policy of every histogram this collector builds (from
+        :attr:`range_policy`: ``"pow2"``, ``"append"``, else ``"fixed"``)."""
+        if self.range_policy == "pow2":
+            return "pow2"
+        if self.range_policy == "append":
+            return "append"
+        return "fixed"
+
     # -- filling ---------------------------------------------------------------------------
     def observe(self, activations: Mapping[str, np.ndarray], *, batch: int | None = None) -> None:
         """Add one batch of activations.
@@ -153,26 +173,12 @@ class HistogramCollector:
 
         Notes
         -----
-        Tensors seen before may be filled on several threads
-        (:func:`kldiv._kernels.dispatch.run_concurrently`): then every tensor of the batch is
-        filled even when one fails, and the first failing tensor in the batch's order is
-        raised. After an error the collector holds a partial batch either way; start over.
+        Tensors are filled in the batch's order; the first failing tensor raises, and the
+        collector then holds a partial batch: start over.
         """
         index = self.batches if batch is None else batch
-        seen = []
         for name, values in activations.items():
-            if name in self._hists:
-                seen.append((name, values))
-            else:  # first sight: in order, so the collector keeps the network's order
-                self._observe_one(name, values, index)
-        if seen and _resolve_backend(self.backend) == "numba":
-            from ._kernels.dispatch import run_concurrently
-
-            # the tensors' fills are independent: on several threads when the kernels allow
-            run_concurrently([partial(self._observe_one, n, v, index) for n, v in seen])
-        else:
-            for name, values in seen:
-                self._observe_one(name, values, index)
+            self._observe_one(name, values, index)
         self.batches += 1
 
     def _observe_one(self, name: str, values: Any, index: int) -> None:
@@ -180,13 +186,20 @@ class HistogramCollector:
         arr = np.asarray(values)
         if arr.size == 0:
             return  # an empty tensor (e.g. zero detections) adds nothing
+        if self.nonfinite == "drop":
+            # two SIMD reductions find whether any value is NaN/Inf; only then are they counted
+            if arr.dtype.kind == "f" and not np.isfinite(_fast_absmax(arr)):
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                self.dropped[name] = self.dropped.get(name, 0) + bad
+            else:
+                self.dropped.setdefault(name, 0)
         hist = self._hists.get(name)
         if hist is None:
             # the first batch sets the range: its absmax is needed before the fill
             try:
                 a = _fast_absmax(arr)
                 if not np.isfinite(a):  # NaN/Inf somewhere: the detailed check (or drop them)
-                    a = absmax(arr, nonfinite=self.nonfinite, backend=self.backend)  # type: ignore[arg-type]
+                    a = absmax(arr, nonfinite=self.nonfinite)  # type: ignore[arg-type]
             except NonFiniteError as exc:
                 raise NonFiniteError(
                     f"{where}: {exc}", n_nan=exc.n_nan, n_posinf=exc.n_posinf,
@@ -199,17 +212,22 @@ class HistogramCollector:
                         f"{where}: no range given for this tensor (range_policy="
                         f"{self.range_policy!r}); add it to ranges="
                     )
-                hist = ActivationHistogram(self.ranges[name], self.num_bins)
+                hist = ActivationHistogram(self.ranges[name], self.num_bins, growth=self.growth)
             else:
-                hist = ActivationHistogram(a, self.num_bins)
+                hist = ActivationHistogram(a, self.num_bins, growth=self.growth)
             self._hists[name] = hist
             self._absmax[name] = a
-        # One pass: the fill grows the range when the policy allows (pow2/append) and returns
-        # the batch's largest finite |x|, exact, for the MinMax method.
-        a = hist.observe(
-            arr, nonfinite=self.nonfinite, range_policy=self.range_policy,  # type: ignore[arg-type]
-            backend=self.backend, where=where,  # type: ignore[arg-type]
-        )
+        # One pass: the fill grows the range when the histogram's growth allows (pow2/append)
+        # and returns the batch's largest finite |x|, exact, for the MinMax method.
+        try:
+            a = hist.observe(arr, nonfinite=self.nonfinite, where=where)  # type: ignore[arg-type]
+        except HistogramRangeError as exc:
+            if self.range_policy != "global":
+                raise
+            raise HistogramRangeError(
+                f"{exc}; with range_policy='global' the absmax of the first pass must cover "
+                "every batch: recompute it over the same data"
+            ) from None
         self._absmax[name] = max(self._absmax[name], a)
 
     def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:
@@ -231,6 +249,8 @@ class HistogramCollector:
             if source in self._hists and name not in self._hists:
                 self._hists[name] = self._hists[source].copy()
                 self._absmax[name] = self._absmax[source]
+                if source in self.dropped:
+                    self.dropped[name] = self.dropped[source]
         if order is not None:
             ranked = [n for n in dict.fromkeys(order) if n in self._hists]
             listed = set(ranked)
@@ -247,8 +267,7 @@ class HistogramCollector:
                 f"({self.num_bins}/{self.range_policy} vs {other.num_bins}/{other.range_policy})"
             )
         out = HistogramCollector(
-            self.num_bins, self.range_policy, ranges=self.ranges, nonfinite=self.nonfinite,
-            backend=self.backend,
+            self.num_bins, self.range_policy, ranges=self.ranges, nonfinite=self.nonfinite
         )
         out.batches = self.batches + other.batches
         out.meta = dict(self.meta)
@@ -260,6 +279,8 @@ class HistogramCollector:
                 h = _merge(h1, h2, self.range_policy, name)
             out._hists[name] = h
             out._absmax[name] = max(self._absmax.get(name, 0.0), other._absmax.get(name, 0.0))
+            if name in self.dropped or name in other.dropped:
+                out.dropped[name] = self.dropped.get(name, 0) + other.dropped.get(name, 0)
         return out
 
     # -- files -----------------------------------------------------------------------------
@@ -286,6 +307,14 @@ class HistogramCollector:
         -------
         pathlib.Path
             The file written.
+
+        Notes
+        -----
+        The file (version 2) holds ``format``, ``version``, ``names`` (str, unique),
+        ``counts`` (int64, one zero-padded row per tensor), ``amax`` (each histogram's range),
+        ``absmax`` (the largest finite ``|x|`` seen: what ``method="minmax"`` uses),
+        ``num_bins``, ``dropped`` (non-finite values skipped per tensor), ``range_policy``,
+        ``batches`` and ``meta`` (JSON). Version 1 files lack ``dropped``.
         """
         if not self._hists:
             raise HistogramError("no histograms to save: observe() some activations first")
@@ -305,6 +334,7 @@ class HistogramCollector:
             amax=np.array([self._hists[n].amax for n in names], dtype=np.float64),
             absmax=np.array([self._absmax[n] for n in names], dtype=np.float64),
             num_bins=bins,
+            dropped=np.array([self.dropped.get(n, 0) for n in names], dtype=np.int64),
             range_policy=np.array(self.range_policy),
             batches=np.array(self.batches, dtype=np.int64),
             meta=np.array(json.dumps(info, sort_keys=True, default=str)),
@@ -313,51 +343,72 @@ class HistogramCollector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HistogramCollector:
-        """Read a file written by :meth:`save` (``allow_pickle=False``).
+        """Read a file written by :meth:`save` (``allow_pickle=False``), checking every array.
+
+        Files of version 1 and 2 are read. A file without ``absmax`` (the largest ``|x|``)
+        is read with each histogram's range in its place, with a warning (``minmax`` then
+        gives an upper bound); :attr:`meta` ``["absmax_from_range"]`` says so.
 
         Raises
         ------
+        InputNotFoundError, NotAFileError
+            If there is no such file, or the path is a folder.
         HistogramError
-            If the file is missing, not such a file, or inconsistent; the message names it.
+            If the file is not a kldiv histogram file, comes from an unknown format version,
+            or holds inconsistent arrays (duplicate names, negative counts, counts beyond
+            the bins of an all-zero tensor, wrong dtypes or shapes); the message names the
+            file and the tensor.
         """
         p = Path(path)
+        if p.is_dir():
+            raise NotAFileError(
+                f"{p} is a folder, not a histogram file; give the .npz written by "
+                "kldiv calibrate --save-histograms", path=str(p),
+            )
+        if not p.exists():
+            raise InputNotFoundError(
+                f"{p}: histogram file not found; write one with kldiv calibrate "
+                "--save-histograms H.npz", path=str(p),
+            )
         try:
             z = np.load(p, allow_pickle=False)
-        except FileNotFoundError:
-            raise HistogramError(f"{p}: histogram file not found") from None
         except Exception as exc:
             raise HistogramError(
                 f"{p}: not a kldiv histogram file ({exc.__class__.__name__}: {exc}); "
                 "write one with kldiv calibrate --save-histograms"
             ) from exc
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise HistogramError(
+                f"{p}: a single NumPy array, not a kldiv histogram file (an .npz archive); "
+                "write one with kldiv calibrate --save-histograms"
+            )
         with z:
-            try:
-                fmt = str(z["format"])
-                if fmt != HISTOGRAM_FILE_FORMAT:
-                    raise ValueError(f"format is {fmt!r}")
-                version = int(z["version"])
-                if version > HISTOGRAM_FILE_VERSION:
-                    raise ValueError(
-                        f"version {version} is newer than this kldiv reads "
-                        f"({HISTOGRAM_FILE_VERSION}); upgrade kldiv"
-                    )
-                names = [str(n) for n in z["names"]]
-                counts, amax, amx = z["counts"], z["amax"], z["absmax"]
-                bins = z["num_bins"]
-                policy = str(z["range_policy"])
-                batches = int(z["batches"])
-                meta = json.loads(str(z["meta"]))
-            except KeyError as exc:
-                raise HistogramError(f"{p}: missing key {exc} in the histogram file") from None
-            except ValueError as exc:
-                raise HistogramError(f"{p}: not a readable kldiv histogram file: {exc}") from None
-        if not (len(names) == counts.shape[0] == amax.shape[0] == amx.shape[0] == bins.shape[0]):
-            raise HistogramError(f"{p}: names, counts, amax and num_bins disagree in length")
+            arrays = _read_arrays(z, p)
+        return cls._from_arrays(arrays, p)
+
+    @classmethod
+    def _from_arrays(cls, a: dict[str, Any], p: Path) -> HistogramCollector:
+        names: list[str] = a["names"]
+        counts, amax, bins = a["counts"], a["amax"], a["num_bins"]
         hists: dict[str, ActivationHistogram] = {}
+        policy = a["range_policy"]
+        growth = policy if policy in ("pow2", "append") else "fixed"  # as the collector's
         for t, name in enumerate(names):
+            row = counts[t]
+            n = int(bins[t])
+            if np.any(row[n:]):
+                raise HistogramError(
+                    f"{p}: tensor {name!r}: counts beyond its {n} bins; the file is damaged, "
+                    "save the histograms again"
+                )
+            if amax[t] == 0 and np.any(row[1:n]):
+                raise HistogramError(
+                    f"{p}: tensor {name!r}: range amax 0 (an all-zero tensor) but counts above "
+                    "bin 0; the file is damaged, save the histograms again"
+                )
             try:
                 hists[name] = ActivationHistogram.from_counts(
-                    counts[t, : int(bins[t])], float(amax[t])
+                    row[:n], float(amax[t]), growth=growth  # type: ignore[arg-type]
                 )
             except HistogramError as exc:
                 raise HistogramError(f"{p}: tensor {name!r}: {exc}") from None
@@ -367,11 +418,111 @@ class HistogramCollector:
             policy,
             ranges={n: h.amax for n, h in hists.items()} if policy in ("global", "fixed") else None,
         )
-        out.batches = batches
-        out.meta = meta if isinstance(meta, dict) else {}
+        out.batches = a["batches"]
+        out.meta = a["meta"]
         out._hists = hists
-        out._absmax = {name: float(amx[t]) for t, name in enumerate(names)}
+        absmax = a["absmax"]
+        if absmax is None:
+            log.warning(
+                "%s: the file does not record the largest |x| of each tensor (an older "
+                "format); minmax uses each histogram's range instead, an upper bound", p,
+            )
+            out.meta["absmax_from_range"] = True
+            out._absmax = {name: float(amax[t]) for t, name in enumerate(names)}
+        else:
+            out._absmax = {name: float(absmax[t]) for t, name in enumerate(names)}
+        dropped = a["dropped"]
+        if dropped is not None:
+            out.dropped = {n: int(dropped[t]) for t, n in enumerate(names) if dropped[t]}
         return out
+
+
+_REQUIRED_KEYS = ("format", "version", "names", "counts", "amax", "num_bins")
+
+
+def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
+    """The arrays of an open histogram archive, each checked for dtype and shape."""
+    def bad(what: str) -> HistogramError:
+        return HistogramError(
+            f"{p}: {what}; this is not a histogram file kldiv wrote, or it is damaged "
+            "(write one with kldiv calibrate --save-histograms)"
+        )
+
+    def get(key: str) -> np.ndarray:
+        try:
+            return np.asarray(z[key])
+        except ValueError as exc:  # e.g. an object array, refused without pickle
+            raise bad(f"array {key!r} cannot be read ({exc})") from None
+
+    files = set(z.files)
+    if "format" not in files or str(get("format")) != HISTOGRAM_FILE_FORMAT:
+        raise bad(f"no format={HISTOGRAM_FILE_FORMAT!r} entry (it holds "
+                  f"{', '.join(sorted(files)) or 'nothing'})")
+    missing = [k for k in _REQUIRED_KEYS if k not in files]
+    if missing:
+        raise bad(f"no {', '.join(repr(k) for k in missing)} array in the archive")
+    version_arr = get("version")
+    if version_arr.shape != () or version_arr.dtype.kind not in "iu":
+        raise bad(f"version is {version_arr!r}, not a whole number")
+    version = int(version_arr)
+    if version > HISTOGRAM_FILE_VERSION:
+        raise HistogramError(
+            f"{p}: histogram file version {version} is newer than this kldiv reads "
+            f"(1 to {HISTOGRAM_FILE_VERSION}); upgrade kldiv"
+        )
+    if version < 1:
+        raise bad(f"unknown histogram file version {version}")
+    names_arr = get("names")
+    if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
+        raise bad(f"names must be a 1-D array of str, got {names_arr.dtype} of shape "
+                  f"{names_arr.shape}")
+    names = [str(n) for n in names_arr]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise bad(f"tensor {name!r} appears twice in names")
+        seen.add(name)
+    n = len(names)
+    counts = get("counts")
+    if counts.ndim != 2 or counts.shape[0] != n or counts.dtype.kind not in "iu":
+        raise bad(f"counts must be an integer array of {n} rows (one per name), got "
+                  f"{counts.dtype} of shape {counts.shape}")
+    out: dict[str, Any] = {"names": names, "counts": counts}
+    for key, kind in (("amax", "f"), ("num_bins", "iu"), ("absmax", "f"), ("dropped", "iu")):
+        if key not in files:
+            out[key] = None
+            continue
+        arr = get(key)
+        if arr.shape != (n,) or arr.dtype.kind not in kind:
+            want = "float" if kind == "f" else "integer"
+            raise bad(f"{key} must be a 1-D {want} array of {n} values (one per name), got "
+                      f"{arr.dtype} of shape {arr.shape}")
+        out[key] = arr
+    for key in ("amax", "absmax"):
+        arr = out[key]
+        if arr is not None:
+            wrong = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0)))
+            if wrong.size:
+                raise bad(f"tensor {names[wrong[0]]!r}: {key} {float(arr[wrong[0]])!r} is not a "
+                          "finite number >= 0")
+    bins = out["num_bins"]
+    wrong = np.flatnonzero((bins < 1) | (bins > counts.shape[1]))
+    if wrong.size:
+        raise bad(f"tensor {names[wrong[0]]!r}: num_bins {int(bins[wrong[0]])} is outside "
+                  f"1..{counts.shape[1]} (the width of counts)")
+    if out["dropped"] is not None and np.any(out["dropped"] < 0):
+        raise bad("dropped holds a negative count")
+    policy = str(get("range_policy")) if "range_policy" in files else DEFAULT_RANGE_POLICY
+    out["range_policy"] = policy
+    out["batches"] = int(get("batches")) if "batches" in files else 0
+    meta: Any = {}
+    if "meta" in files:
+        try:
+            meta = json.loads(str(get("meta")))
+        except json.JSONDecodeError as exc:
+            raise bad(f"meta is not JSON ({exc.msg})") from None
+    out["meta"] = meta if isinstance(meta, dict) else {}
+    return out
 
 
 def _fast_absmax(arr: np.ndarray) -> float:

@@ -14,8 +14,6 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
-    "DEFAULT_FILL_BACKEND",
-    "DEFAULT_KERNELS",
     "DEFAULT_LEGACY_CUTOFF",
     "DEFAULT_LEGACY_QUANTILE",
     "DEFAULT_METHOD",
@@ -31,8 +29,10 @@ __all__ = [
     "DEFAULT_WORKSPACE",
     "MIN_TABLE_COVERAGE",
     "INT8_MAX",
+    "MAX_NUM_BINS",
     "NUM_BINS",
     "NUM_QUANT_LEVELS",
+    "TRT_MAJOR_RANGE",
 ]
 
 #: Number of histogram bins TensorRT's entropy calibrator uses (GTC 2017; algorithm.md §4).
@@ -75,13 +75,10 @@ DEFAULT_LEGACY_QUANTILE: Final[float] = 0.999999
 #: thresholds clip (1.6 %, pool1); the degenerate KL = 0 minimum clips 99 % (docs/fidelity.md).
 CLIP_WARN_FRACTION: Final[float] = 0.05
 
-# --- histograms (appended by helper HIST) ---
-#: Histogram fill implementation: "auto" (Numba when importable, else NumPy), "numpy", "numba".
-DEFAULT_FILL_BACKEND: Final[str] = "auto"
-#: How the Numba kernels are run (environment variable ``KLDIV_KERNELS`` overrides):
-#: "auto" (compiled ahead of time once per environment, and loaded without Numba; the JIT when
-#: that cannot be done), "aot" (ahead of time or fail), "jit" (Numba's JIT and its cache).
-DEFAULT_KERNELS: Final[str] = "auto"
+# --- histograms ---
+# (Which implementation fills and searches, KLDIV_KERNELS=auto|numba|numpy, defaults to
+# kldiv._kernels.DEFAULT_MODE: the kernel layer imports nothing of kldiv, so its one default
+# lives there.)
 #: Range policy of histogram collection when none is named: the TensorRT developer guide's
 #: "first batch's absmax, grown by powers of two" (see kldiv.histogram).
 DEFAULT_RANGE_POLICY: Final[str] = "pow2"
@@ -103,3 +100,13 @@ DEFAULT_WORKSPACE: Final[int] = 1 << 30
 DEFAULT_PRECISION: Final[str] = "fp32"
 #: CUDA binding trt_backend stages buffers with when none is named ("cuda-python", "pycuda").
 DEFAULT_CUDA_BACKEND: Final[str] = "cuda-python"
+
+# --- limits of user options ---
+#: Most histogram bins a calibration accepts (``--num-bins``): 32x TensorRT's 2048 and 8x
+#: MXNet's 8001. Each tensor keeps its int64 counts in memory and the entropy search grows with
+#: the square of the bin count (kldiv._checks.check_num_bins).
+MAX_NUM_BINS: Final[int] = 1 << 16
+#: Oldest and newest TensorRT major versions whose cache header number kldiv writes from a
+#: version string (the real caches it was checked on span 5.1 to 10.14; a newer TensorRT's
+#: header number can be given as a number).
+TRT_MAJOR_RANGE: Final[tuple[int, int]] = (5, 10)

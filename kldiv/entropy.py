@@ -13,14 +13,17 @@ TensorRT", S. Migacz). :func:`divergence_curve` is the pseudocode, one candidate
 Wherever the slide is silent (algorithm.md §3, ambiguities #1–#13) the choice is a named field
 of :class:`EntropyOptions`; :data:`PRESETS` bundles the choices of TensorRT (our reconstruction,
 pinned by real caches), of the slide itself, of NVIDIA ModelOpt and of MXNet. The fast Numba
-kernel (``kldiv._kernels.entropy``, run by ``kldiv._kernels.dispatch``) follows the same contract and is tested against this file.
+kernels (``kldiv._kernels.entropy``) compute the same curve from prefix sums;
+:func:`search_threshold` runs them when ``kldiv._kernels.resolve()`` offers them (the
+``KLDIV_KERNELS`` environment variable) and this file's loop otherwise; the tests hold the two
+equal.
 
 Examples
 --------
 >>> import numpy as np
 >>> from kldiv.entropy import search_threshold
 >>> counts = np.zeros(2048, dtype=np.int64); counts[-1] = 10   # a constant tensor, |x| = 2
->>> r = search_threshold(_Counts(counts, 2.0), backend="numpy")
+>>> r = search_threshold(_Counts(counts, 2.0))
 >>> r.bin_index, r.scale_hex
 (2048, '3c810a14')
 """
@@ -37,9 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import _kernels
 from .defaults import DEFAULT_PRESET, INT8_MAX, NUM_QUANT_LEVELS
 from .errors import HistogramError, PresetError
-from .histogram import _BACKENDS, Backend
 from .scales import ThresholdResult, amax_to_scale
 
 __all__ = [
@@ -59,7 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,17 +560,85 @@ def _require_nonempty(counts: np.ndarray) -> None:
         )
 
 
-def _load_kernel() -> Any:
-    from ._kernels import dispatch as kernel  # numba's JIT or the ahead-of-time build
+# --------------------------------------------------------------------------------------------
+# The fast path: the same curve from the kernels, the same minimum
+# --------------------------------------------------------------------------------------------
+#: Kernel values within ``BAND_ATOL + BAND_RTOL * |min|`` of the kernel minimum are re-checked
+#: with the reference (far above the kernel's error, measured ~1e-14 absolute).
+BAND_ATOL = 1e-10
+BAND_RTOL = 1e-9
 
-    return kernel
+
+def kernel_divergence_curve(
+    counts: np.ndarray, opts: EntropyOptions, kernels: _kernels.Kernels
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidates, divergence)`` like :func:`divergence_curve`, from the kernels.
+
+    The options become plain numbers for the kernels here; smoothing with emptiness taken from
+    the raw histogram has no kernel and runs the reference loop.
+    """
+    if opts.smoothing != "none" and opts.empty != "p":
+        return divergence_curve(counts, opts)
+    h = np.ascontiguousarray(apply_zero_policy(np.asarray(counts), opts, dtype=np.int64))
+    candidates = np.ascontiguousarray(candidate_bins(h.size, opts), dtype=np.int64)
+    signed = opts.domain == "signed"
+    grouping = 0 if opts.grouping == "proportional" else 1
+    min_nonempty = int(opts.min_nonempty_bins)
+    if opts.smoothing == "none" and not signed and grouping == 0:
+        levels = opts.num_levels
+        shift = levels.bit_length() - 1 if levels & (levels - 1) == 0 else -1
+        div = kernels.curve_abs_proportional(
+            h, candidates, levels, shift, int(opts.empty == "p"), min_nonempty
+        )
+    elif opts.smoothing == "none":
+        div = kernels.curve_closed_form(
+            h, candidates, signed, opts.num_levels, grouping, int(opts.empty == "p"),
+            min_nonempty,
+        )
+    else:
+        div = kernels.curve_smoothed(
+            h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps),
+            min_nonempty,
+        )
+    if opts.empty_q == "nan":  # candidates whose kept bins are all empty
+        csum = np.concatenate(([0], np.cumsum(h)))
+        z = h.size // 2
+        lo, hi = (z - candidates, z + candidates + 1) if signed else (0 * candidates, candidates)
+        div = np.where(csum[hi] - csum[lo] == 0, np.nan, div)
+    if opts.log_base != math.e:
+        div = div / math.log(opts.log_base)
+    return candidates, div
+
+
+def kernel_search(
+    counts: np.ndarray, opts: EntropyOptions, kernels: _kernels.Kernels
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(candidates, divergence, position of the minimum)`` from the kernels, the minimum
+    chosen exactly as :func:`pick_minimum` chooses it on the reference curve.
+
+    The kernel curve agrees with the reference to ~1e-13; candidates within a small band above
+    the kernel minimum are re-evaluated with the reference (bit-identical values) and the tie
+    rule is applied to those.
+    """
+    candidates, div = kernel_divergence_curve(counts, opts, kernels)
+    if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
+        return candidates, div, pick_minimum(div, opts)
+    best = float(div.min())
+    if not math.isfinite(best):  # every candidate infinite: decided by the tie rule alone
+        return candidates, div, pick_minimum(div, opts)
+    band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
+    if band.size == 1:
+        return candidates, div, int(band[0])
+    hist = apply_zero_policy(counts, opts)
+    exact = np.array(
+        [kl_divergence(*distributions(hist, int(candidates[k]), opts), opts) for k in band]
+    )
+    return candidates, div, int(band[pick_minimum(exact, opts)])
 
 
 def search_threshold(
     hist: Any,
     preset: str | EntropyOptions = DEFAULT_PRESET,
-    *,
-    backend: Backend = "auto",
     **options: Any,
 ) -> ThresholdResult:
     """Find the KL-divergence-minimizing threshold of a histogram.
@@ -580,9 +650,6 @@ def search_threshold(
         (``domain='signed'``).
     preset : str or EntropyOptions, default 'tensorrt'
         A name in :data:`PRESETS`, or options built by hand.
-    backend : {'auto', 'numpy', 'numba'}, default 'auto'
-        ``'numpy'``: this module's readable loop. ``'numba'``: the fast kernel (same ``i``,
-        divergences within 1e-9). ``'auto'``: the kernel when numba imports, else NumPy.
     **options
         Fields of :class:`EntropyOptions` overriding the preset.
 
@@ -596,14 +663,18 @@ def search_threshold(
     Raises
     ------
     PresetError
-        Unknown preset, option or backend.
+        Unknown preset or option.
     HistogramError
         Invalid counts, an empty histogram, or fewer bins than levels.
+
+    Notes
+    -----
+    The curve comes from the Numba kernels (same ``i``, divergences within 1e-9, the minimum
+    re-checked with this module's reference) or from :func:`divergence_curve` itself, as
+    :func:`kldiv._kernels.resolve` decides (``KLDIV_KERNELS=auto|numba|numpy``).
     """
     opts = resolve_options(preset, **options)
     preset_name = preset if isinstance(preset, str) else None
-    if backend not in _BACKENDS:
-        raise PresetError(f"unknown backend {backend!r}; choose 'auto', 'numpy' or 'numba'")
     counts, amax = histogram_counts(hist)
     num_bins = counts.size
     candidate_bins(num_bins, opts)  # validates bins vs levels and the candidate range
@@ -631,14 +702,9 @@ def search_threshold(
             **common,
         )
 
-    kernel = _load_kernel() if backend == "numba" else None
-    if backend == "auto":
-        try:
-            kernel = _load_kernel()
-        except ImportError:  # pragma: no cover - numba is a dependency
-            logger.info("numba unavailable; using the NumPy reference search")
-    if kernel is not None:
-        candidates, divergence, pos = kernel.search(counts, opts)
+    kernels = _kernels.resolve()
+    if kernels is not None:
+        candidates, divergence, pos = kernel_search(counts, opts, kernels)
     else:
         candidates, divergence = divergence_curve(counts, opts)
         pos = pick_minimum(divergence, opts)

@@ -7,7 +7,10 @@ so that ``except ValueError`` keeps working for callers who do not know kldiv.
 
 from __future__ import annotations
 
+from ._kernels import KernelChoiceError
+
 __all__ = [
+    "KernelChoiceError",
     "KldivError",
     "HistogramError",
     "HistogramRangeError",
@@ -17,6 +20,11 @@ __all__ = [
     "DataSourceError",
     "ModelError",
     "OutputExistsError",
+    "PathError",
+    "InputNotFoundError",
+    "NotAFileError",
+    "OutputFolderError",
+    "OverwriteInputError",
     "QuantizationError",
     "TableMismatchError",
     "UnknownNameError",
@@ -24,7 +32,8 @@ __all__ = [
 
 
 class KldivError(Exception):
-    """Base class of every error kldiv raises on purpose."""
+    """Base class of every error kldiv raises on purpose (except :class:`KernelChoiceError`,
+    a :class:`ValueError` raised by the kernel layer, which imports nothing of kldiv)."""
 
 
 class HistogramError(KldivError, ValueError):
@@ -114,6 +123,37 @@ class ModelError(KldivError, ValueError):
 
 class OutputExistsError(KldivError, FileExistsError):
     """An output file exists and overwriting was not allowed (pass ``force=True`` / ``--force``)."""
+
+
+class PathError(KldivError, OSError):
+    """A path given to kldiv cannot be used as asked (the message names it and says why).
+
+    Also an :class:`OSError`, so ``except OSError`` keeps working; the subclasses are the
+    matching built-in errors too (``FileNotFoundError``, ``IsADirectoryError``, ``ValueError``).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InputNotFoundError(PathError, FileNotFoundError):
+    """An input file (model, cache, histogram file ...) does not exist."""
+
+
+class NotAFileError(PathError, IsADirectoryError):
+    """A folder was given where a file is read or written."""
+
+
+class OutputFolderError(PathError, FileNotFoundError):
+    """The folder an output file is to be written into does not exist."""
+
+
+class OverwriteInputError(PathError, ValueError):
+    """An output path names one of the command's inputs; never overwritten, even with force."""
 
 
 class QuantizationError(KldivError, ValueError):

@@ -39,8 +39,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import atomic_write_bytes, atomic_write_text, check_writable
-from .cachefile import _checked_text, decode_cache_bytes, format_cache, parse_cache, parse_header
-from .errors import CacheFormatError
+from .cachefile import (
+    _checked_text,
+    decode_cache_bytes,
+    format_cache,
+    parse_cache,
+    parse_header,
+    read_cache,
+    read_input_bytes,
+)
+from .errors import CacheFormatError, NotAFileError
 from .scales import CalibrationTable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +73,7 @@ __all__ = [
     "to_ort_json",
     "to_ort_text",
     "to_qdq_onnx",
+    "usable_only",
     "write_ort_tables",
     "write_table",
 ]
@@ -141,6 +150,30 @@ def _table_from_pairs(
 
 
 # -- dynamic-range text (sampleINT8API) ---------------------------------------------------------
+def usable_only(table: CalibrationTable, fmt: str) -> CalibrationTable:
+    """``table`` without the scales TensorRT cannot use (NaN, -Inf, negative), with a warning
+    naming them; ``table`` itself when there are none.
+
+    The amax formats (dynamic range, NVDLA and ONNX Runtime tables) would carry such a scale as
+    a bare ``NaN`` (not JSON) or as ``lowest > highest``; their writers leave it out, and the
+    reader of the file then reports the tensor as missing instead of using a wrong range.
+    """
+    bad = table.unusable()
+    if not bad:
+        return table
+    names = ", ".join(f"{n} ({why})" for n, why in list(bad.items())[:5])
+    logger.warning(
+        "%d scale(s) TensorRT cannot use are left out of the %s output: %s%s", len(bad), fmt,
+        names, ", ..." if len(bad) > 5 else "",
+    )
+    kept = CalibrationTable(header=table.header, provenance=table.provenance)
+    bits = table.bits_array()
+    for name, b in zip(table, bits.tolist()):
+        if name not in bad:
+            kept.set_bits(name, b)
+    return kept
+
+
 def to_dynamic_range_text(table: CalibrationTable, *, colon_replacement: str | None = None) -> str:
     """Return ``name:amax`` lines as TensorRT's sampleINT8API reads them.
 
@@ -152,11 +185,15 @@ def to_dynamic_range_text(table: CalibrationTable, *, colon_replacement: str | N
         sampleINT8API splits each line at its *first* ``:``, so a name containing ``:`` would be
         misread. By default such names raise; give a replacement (``"_"``) to rename them.
 
+    Scales TensorRT cannot use (NaN, -Inf, negative) are left out, with a warning
+    (:func:`usable_only`).
+
     Raises
     ------
     CacheFormatError
         If a name contains ``:`` and no ``colon_replacement`` was given.
     """
+    table = usable_only(table, "dynamic-range")
     out = []
     for name in table:
         written = name
@@ -205,8 +242,10 @@ def to_nvdla_json(table: CalibrationTable) -> str:
     order, printed the way that Python-2 script printed it (``indent=4``, ``", "`` item
     separator) plus the final newline of the file committed to nvdla/sw, so the output equals
     nvdla/sw's own conversion byte for byte.
-    Unlike that script, names containing ``:`` are kept (it silently drops them).
+    Unlike that script, names containing ``:`` are kept (it silently drops them). Scales
+    TensorRT cannot use are left out, with a warning (:func:`usable_only`).
     """
+    table = usable_only(table, "nvdla-json")
     root = {
         name: {"scale": float(table[name]), "min": 0, "max": 0, "offset": 0} for name in table
     }
@@ -259,7 +298,9 @@ def to_ort_text(table: CalibrationTable) -> str:
 
     Same bytes as ``onnxruntime.quantization.quant_utils.write_calibration_table`` writes for
     a symmetric range ``[-amax, amax]``. Not a TensorRT cache, despite the file name.
+    Scales TensorRT cannot use are left out, with a warning (:func:`usable_only`).
     """
+    table = usable_only(table, "ort-text")
     return "".join(f"{n} {float(_ort_amax(table, n))!r}\n" for n in sorted(table))
 
 
@@ -273,8 +314,10 @@ def to_ort_json(table: CalibrationTable) -> str:
 
     The same bytes as ONNX Runtime's writer produces from ``TensorData`` holding float32
     0-d arrays (each value ``{"data": x, "dtype": "float32", "CLS": "numpy.array"}``), in table
-    order.
+    order. Scales TensorRT cannot use are left out, with a warning (:func:`usable_only`).
     """
+    table = usable_only(table, "ort-json")
+
     def num(x: np.float32) -> dict[str, Any]:
         return {"data": float(x), "dtype": "float32", "CLS": "numpy.array"}
 
@@ -358,6 +401,7 @@ def write_ort_tables(
         If one of the files exists and ``force`` is false (nothing is written then).
     """
     TensorData, write_calibration_table = _ort_modules()
+    table = usable_only(table, "ort")
     out = Path(folder)
     names = ["calibration.flatbuffers", "calibration.json", "calibration.cache"]
     for n in names:
@@ -580,6 +624,21 @@ _READERS = {
 }
 
 
+def _starts_like_a_cache(path: Path) -> bool:
+    """Whether ``path`` opens with a TensorRT cache header (read from its first 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False  # the reader below reports it
+    first = head.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
+    try:
+        parse_header(first.decode("utf-8"))
+    except (UnicodeDecodeError, CacheFormatError):
+        return False
+    return True
+
+
 def read_table(
     path: str | os.PathLike[str], *, format: str = "auto", allow_unknown_header: bool = False
 ) -> CalibrationTable:
@@ -590,9 +649,16 @@ def read_table(
     """
     p = Path(path)
     if p.is_dir() or format == "ort":
-        p = p / "calibration.flatbuffers"
+        folder, p = p, p / "calibration.flatbuffers"
         format = "ort-flatbuffers"
-    data = p.read_bytes()
+        if folder.is_dir() and not p.is_file():
+            raise NotAFileError(
+                f"{folder} is a folder without calibration.flatbuffers; give a calibration "
+                "cache file (a folder is read only as ONNX Runtime's output)", path=str(folder),
+            )
+    if format in ("auto", "trt") and _starts_like_a_cache(p):
+        return read_cache(p, allow_unknown_header=allow_unknown_header)  # streamed
+    data = read_input_bytes(p, what="calibration table")
     fmt = detect_format(data, path=str(p)) if format == "auto" else format
     if fmt == "trt":
         return parse_cache(data, path=str(p), allow_unknown_header=allow_unknown_header)

@@ -16,22 +16,28 @@ The bin-edge rule (the same in the NumPy reference and the Numba kernel)
     exactly). Values above ``amax`` are *over* (see ``overflow``). When ``amax == 0`` (an
     all-zero tensor) every count is in bin 0.
 
-Range policies (how a histogram meets a batch that exceeds its range)
-    ``"fixed"``  the range is given; values above it are an error, or with
+Growth (how a histogram meets a batch that exceeds its range), set when it is built
+    ``growth="fixed"`` (default) the range stays; values above it are an error, or with
     ``overflow="clip"`` are counted in the last bin.
-    ``"global"`` the range is the global absmax found by a first pass over all the data
-    (:func:`absmax` per batch, then ``max``); otherwise like ``"fixed"``.
-    ``"pow2"``   TensorRT developer guide: start at the first batch's absmax; when a batch
-    exceeds the range, double the range as often as needed, merging neighbouring bin pairs
-    (``new[k] = old[2k] + old[2k+1]``; the upper half starts empty), then fill.
-    ``"append"`` ModelOpt's ``HistogramCalibrator``: keep the bin width, append bins up to
-    ``ceil(batch_absmax / width)`` (``num_bins`` grows).
+    ``growth="pow2"``   TensorRT developer guide: start at the first batch's absmax; when a
+    batch exceeds the range, double the range as often as needed, merging neighbouring bin
+    pairs (``new[k] = old[2k] + old[2k+1]``; the upper half starts empty), then fill.
+    ``growth="append"`` ModelOpt's ``HistogramCalibrator``: keep the bin width, append bins up
+    to ``ceil(batch_absmax / width)`` (``num_bins`` grows).
+
+    The collector's range policies (:data:`RANGE_POLICIES`, :class:`kldiv.HistogramCollector`)
+    choose each histogram's growth: ``"pow2"`` and ``"append"`` as above, ``"fixed"`` and
+    ``"global"`` (the global absmax of a first pass over all the data: :func:`absmax` per
+    batch, then ``max``) a fixed range.
+
+Implementation
+    Fills and :func:`absmax` run the Numba kernels, or this module's NumPy reference, as
+    :func:`kldiv._kernels.resolve` decides (the ``KLDIV_KERNELS`` environment variable);
+    both give the same counts.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 import math
 import numbers
@@ -41,10 +47,12 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .defaults import DEFAULT_FILL_BACKEND, NUM_BINS
+from . import _kernels
+from .defaults import NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
 
 __all__ = [
+    "GROWTH_POLICIES",
     "RANGE_POLICIES",
     "ActivationHistogram",
     "FillStats",
@@ -56,15 +64,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RangePolicy = Literal["fixed", "global", "pow2", "append"]
+GrowthPolicy = Literal["fixed", "pow2", "append"]
 NonFinitePolicy = Literal["raise", "drop"]
 OverflowPolicy = Literal["raise", "clip"]
-Backend = Literal["auto", "numpy", "numba"]
 
-#: The named range policies (see the module docstring and docs/histograms.md).
+#: The collector's range policies (see the module docstring and docs/histograms.md).
 RANGE_POLICIES: tuple[str, ...] = ("fixed", "global", "pow2", "append")
+#: A histogram's growth policies, set when it is built (see the module docstring).
+GROWTH_POLICIES: tuple[str, ...] = ("fixed", "pow2", "append")
 _NONFINITE = ("raise", "drop")
 _OVERFLOW = ("raise", "clip")
-_BACKENDS = ("auto", "numpy", "numba")
 #: Most bins "append" growth may create (64 Mi bins = 512 MiB of counts per histogram).
 MAX_APPEND_BINS = 1 << 26
 #: Elements the NumPy reference widens to float64 at a time (bounded temporaries).
@@ -94,7 +103,7 @@ def _check_amax(amax: Any, num_bins: int) -> float:
     if not math.isfinite(value) or value < 0:
         raise HistogramError(
             f"amax must be finite and >= 0, got {value!r}; pass the largest |x| to cover "
-            "(or use range_policy='pow2'/'append' to find it from the data)"
+            "(or use growth='pow2'/'append' to find it from the data)"
         )
     if value > 0 and value / num_bins < np.finfo(np.float64).tiny:
         raise HistogramError(
@@ -176,7 +185,7 @@ def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
 
 
 class FillStats:
-    """What one fill pass saw besides the counts (shared by both backends)."""
+    """What one fill pass saw besides the counts (the reference's and the kernels')."""
 
     __slots__ = ("counts", "max_abs", "max_over", "n_nonfinite", "n_over")
 
@@ -246,32 +255,11 @@ def fill_counts_reference(
     return FillStats(counts, n_nonfinite, n_over, max_over, max_abs)
 
 
-@functools.lru_cache(maxsize=1)
-def _numba_installed() -> bool:
-    """Whether numba is installed (asked once: a search of sys.path costs ~0.2 ms per call,
-    and the kernels' ahead-of-time build runs without ever importing numba)."""
-    # only kldiv._kernels imports numba; here we just ask whether it is installed
-    return importlib.util.find_spec("numba") is not None
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        backend = DEFAULT_FILL_BACKEND
-    _check_choice("backend", backend, _BACKENDS)
-    if backend == "auto":
-        if not _numba_installed():  # pragma: no cover - a dependency
-            logger.debug("numba is not installed; using the NumPy reference fill")
-            return "numpy"
-        return "numba"
-    return backend
-
-
-def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool, backend: str) -> FillStats:
-    if _resolve_backend(backend) == "numpy":
+def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool) -> FillStats:
+    kernels = _kernels.resolve()
+    if kernels is None:
         return fill_counts_reference(arr, amax, num_bins, clip=clip)
-    from ._kernels.dispatch import fill_counts
-
-    return fill_counts(arr, amax, num_bins, clip=clip)
+    return FillStats(*kernels.fill_counts(arr, amax, num_bins, clip))
 
 
 def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:
@@ -302,9 +290,7 @@ def _empty_error(where: str) -> HistogramError:
     )
 
 
-def absmax(
-    values: ArrayLike, *, nonfinite: NonFinitePolicy = "raise", backend: Backend = "auto"
-) -> float:
+def absmax(values: ArrayLike, *, nonfinite: NonFinitePolicy = "raise") -> float:
     """Largest finite ``|x|`` of an array, without a full-size temporary of ``|x|``.
 
     The first pass of the ``"global"`` range policy: take ``max(absmax(b) for b in batches)``.
@@ -315,8 +301,6 @@ def absmax(
         Activations, float16/32/64 or integer, any shape and strides.
     nonfinite : {"raise", "drop"}, default "raise"
         NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError`, or are ignored.
-    backend : {"auto", "numpy", "numba"}, default "auto"
-        Implementation to use.
 
     Returns
     -------
@@ -327,7 +311,8 @@ def absmax(
     arr = _as_array(values)
     if arr.size == 0:
         raise _empty_error("")
-    if _resolve_backend(backend) == "numpy":
+    kernels = _kernels.resolve()
+    if kernels is None:
         mx, bad = 0.0, 0
         for a in _reference_blocks(arr):
             finite = np.isfinite(a)
@@ -335,9 +320,7 @@ def absmax(
             if finite.any():
                 mx = max(mx, float(a[finite].max()))
     else:
-        from ._kernels.dispatch import absmax_stats
-
-        mx, bad = absmax_stats(arr)
+        mx, bad = kernels.absmax(arr)
     if bad and nonfinite == "raise":
         raise _nonfinite_error(arr, "")
     return mx
@@ -353,7 +336,7 @@ class ActivationHistogram:
     ``|x| == amax`` (like ``np.histogram``), where :attr:`edges` are the nominal
     ``amax * k / num_bins`` corrected by a few ulps to agree exactly with that expression
     (:func:`bin_edges`). With ``amax == 0`` (an all-zero tensor) all counts are in bin 0.
-    Values above ``amax`` follow the fill's ``range_policy`` / ``overflow``.
+    Values above ``amax`` follow the histogram's ``growth`` (and the fill's ``overflow``).
 
     Parameters
     ----------
@@ -363,12 +346,16 @@ class ActivationHistogram:
         Number of bins.
     counts : array_like, optional
         Initial counts (validated as by :meth:`from_counts`); zeros when omitted.
+    growth : {"fixed", "pow2", "append"}, default "fixed"
+        What a fill does when a batch exceeds the range (see the module docstring):
+        ``"fixed"`` keeps the range (the fill's ``overflow`` decides), ``"pow2"`` doubles it
+        merging bin pairs (TensorRT), ``"append"`` adds bins of the same width (ModelOpt).
 
     Notes
     -----
-    Fill with :meth:`fill` (``range_policy`` chooses what happens when a batch exceeds the
-    range: ``"fixed"``, ``"global"``, ``"pow2"``, ``"append"``), grow explicitly with
-    :meth:`grow_to`. Merge with ``+``, ``+=`` or ``sum([...])``: ranges and bin counts must be
+    Fill with :meth:`fill`, grow explicitly with :meth:`grow_to`. The growth policy belongs to
+    the histogram: it is kept by :meth:`copy` and by ``+`` (the left operand's), and is not
+    part of ``==``. Merge with ``+``, ``+=`` or ``sum([...])``: ranges and bin counts must be
     equal (:class:`~kldiv.errors.HistogramRangeError` otherwise). ``==`` is exact;
     :meth:`allclose` compares with tolerances. ``counts`` and ``edges`` are read-only.
 
@@ -380,12 +367,19 @@ class ActivationHistogram:
     [1, 1, 0, 2]
     """
 
-    __slots__ = ("_amax", "_counts", "_num_bins")
+    __slots__ = ("_amax", "_counts", "_growth", "_num_bins")
     __hash__ = None  # type: ignore[assignment]  # mutable (fill, +=)
 
     def __init__(
-        self, amax: float, num_bins: int = NUM_BINS, counts: ArrayLike | None = None
+        self,
+        amax: float,
+        num_bins: int = NUM_BINS,
+        counts: ArrayLike | None = None,
+        *,
+        growth: GrowthPolicy = "fixed",
     ) -> None:
+        _check_choice("growth", growth, GROWTH_POLICIES)
+        self._growth: GrowthPolicy = growth
         num_bins = _check_num_bins(num_bins)
         self._amax = _check_amax(amax, num_bins)
         self._num_bins = num_bins
@@ -402,7 +396,9 @@ class ActivationHistogram:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def from_counts(cls, counts: ArrayLike, amax: float) -> ActivationHistogram:
+    def from_counts(
+        cls, counts: ArrayLike, amax: float, *, growth: GrowthPolicy = "fixed"
+    ) -> ActivationHistogram:
         """Build from existing counts (1-D, integer-valued, >= 0) over ``[0, amax]``.
 
         Parameters
@@ -411,13 +407,15 @@ class ActivationHistogram:
             One count per bin; integer dtype, or whole-valued floats below 2**53.
         amax : float
             Upper edge of the range.
+        growth : {"fixed", "pow2", "append"}, default "fixed"
+            Growth policy of later fills.
 
         Returns
         -------
         ActivationHistogram
         """
         checked = _validate_counts(counts)
-        return cls(amax, checked.size, checked)
+        return cls(amax, checked.size, checked, growth=growth)
 
     @classmethod
     def from_values(
@@ -426,15 +424,15 @@ class ActivationHistogram:
         *,
         amax: float | None = None,
         num_bins: int = NUM_BINS,
+        growth: GrowthPolicy = "fixed",
         nonfinite: NonFinitePolicy = "raise",
         overflow: OverflowPolicy = "raise",
-        backend: Backend = "auto",
         where: str = "",
     ) -> ActivationHistogram:
         """Histogram of ``|values|``; ``amax=None`` takes the data's own absmax as the range.
 
         This is also how the growth policies start: the first batch sets the range
-        (``from_values(batch)``), later batches use ``fill(batch, range_policy=...)``.
+        (``from_values(batch, growth="pow2")``), later batches grow it (``fill(batch)``).
 
         Parameters
         ----------
@@ -444,12 +442,13 @@ class ActivationHistogram:
             Range to use; default the largest finite ``|x|`` (0 for all-zero data).
         num_bins : int, default NUM_BINS
             Number of bins.
+        growth : {"fixed", "pow2", "append"}, default "fixed"
+            Growth policy (see the class docstring).
         nonfinite : {"raise", "drop"}, default "raise"
             NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` or are skipped.
         overflow : {"raise", "clip"}, default "raise"
-            With an explicit ``amax``: values above it raise or go to the last bin.
-        backend : {"auto", "numpy", "numba"}, default "auto"
-            Fill implementation.
+            With an explicit ``amax`` and fixed growth: values above it raise or go to the
+            last bin.
         where : str, optional
             Names the tensor/batch in error messages.
 
@@ -461,15 +460,15 @@ class ActivationHistogram:
         if arr.size == 0:
             raise _empty_error(where)
         if amax is None:
-            amax = absmax(arr, nonfinite=nonfinite, backend=backend)
-        hist = cls(amax, num_bins)
-        return hist.fill(arr, nonfinite=nonfinite, overflow=overflow, backend=backend, where=where)
+            amax = absmax(arr, nonfinite=nonfinite)
+        hist = cls(amax, num_bins, growth=growth)
+        return hist.fill(arr, nonfinite=nonfinite, overflow=overflow, where=where)
 
     # ----------------------------------------------------------------- properties
     @property
     def counts(self) -> np.ndarray:
         """Int64 counts, shape ``(num_bins,)``, read-only view."""
-        view = self._counts.view()
+        view: np.ndarray = self._counts.view()
         view.flags.writeable = False
         return view
 
@@ -482,6 +481,11 @@ class ActivationHistogram:
     def num_bins(self) -> int:
         """Number of bins."""
         return self._num_bins
+
+    @property
+    def growth(self) -> GrowthPolicy:
+        """The growth policy: ``"fixed"``, ``"pow2"`` or ``"append"``."""
+        return self._growth
 
     @property
     def bin_width(self) -> float:
@@ -506,7 +510,9 @@ class ActivationHistogram:
 
     def copy(self) -> ActivationHistogram:
         """An independent copy."""
-        return ActivationHistogram(self._amax, self._num_bins, self._counts.copy())
+        return ActivationHistogram(
+            self._amax, self._num_bins, self._counts.copy(), growth=self._growth
+        )
 
     # ----------------------------------------------------------------- filling
     def fill(
@@ -514,10 +520,8 @@ class ActivationHistogram:
         values: ArrayLike,
         *,
         nonfinite: NonFinitePolicy = "raise",
-        range_policy: RangePolicy = "fixed",
         overflow: OverflowPolicy = "raise",
         allow_empty: bool = False,
-        backend: Backend = "auto",
         where: str = "",
     ) -> ActivationHistogram:
         """Add ``|values|`` to the counts; returns ``self``.
@@ -530,17 +534,12 @@ class ActivationHistogram:
         nonfinite : {"raise", "drop"}, default "raise"
             NaN/±Inf raise :class:`~kldiv.errors.NonFiniteError` (with counts and the first
             index), or are skipped.
-        range_policy : {"fixed", "global", "pow2", "append"}, default "fixed"
-            What to do when ``max|x| > amax``: ``"fixed"``/``"global"`` apply ``overflow``;
-            ``"pow2"`` doubles the range (merging bin pairs) until it fits; ``"append"`` adds
-            bins of the same width. See the module docstring.
         overflow : {"raise", "clip"}, default "raise"
-            For ``"fixed"``/``"global"``: raise :class:`~kldiv.errors.HistogramRangeError`,
-            or count the values in the last bin.
+            When ``max|x| > amax`` and the histogram's growth is ``"fixed"``: raise
+            :class:`~kldiv.errors.HistogramRangeError`, or count the values in the last bin.
+            (With ``"pow2"``/``"append"`` growth the range grows instead.)
         allow_empty : bool, default False
             Accept a zero-size array (a no-op) instead of raising.
-        backend : {"auto", "numpy", "numba"}, default "auto"
-            Fill implementation (``"auto"``: :data:`kldiv.defaults.DEFAULT_FILL_BACKEND`).
         where : str, optional
             Names the tensor/batch in error messages.
 
@@ -550,13 +549,7 @@ class ActivationHistogram:
             ``self``. On error, ``self`` is unchanged.
         """
         self.observe(
-            values,
-            nonfinite=nonfinite,
-            range_policy=range_policy,
-            overflow=overflow,
-            allow_empty=allow_empty,
-            backend=backend,
-            where=where,
+            values, nonfinite=nonfinite, overflow=overflow, allow_empty=allow_empty, where=where
         )
         return self
 
@@ -565,10 +558,8 @@ class ActivationHistogram:
         values: ArrayLike,
         *,
         nonfinite: NonFinitePolicy = "raise",
-        range_policy: RangePolicy = "fixed",
         overflow: OverflowPolicy = "raise",
         allow_empty: bool = False,
-        backend: Backend = "auto",
         where: str = "",
     ) -> float:
         """Fill like :meth:`fill`, and return the largest finite ``|x|`` of ``values``.
@@ -583,22 +574,21 @@ class ActivationHistogram:
             unchanged.
         """
         _check_choice("nonfinite", nonfinite, _NONFINITE)
-        _check_choice("range_policy", range_policy, RANGE_POLICIES)
         _check_choice("overflow", overflow, _OVERFLOW)
         arr = _as_array(values)
         if arr.size == 0:
             if allow_empty:
                 return 0.0
             raise _empty_error(where)
-        grows = range_policy in ("pow2", "append")
+        grows = self._growth != "fixed"
         clip = overflow == "clip" and not grows
-        stats = _fill_stats(arr, self._amax, self._num_bins, clip, backend)
+        stats = _fill_stats(arr, self._amax, self._num_bins, clip)
         if stats.n_nonfinite and nonfinite == "raise":
             raise _nonfinite_error(arr, where)
         if stats.n_over:
             if grows:
-                grown = self.copy().grow_to(stats.max_over, policy=range_policy)
-                stats = _fill_stats(arr, grown._amax, grown._num_bins, False, backend)
+                grown = self.copy().grow_to(stats.max_over)
+                stats = _fill_stats(arr, grown._amax, grown._num_bins, False)
                 self._amax, self._num_bins, self._counts = (
                     grown._amax,
                     grown._num_bins,
@@ -606,11 +596,7 @@ class ActivationHistogram:
                 )
             elif overflow == "raise":
                 place = f" in {where}" if where else ""
-                hint = (
-                    "the global absmax of the first pass must cover every batch; recompute it"
-                    if range_policy == "global"
-                    else "pass a larger amax, overflow='clip', or range_policy='pow2'/'append'"
-                )
+                hint = "pass a larger amax, overflow='clip', or growth='pow2'/'append'"
                 raise HistogramRangeError(
                     f"{stats.n_over} value(s){place} exceed the histogram range "
                     f"amax={self._amax!r} (largest |x| = {stats.max_over!r}); {hint}"
@@ -618,14 +604,16 @@ class ActivationHistogram:
         self._counts += stats.counts
         return stats.max_abs
 
-    def grow_to(self, amax: float, policy: RangePolicy = "pow2") -> ActivationHistogram:
+    def grow_to(self, amax: float, policy: GrowthPolicy | None = None) -> ActivationHistogram:
         """Grow the range in place so that it covers ``amax``; returns ``self``.
 
         Parameters
         ----------
         amax : float
             The value the range must cover (``self.amax >= amax`` afterwards).
-        policy : {"pow2", "append"}, default "pow2"
+        policy : {"pow2", "append"}, optional
+            Default: the histogram's growth, or ``"pow2"`` for a fixed-range histogram (an
+            explicit call grows it anyway; its growth stays ``"fixed"`` for later fills).
             ``"pow2"``: double the range ``d`` times (the fewest that cover ``amax``) and
             merge ``2**d`` neighbouring bins into one (``num_bins`` is kept; the upper part
             starts empty). ``"append"``: keep the bin width ``w`` and grow ``num_bins`` to
@@ -638,6 +626,8 @@ class ActivationHistogram:
         ActivationHistogram
             ``self``.
         """
+        if policy is None:
+            policy = "pow2" if self._growth == "fixed" else self._growth
         _check_choice("policy", policy, ("pow2", "append"))
         target = _check_amax(amax, self._num_bins)
         if target <= self._amax:
@@ -670,8 +660,8 @@ class ActivationHistogram:
             if new_bins > MAX_APPEND_BINS:
                 raise HistogramError(
                     f"append growth from amax={self._amax!r} to {target!r} would need "
-                    f"{new_bins:,} bins (limit {MAX_APPEND_BINS:,}); use range_policy='pow2', "
-                    "or a 'global' range from a first pass over the data"
+                    f"{new_bins:,} bins (limit {MAX_APPEND_BINS:,}); use growth='pow2', "
+                    "or a fixed range from a first pass over the data (range_policy='global')"
                 )
             counts = np.zeros(new_bins, dtype=np.int64)
             counts[: self._num_bins] = self._counts
@@ -687,7 +677,7 @@ class ActivationHistogram:
             raise HistogramRangeError(
                 f"cannot merge histograms with different ranges: amax={self._amax!r} with "
                 f"{self._num_bins} bins vs amax={other._amax!r} with {other._num_bins} bins; "
-                "grow the smaller one first (h.grow_to(other.amax, policy='pow2')) or collect "
+                "grow the smaller one first (h.grow_to(other.amax)) or collect "
                 "both with the same fixed range"
             )
 
@@ -697,7 +687,9 @@ class ActivationHistogram:
         if not isinstance(other, ActivationHistogram):
             return NotImplemented
         self._check_compatible(other)
-        return ActivationHistogram(self._amax, self._num_bins, self._counts + other._counts)
+        return ActivationHistogram(
+            self._amax, self._num_bins, self._counts + other._counts, growth=self._growth
+        )
 
     __radd__ = __add__
 

@@ -26,6 +26,14 @@ from typing import Any
 import numpy as np
 
 from . import thresholds as _thresholds
+from ._checks import (
+    RULE_METHODS,
+    check_count,
+    check_header_choice,
+    check_num_bins,
+    check_options,
+    header_algorithm,
+)
 from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
@@ -38,7 +46,7 @@ from .defaults import (
     NUM_BINS,
 )
 from .entropy import search_threshold
-from .errors import DataSourceError, PresetError
+from .errors import DataSourceError, HistogramError, NonFiniteError, PresetError
 from .scales import CalibrationTable, ThresholdResult, amax_to_scale
 
 __all__ = [
@@ -160,54 +168,59 @@ def collect_histograms(
         raise PresetError(
             "range_policy='fixed' needs ranges; calibrate() supports 'pow2', 'append', 'global'"
         )
+    if range_policy not in ("pow2", "append", "global"):
+        raise PresetError(
+            f"unknown range_policy {range_policy!r}; choose one of 'pow2', 'append', 'global'"
+        )
+    if nonfinite not in ("raise", "drop"):
+        raise PresetError(f"nonfinite must be 'raise' or 'drop', got {nonfinite!r}")
+    check_num_bins(num_bins)
+    check_count("batch_size", batch_size)
+    check_count("max_batches", max_batches)
     from .runners import OnnxRuntimeRunner
 
-    # the kernels load (or, once per environment, build) while the model loads
-    preloading = _preload_kernels()
-    try:
-        runner = OnnxRuntimeRunner(
-            model,
-            include_constants=include_constants,
-            graph_optimization_level=graph_optimization_level,
-            fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
-            batch_axes=batch_axes,
-        )
-        source = as_source(data, preprocess=preprocess, batch_size=batch_size,
-                           batch_axes=runner.batch_axes)
-        ranges = None
-        if range_policy == "global":
-            if iter(source) is source:
-                raise DataSourceError(
-                    "range_policy='global' reads the data twice; give a re-iterable source "
-                    "(a folder, a list), not an iterator"
-                )
-            ranges = _absmax_pass(runner, source, max_batches, nonfinite)
-        collector = HistogramCollector(
-            num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
-        )
-        fp = _Fingerprint()
-        start = time.perf_counter()
-        for index, feed in _feeds(runner, source, max_batches):
-            fp.update(feed, runner.samples(feed))
-            for chunk in runner.split(feed):
-                collector.observe(runner.run(chunk, index=index), batch=index)
-            if on_batch is not None:
-                on_batch(index, fp.samples)
-        collector.batches = fp.batches
-        apply_graph_rules(collector, runner)
-        collector.meta.update(
-            model=runner.label,
-            model_sha256=runner.model_sha256,
-            data_fingerprint=fp.hexdigest(),
-            batches=fp.batches,
-            samples=fp.samples,
-            seconds=round(time.perf_counter() - start, 3),
-            kldiv_version=_kldiv_version(),
-        )
-        return collector
-    finally:
-        if preloading is not None:
-            preloading.join()
+    runner = OnnxRuntimeRunner(
+        model,
+        include_constants=include_constants,
+        graph_optimization_level=graph_optimization_level,
+        fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+        batch_axes=batch_axes,
+    )
+    source = as_source(data, preprocess=preprocess, batch_size=batch_size,
+                       batch_axes=runner.batch_axes)
+    ranges = None
+    if range_policy == "global":
+        if iter(source) is source:
+            raise DataSourceError(
+                "range_policy='global' reads the data twice; give a re-iterable source "
+                "(a folder, a list), not an iterator"
+            )
+        ranges = _absmax_pass(runner, source, max_batches, nonfinite)
+    collector = HistogramCollector(
+        num_bins, range_policy, ranges=ranges, nonfinite=nonfinite
+    )
+    fp = _Fingerprint()
+    start = time.perf_counter()
+    for index, feed in _feeds(runner, source, max_batches):
+        fp.update(feed, runner.samples(feed))
+        for chunk in runner.split(feed):
+            collector.observe(runner.run(chunk, index=index), batch=index)
+        if on_batch is not None:
+            on_batch(index, fp.samples)
+    collector.batches = fp.batches
+    apply_graph_rules(collector, runner)
+    if nonfinite == "drop":
+        collector.meta["nonfinite_dropped"] = {n: c for n, c in collector.dropped.items() if c}
+    collector.meta.update(
+        model=runner.label,
+        model_sha256=runner.model_sha256,
+        data_fingerprint=fp.hexdigest(),
+        batches=fp.batches,
+        samples=fp.samples,
+        seconds=round(time.perf_counter() - start, 3),
+        kldiv_version=_kldiv_version(),
+    )
+    return collector
 
 
 def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
@@ -233,17 +246,6 @@ def apply_graph_rules(collector: HistogramCollector, runner: Any) -> None:
     collector.meta["value_aliases"] = {
         n: src for n, src in runner.value_aliases.items() if n in collected
     }
-
-
-def _preload_kernels() -> Any:
-    """Start loading the Numba kernels in a thread when the fill will use them."""
-    from .histogram import _resolve_backend
-
-    if _resolve_backend("auto") != "numba":
-        return None
-    from ._kernels import preload_in_background
-
-    return preload_in_background()
 
 
 def _feeds(runner: Any, source: Iterable[Any], max_batches: int | None) -> Any:
@@ -313,6 +315,7 @@ def choose_thresholds(
     """
     if method not in METHODS:
         raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
+    check_options(method=method, preset=preset, options=options, num_bins=None)
     tensorrt_rules = method == "entropy" and preset == "tensorrt"
     if activation_bounds is None:
         activation_bounds = tensorrt_rules
@@ -324,36 +327,84 @@ def choose_thresholds(
     sources: Mapping[str, str] = (
         collector.meta.get("scale_sources", {}) if pooling_inherits else {}
     )
+    aliases: Mapping[str, str] = collector.meta.get("value_aliases", {})
     results: dict[str, ThresholdResult] = {}
     for name, hist in collector.items():
-        bound = bounds.get(name)
-        source = sources.get(name)
-        if source is not None and source in results:  # inputs come first in network order
-            inherited = results[source]
-            results[name] = ThresholdResult(
-                amax=inherited.amax, bin_index=None, scale=inherited.scale,
-                method="inherited", preset=inherited.preset,
-                options={"source": source, "rule": "pooling output takes its input's scale"},
-                histogram=hist,
+        try:
+            results[name] = _threshold_of(
+                name, hist, collector, results, method=method, preset=preset, bound=bounds.get(name),
+                source=sources.get(name), alias_of=aliases.get(name), options=options,
             )
-        elif bound is not None and collector.absmax(name) <= bound:
-            results[name] = ThresholdResult(
-                amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
-                method="activation-bound", preset=preset if method == "entropy" else None,
-                options={"source": "Clip limits in the graph", "bound": float(bound)},
-                histogram=hist, clipped_fraction=0.0,  # every |x| seen is within the bound
-            )
-        elif method == "minmax":
-            a = collector.absmax(name)
-            results[name] = ThresholdResult(
-                amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
-                options={"source": "largest |x| seen"}, histogram=hist, clipped_fraction=0.0,
-            )
-        elif method == "entropy":
-            results[name] = search_threshold(hist, preset, **options)
-        else:
-            results[name] = _thresholds.choose_threshold(hist, method, **options)
+        except HistogramError as exc:
+            raise _tensor_error(exc, name, collector) from None
     return results
+
+
+def _tensor_error(exc: HistogramError, name: str, collector: HistogramCollector) -> HistogramError:
+    """``exc`` with the tensor named (and, for a tensor whose every value was dropped, why)."""
+    dropped = int(collector.meta.get("nonfinite_dropped", {}).get(name, 0))
+    if dropped and collector[name].total == 0:
+        return NonFiniteError(
+            f"tensor {name!r}: all {dropped:,} of its values were NaN/Inf and were dropped "
+            "(--drop-nonfinite), so nothing is left to calibrate it from; fix the model or "
+            "data that produce them",
+            where=f"tensor {name!r}",
+        )
+    return type(exc)(f"tensor {name!r}: {exc}")
+
+
+def _threshold_of(
+    name: str,
+    hist: Any,
+    collector: HistogramCollector,
+    results: Mapping[str, ThresholdResult],
+    *,
+    method: str,
+    preset: str,
+    bound: float | None,
+    source: str | None,
+    alias_of: str | None,
+    options: Mapping[str, Any],
+) -> ThresholdResult:
+    """One tensor's threshold; tensors it takes its scale from come first (network order)."""
+    if alias_of is not None and alias_of in results:
+        # the same values as its source, rearranged: the source's final scale, whichever
+        # rule (search, bound, inherited) set it
+        final = results[alias_of]
+        return ThresholdResult(
+            amax=final.amax, bin_index=None, scale=final.scale, method="alias",
+            preset=final.preset,
+            options={"source": alias_of, "rule": "holds its source's values (Reshape, "
+                     "Flatten, ...): takes its source's final scale",
+                     "source_method": final.method},
+            histogram=hist,
+        )
+    if source is not None and source in results:  # inputs come first in network order
+        inherited = results[source]
+        return ThresholdResult(
+            amax=inherited.amax, bin_index=None, scale=inherited.scale,
+            method="inherited", preset=inherited.preset,
+            options={"source": source, "rule": "pooling output takes its input's scale"},
+            histogram=hist,
+        )
+    if bound is not None and collector.absmax(name) <= bound:
+        return ThresholdResult(
+            amax=float(bound), bin_index=None, scale=amax_to_scale(bound),
+            method="activation-bound", preset=preset if method == "entropy" else None,
+            options={"source": "Clip limits in the graph", "bound": float(bound)},
+            histogram=hist, clipped_fraction=0.0,  # every |x| seen is within the bound
+        )
+    if method == "minmax":
+        if hist.total == 0:
+            _thresholds.choose_threshold(hist, "minmax")  # the empty-histogram error
+        a = collector.absmax(name)
+        return ThresholdResult(
+            amax=a, bin_index=None, scale=amax_to_scale(a), method="minmax",
+            options={"source": "largest |x| seen"}, histogram=hist, clipped_fraction=0.0,
+        )
+    if method == "entropy":
+        return search_threshold(hist, preset, **options)
+    return _thresholds.choose_threshold(hist, method, **options)
 
 
 def build_table(
@@ -379,16 +430,14 @@ def build_table(
     provenance : mapping, optional
         Stored on the table.
     """
-    from .cachefile import header_for
+    from .cachefile import check_trt_version, header_for
 
-    methods = {r.method for r in results.values()}
-    if algorithm is None:
-        if methods == {"minmax"}:
-            algorithm = "minmax"
-        elif "legacy" in methods:
-            algorithm = "legacy"
-        else:
-            algorithm = DEFAULT_ALGORITHM
+    number = check_trt_version(trt_version)
+    methods = {r.method for r in results.values()} - set(RULE_METHODS)
+    if algorithm is None and methods:
+        # one method made the searched thresholds; more than one means hand-made results
+        method = methods.pop() if len(methods) == 1 else DEFAULT_METHOD
+        algorithm = header_algorithm(method, None)
     legacy = next((r.options for r in results.values() if r.method == "legacy"), {})
     header_options = {
         k: legacy[o] for k, o in (("cutoff", "regression_cutoff"), ("quantile", "quantile"))
@@ -396,7 +445,7 @@ def build_table(
     }
     table = CalibrationTable(
         ((n, r.scale) for n, r in results.items()),
-        header=header_for(trt_version, algorithm, **header_options),
+        header=header_for(number, algorithm or DEFAULT_ALGORITHM, **header_options),
         provenance=provenance,
     )
     return table
@@ -434,12 +483,15 @@ def calibrate_histograms(
     table : CalibrationTable
         The scales, header and provenance.
     """
+    check_options(method=method, preset=preset, options=options, num_bins=None)
+    check_header_choice(trt_version, algorithm, method)
     results = choose_thresholds(collector, preset=preset, method=method, **dict(options or {}))
     clipping = _thresholds.clipping_outliers(results)  # logs a warning naming them
-    searched = [r for r in results.values() if r.method not in ("activation-bound", "inherited")]
+    searched = [r for r in results.values() if r.method not in RULE_METHODS]
     first = searched[0] if searched else None
     bounded = [n for n, r in results.items() if r.method == "activation-bound"]
     inherited = {n: r.options["source"] for n, r in results.items() if r.method == "inherited"}
+    aliased = {n: r.options["source"] for n, r in results.items() if r.method == "alias"}
     provenance = {
         **collector.meta,
         "preset": preset if method == "entropy" else None,
@@ -447,6 +499,7 @@ def calibrate_histograms(
         "options": first.options if first is not None else dict(options or {}),
         "thresholds_from_activation_bounds": bounded,
         "thresholds_inherited_from_inputs": inherited,
+        "thresholds_of_value_aliases": aliased,
         "clipping_above_limit": clipping,
         "range_policy": collector.range_policy,
         "num_bins": collector.num_bins,
@@ -458,14 +511,6 @@ def calibrate_histograms(
         results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
     )
     return results, table
-
-
-def _method_only(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``options`` without the graph rules' switches (those go to :func:`choose_thresholds`)."""
-    return {
-        k: v for k, v in dict(options or {}).items()
-        if k not in ("activation_bounds", "pooling_inherits")
-    }
 
 
 def calibrate(
@@ -535,11 +580,23 @@ def calibrate(
     >>> table = calibrate(lenet_model_path(), lenet_calibration_data())  # doctest: +SKIP
     >>> kldiv.write_cache(table, "lenet.cache")                           # doctest: +SKIP
     """
-    _thresholds.check_method_options(method, _method_only(options))  # before any model runs
+    if histograms is not None and (model is not None or data is not None):
+        raise DataSourceError(
+            "histograms= replaces running the model: pass model=None and no data with it, or "
+            "leave histograms out to calibrate the model on the data"
+        )
+    check_count("batch_size", batch_size)
+    check_count("max_batches", max_batches)
+    if histograms is None:
+        check_num_bins(num_bins)
+    check_options(method=method, preset=preset, options=options,
+                  num_bins=num_bins if histograms is None else None)
+    check_header_choice(trt_version, algorithm, method)
     if save_histograms is not None:
         from ._io import check_writable
 
-        check_writable(save_histograms, force=force)
+        inputs = [p for p in (model, histograms) if isinstance(p, (str, os.PathLike))]
+        check_writable(save_histograms, force=force, inputs=inputs, what="save_histograms")
     if histograms is not None:
         collector = (
             histograms

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._io import atomic_write_bytes, check_writable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compare import ComparisonReport
+    from .comparison import ComparisonReport
 
 __all__ = ["plot_comparison"]
 

@@ -13,9 +13,11 @@ payloads), plus the cache header and the provenance of the numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import compress
+from typing import Any, overload
 
 import numpy as np
 
@@ -24,11 +26,13 @@ from .defaults import INT8_MAX
 __all__ = [
     "CacheHeader",
     "CalibrationTable",
+    "PackedNames",
     "ThresholdResult",
     "amax_to_scale",
     "bits_to_scale",
     "clipped_fraction",
     "hex_to_scale",
+    "scale_problem",
     "scale_to_amax",
     "scale_to_bits",
     "scale_to_hex",
@@ -188,6 +192,12 @@ class CalibrationTable(MutableMapping[str, np.float32]):
     '3c010204'
     """
 
+    # Storage is columnar: the names in order and the float32 bit patterns in an
+    # ``array("I")`` (4 bytes a tensor), with a name -> position dict built only when a name is
+    # looked up or the table changes. A table read from a file keeps its names packed (one
+    # UTF-8 buffer and an offset array, :class:`PackedNames`) until it is changed, so a
+    # 6.7-million-entry cache takes about its file size in memory (benchmarks/cache_io.py).
+
     def __init__(
         self,
         scales: Mapping[str, float | np.floating[Any]]
@@ -196,7 +206,9 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         header: CacheHeader | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        self._bits = {}
+        self._names: list[str] | PackedNames = []
+        self._bitarr = array("I")
+        self._pos: dict[str, int] | None = {}
         self.header = header
         self.provenance = dict(provenance or {})
         items = scales.items() if isinstance(scales, Mapping) else scales
@@ -233,47 +245,93 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         return table
 
     @classmethod
-    def _from_validated_bits(
+    def _from_validated_columns(
         cls,
-        bits: dict[str, int],
+        names: list[str] | PackedNames,
+        bits: array[int],
         *,
         header: CacheHeader | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> CalibrationTable:
-        """Adopt ``bits`` without per-entry checks (fast path for codecs).
+        """Adopt ``names`` and ``bits`` (an ``array("I")``) without per-entry checks.
 
-        The caller guarantees every key is a str without line breaks and every value an int in
-        ``[0, 2**32)``; :mod:`kldiv.cachefile` validates while parsing. Not public API.
+        The caller guarantees the names are unique str without line breaks and
+        ``len(names) == len(bits)``; :mod:`kldiv.cachefile` validates while parsing. Not
+        public API.
         """
+        if bits.typecode != "I" or len(names) != len(bits):
+            raise ValueError("names and an array('I') of the same length are required")
         table = cls(header=header, provenance=provenance)
-        table._bits = bits
+        table._names = names
+        table._bitarr = bits
+        table._pos = None
         return table
+
+    def _index(self) -> dict[str, int]:
+        pos = self._pos
+        if pos is None:
+            pos = self._pos = {n: i for i, n in enumerate(self._names)}
+        return pos
+
+    def _at(self, name: str) -> int:
+        try:
+            return self._index()[name]
+        except (KeyError, TypeError):
+            raise KeyError(name) from None
 
     # -- mapping protocol ---------------------------------------------------------------
     def __getitem__(self, name: str) -> np.float32:
-        return bits_to_scale(self._bits[name])
+        return bits_to_scale(self._bitarr[self._at(name)])
 
     def __setitem__(self, name: str, scale: float | np.floating[Any]) -> None:
         if not isinstance(name, str):
             raise TypeError(f"tensor names are str, got {type(name).__name__}")
+        self._put(name, scale_to_bits(scale))
+
+    def _thaw(self) -> list[str]:
+        """The names as a list, to change them (a packed table unpacks once)."""
+        if not isinstance(self._names, list):
+            self._names = list(self._names)
+        return self._names
+
+    def _put(self, name: str, bits: int) -> None:
         if "\n" in name or "\r" in name:
             raise ValueError(f"tensor name {name!r} contains a line break; caches cannot hold it")
-        self._bits[name] = scale_to_bits(scale)
+        names = self._thaw()
+        pos = self._index()
+        i = pos.get(name)
+        if i is None:
+            pos[name] = len(names)
+            names.append(name)
+            self._bitarr.append(bits)
+        else:
+            self._bitarr[i] = bits
 
     def __delitem__(self, name: str) -> None:
-        del self._bits[name]
+        i = self._at(name)
+        del self._thaw()[i]
+        del self._bitarr[i]
+        self._pos = None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._bits)
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return len(self._bits)
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._index()
 
     def __eq__(self, other: object) -> bool:
         """Same names in the same order with bit-identical scales (header/provenance ignored)."""
         if not isinstance(other, CalibrationTable):
             return NotImplemented
-        return list(self._bits.items()) == list(other._bits.items())
+        if self._bitarr != other._bitarr:
+            return False
+        a, b = self._names, other._names
+        if isinstance(a, PackedNames) and isinstance(b, PackedNames):
+            return a.blob == b.blob
+        return list(a) == list(b)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -284,18 +342,30 @@ class CalibrationTable(MutableMapping[str, np.float32]):
     # -- values -------------------------------------------------------------------------
     def bits(self, name: str) -> int:
         """The float32 bit pattern of ``name``'s scale."""
-        return self._bits[name]
+        return self._bitarr[self._at(name)]
+
+    def bits_array(self) -> np.ndarray:
+        """Every scale's float32 bit pattern, in order, as a read-only ``uint32`` array.
+
+        ``table.bits_array().view(np.float32)`` gives all scales at once, for work on large
+        tables without a Python object per entry.
+        """
+        out = np.frombuffer(self._bitarr, dtype=np.uint32).copy() if len(self) else np.empty(
+            0, dtype=np.uint32
+        )  # a copy: a view would pin the array's size
+        out.flags.writeable = False
+        return out
 
     def set_bits(self, name: str, bits: int) -> None:
         """Set ``name``'s scale from an exact float32 bit pattern."""
         bits_to_scale(bits)  # validates the range
-        if "\n" in name or "\r" in name:
-            raise ValueError(f"tensor name {name!r} contains a line break; caches cannot hold it")
-        self._bits[name] = int(bits)
+        if not isinstance(name, str):
+            raise TypeError(f"tensor names are str, got {type(name).__name__}")
+        self._put(name, int(bits))
 
     def hex(self, name: str) -> str:
         """``name``'s scale as TensorRT writes it (see :func:`scale_to_hex`)."""
-        return format(self._bits[name], "x")
+        return format(self._bitarr[self._at(name)], "x")
 
     def amax(self, name: str) -> float:
         """``name``'s threshold, ``scale * 127``."""
@@ -307,17 +377,21 @@ class CalibrationTable(MutableMapping[str, np.float32]):
 
     def scales(self) -> dict[str, np.float32]:
         """All scales, in order."""
-        return {n: bits_to_scale(b) for n, b in self._bits.items()}
+        values = self.bits_array().view(_F32)
+        return dict(zip(self._names, values))
 
     def amaxes(self) -> dict[str, float]:
         """All thresholds, in order."""
-        return {n: scale_to_amax(bits_to_scale(b)) for n, b in self._bits.items()}
+        values = self.bits_array().view(_F32).astype(np.float64) * float(INT8_MAX)
+        return dict(zip(self._names, values.tolist()))
 
     def copy(self) -> CalibrationTable:
         """A shallow copy (same header object, copied provenance dict)."""
-        t = CalibrationTable(header=self.header, provenance=self.provenance)
-        t._bits = dict(self._bits)
-        return t
+        names = self._names if isinstance(self._names, PackedNames) else list(self._names)
+        return CalibrationTable._from_validated_columns(
+            names, array("I", self._bitarr), header=self.header,
+            provenance=self.provenance,
+        )
 
     def without(self, names: Iterable[str]) -> CalibrationTable:
         """A copy without the entries ``names`` (names the table lacks are ignored).
@@ -328,9 +402,13 @@ class CalibrationTable(MutableMapping[str, np.float32]):
         (added to any list already there).
         """
         drop = set(names)
-        t = self.copy()
-        t._bits = {n: b for n, b in self._bits.items() if n not in drop}
-        dropped = [n for n in self._bits if n in drop]
+        keep = [n not in drop for n in self._names]
+        t = CalibrationTable._from_validated_columns(
+            list(compress(self._names, keep)),
+            array("I", compress(self._bitarr, keep)),
+            header=self.header, provenance=self.provenance,
+        )
+        dropped = [n for n in self._names if n in drop]
         if dropped:
             t.provenance["excluded"] = [*t.provenance.get("excluded", []), *dropped]
         return t
@@ -338,6 +416,76 @@ class CalibrationTable(MutableMapping[str, np.float32]):
     def is_finite(self, name: str) -> bool:
         """Whether ``name``'s scale is a finite number."""
         return math.isfinite(float(self[name]))
+
+    def unusable(self) -> dict[str, str]:
+        """Tensors whose scale TensorRT cannot use, and why: ``"nan"``, ``"-inf"`` or
+        ``"negative"`` (sign bit set, ``-0`` included). ``+inf`` and ``0`` are not listed:
+        TensorRT itself writes them (see :func:`scale_problem`)."""
+        bits = self.bits_array()
+        bad = np.flatnonzero(bits >= 0x7F800001)  # NaN (any sign) or sign bit set
+        return {self._names[i]: scale_problem(int(bits[i])) or "" for i in bad.tolist()}
+
+
+class PackedNames(Sequence[str]):
+    """Tensor names packed in one UTF-8 buffer, each followed by ``"\\n"``: ~1 byte a
+    character plus 8 bytes of offset a name, where a list of str takes ~50 bytes more a name.
+
+    Parameters
+    ----------
+    blob : bytes or bytearray
+        The names, UTF-8, each followed by ``b"\\n"`` (names hold no line break).
+    offsets : numpy.ndarray
+        int64, ``len(names) + 1`` entries: name ``i`` is ``blob[offsets[i]:offsets[i+1] - 1]``.
+    """
+
+    _BLOCK = 1 << 16  # names decoded at a time while iterating
+
+    def __init__(self, blob: bytes | bytearray, offsets: np.ndarray) -> None:
+        self.blob = blob
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return int(self.offsets.size) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("name index out of range")
+        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1]) - 1
+        return self.blob[lo:hi].decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        off = self.offsets
+        for start in range(0, len(self), self._BLOCK):
+            stop = min(start + self._BLOCK, len(self))
+            part = self.blob[int(off[start]) : int(off[stop]) - 1].decode("utf-8")
+            yield from part.split("\n")
+
+
+def scale_problem(bits: int) -> str | None:
+    """Why TensorRT cannot use the scale with these float32 bits, or ``None`` when it can.
+
+    ``"nan"`` for NaN, ``"-inf"`` for negative infinity, ``"negative"`` for any other value
+    with the sign bit set (``-0`` included). Zero and ``+inf`` are usable: TensorRT writes
+    them itself (an all-zero tensor; a tensor it never calibrated).
+    """
+    if bits & 0x7FFFFFFF > 0x7F800000:
+        return "nan"
+    if bits == 0xFF800000:
+        return "-inf"
+    if bits & 0x80000000:
+        return "negative"
+    return None
 
 
 def clipped_fraction(counts: Any, hist_amax: float, threshold: float) -> float:
@@ -378,6 +526,8 @@ def clipped_fraction(counts: Any, hist_amax: float, threshold: float) -> float:
     if abs(pos - round(pos)) < 1e-9 * max(1.0, pos):  # on an edge, up to rounding
         pos = float(round(pos))
     j = int(math.floor(pos))
+    if j >= n:  # a threshold a rounding below the range's top: nothing is clipped
+        return 0.0
     above = float(c[j + 1:].sum()) + float(c[j]) * ((j + 1) - pos)
     return min(1.0, max(0.0, above / total))
 

@@ -319,8 +319,8 @@ def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) ->
     hist : ActivationHistogram or object with ``.counts`` and ``.amax``
         The ``|x|`` histogram.
     method : {'entropy', 'minmax', 'percentile', 'mse', 'legacy'}
-        ``entropy`` takes ``preset=`` and :class:`~kldiv.entropy.EntropyOptions` fields (and
-        ``backend=``); ``percentile`` takes ``percentile=`` and ``edge=``; ``mse`` takes
+        ``entropy`` takes ``preset=`` and :class:`~kldiv.entropy.EntropyOptions` fields;
+        ``percentile`` takes ``percentile=`` and ``edge=``; ``mse`` takes
         ``start_bin=``, ``stride=``, ``levels=``; ``legacy`` takes ``quantile=`` and
         ``regression_cutoff=``; every method takes ``divisor=``.
 

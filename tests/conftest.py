@@ -43,45 +43,40 @@ def trt_caches() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def aot_module():
-    """The ahead-of-time kernel module of this environment (built on first use).
-
-    It is what users get by default: failing to build it here is a test failure (with the
-    compiler's reason), not a skip. ``KLDIV_KERNELS=jit`` skips, saying so.
-    """
-    from kldiv._kernels import aot, dispatch
-
-    if os.environ.get(dispatch.KERNELS_ENV) == "jit":
-        pytest.skip(f"{dispatch.KERNELS_ENV}=jit: the ahead-of-time build is not used")
-    module = aot.load()
-    if module is None:
-        failed = aot.failed_path(aot.module_path())
-        reason = failed.read_text() if failed.exists() else "(no reason recorded)"
-        pytest.fail(f"the ahead-of-time kernels did not build:\n{reason}")
-    return module
+#: The compiled builds of the kernels this suite tests against the NumPy references. Numba's
+#: JIT (with its on-disk cache) is the only one kldiv offers; a new build is added here.
+KERNEL_BUILDS = ["numba"]
 
 
-@pytest.fixture(scope="module", params=["jit", "aot"])
+@pytest.fixture(scope="module", params=KERNEL_BUILDS)
 def kernel_build(request: pytest.FixtureRequest):
-    """Each build of the Numba kernels in turn: Numba's JIT, and the ahead-of-time module.
+    """Each compiled build of the kernels in turn (:func:`kldiv._kernels.load`).
 
-    The ahead-of-time one comes from :func:`aot_module` (a failed build fails the test). A
-    test module with a ``BUILD`` attribute gets the build there for its helpers (module
-    scope, so Hypothesis tests can use it).
+    Failing to load a build here is a test failure with the reason, not a skip. A test module
+    with a ``BUILD`` attribute gets the build there for its helpers (module scope, so
+    Hypothesis tests can use it).
     """
-    from kldiv._kernels import dispatch
+    from kldiv import _kernels
 
-    if request.param == "jit":
-        build = dispatch.jit_kernels()
-    else:
-        build = dispatch.aot_kernels(request.getfixturevalue("aot_module"))
+    build = _kernels.load(request.param)
     has_slot = hasattr(request.module, "BUILD")
     if has_slot:
         request.module.BUILD = build
     yield build
     if has_slot:
         request.module.BUILD = None
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Run the test with ``KLDIV_KERNELS`` set to each implementation in turn (the Numba
+    kernels, then the NumPy references), through the one resolver."""
+    from kldiv import _kernels
+
+    monkeypatch.setenv(_kernels.KERNELS_ENV, request.param)
+    _kernels.reset()
+    yield request.param
+    _kernels.reset()
 
 
 def _real_tensorrt_available() -> str | None:

@@ -72,7 +72,7 @@ def test_tensorrt_preset_writes_the_bound_others_search(opset: int) -> None:
     collector = collect_histograms(model, data)
     assert collector.absmax("relu6") < 6.0
     off = calibrate(
-        model, histograms=collector, preset="tensorrt", options={"activation_bounds": False}
+        None, histograms=collector, preset="tensorrt", options={"activation_bounds": False}
     )
     assert off.hex("relu6") != "3d418306"
     assert off.hex("dyn") == table.hex("dyn")

@@ -123,7 +123,7 @@ def test_bad_input_one_line_exit_2(
 
 def test_missing_file_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "/no/such/a.cache", "/no/such/b.cache"]) == 2
-    assert "No such file" in capsys.readouterr().err
+    assert "no such calibration table" in capsys.readouterr().err
 
 
 def test_written_cache_reads_back(trt_caches: Path, tmp_path: Path) -> None:

@@ -65,7 +65,6 @@ def test_option_override_changes_the_search(
     [
         (["--tensor", "missing"], "not in"),
         (["--option", "bogus=1"], "unknown entropy option"),
-        (["--preset", "nope"], "nope"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -74,6 +73,14 @@ def test_bad_input_exits_2_with_one_line(
     assert main(["search", str(hist_file), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_preset_is_a_usage_error(
+    hist_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["search", str(hist_file), "--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: kldiv search") and "invalid choice: 'nope'" in err
 
 
 def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,7 +89,7 @@ def test_flag_rule_and_warning(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_calibrate_records_flagged_tensors() -> None:
     _, table = calibrate_histograms(
-        _collector(), method="percentile", options={"percentile": 90.0}
+        _collector(), method="percentile", options={"percentile": 90.0}, algorithm="entropy2"
     )
     assert set(table.provenance["clipping_above_limit"]) == {"a", "b"}
 
@@ -101,7 +101,8 @@ def test_cli_calibrate_summary_shows_and_flags(
     _collector().save(h)
     with caplog.at_level(logging.WARNING):
         assert main(["calibrate", "--from-histograms", str(h), "-o", str(tmp_path / "c.cache"),
-                     "--method", "percentile", "--percentile", "90"]) == 0
+                     "--method", "percentile", "--percentile", "90", "--algorithm", "entropy2"]
+                    ) == 0
     out = capsys.readouterr().out
     assert "clipped" in out.splitlines()[0]
     assert f"! 2 tensor(s) clip more than {100 * CLIP_WARN_FRACTION:g}%" in out
@@ -116,7 +117,15 @@ def test_cli_search_shows_and_flags(tmp_path: Path, capsys: pytest.CaptureFixtur
     _collector().save(h)
     assert main(["search", str(h), "--method", "percentile", "--option", "percentile=90"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[-1] == "clipped"
+    assert out.splitlines()[0].split()[-2:] == ["clipped", "rule"]
     assert f"clip more than {100 * CLIP_WARN_FRACTION:g}%" in out
     assert main(["search", str(h), "--method", "legacy", "--option", "quantile=3"]) == 2
     assert "quantile" in capsys.readouterr().err
+
+
+def test_threshold_a_rounding_below_the_top_clips_nothing() -> None:
+    from kldiv.scales import clipped_fraction
+
+    top = 49 * (2.0 / 49)  # 1.9999999999999998: the last bin's upper edge, rounded down
+    assert top < 2.0
+    assert clipped_fraction(np.ones(49), 2.0, top) == 0.0

@@ -1,4 +1,4 @@
-"""The Numba kernel against the NumPy reference: same bin_index, KL within 1e-9 (both builds)."""
+"""The Numba kernels against the NumPy reference: same bin_index, KL within 1e-9 (every build)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kldiv import entropy as E
-from kldiv._kernels import dispatch
+from kldiv._kernels import Kernels
 from tests._hist_strategies import counts_arrays
 
-BUILD: dispatch.Kernels | None = None
+BUILD: Kernels | None = None
 
 
 # each test runs on each build in turn: conftest's kernel_build sets BUILD (module scope)
@@ -23,7 +23,8 @@ ABS_PRESETS = [n for n, o in E.PRESETS.items() if o.domain == "abs"]
 def _check(counts: np.ndarray, opts: E.EntropyOptions) -> None:
     cand_ref, div_ref = E.divergence_curve(counts, opts)
     pos_ref = E.pick_minimum(div_ref, opts)
-    cand, div, pos = dispatch.search(counts, opts, build=BUILD)
+    assert BUILD is not None
+    cand, div, pos = E.kernel_search(counts, opts, BUILD)
     np.testing.assert_array_equal(cand, cand_ref)
     assert int(cand[pos]) == int(cand_ref[pos_ref])
     np.testing.assert_array_equal(np.isinf(div), np.isinf(div_ref))
@@ -83,11 +84,20 @@ def test_exact_ties_resolved_like_reference() -> None:
         _check(counts, E.EntropyOptions(ties=ties))  # type: ignore[arg-type]
 
 
-def test_search_backends_agree() -> None:
-    rng = np.random.default_rng(2)
+def test_search_implementations_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """search_threshold through the resolver: KLDIV_KERNELS=numpy and =numba, same result."""
+    from kldiv import _kernels
     from tests._hist_strategies import make_hist
 
+    rng = np.random.default_rng(2)
     h = make_hist(rng.integers(0, 1000, 2048), 3.0)
-    a = E.search_threshold(h, backend="numpy")
-    b = E.search_threshold(h, backend="numba")
+    results = {}
+    for name in ("numpy", "numba"):
+        monkeypatch.setenv(_kernels.KERNELS_ENV, name)
+        _kernels.reset()
+        results[name] = E.search_threshold(h)
+        assert (_kernels.resolve() is None) == (name == "numpy")
+    _kernels.reset()
+    a, b = results["numpy"], results["numba"]
     assert a.bin_index == b.bin_index and a.scale == b.scale
+    np.testing.assert_allclose(a.divergence, b.divergence, rtol=1e-9, atol=1e-12)

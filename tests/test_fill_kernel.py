@@ -1,7 +1,7 @@
 """The Numba fill kernel against the NumPy reference (and np.histogram), bin for bin.
 
-Every test runs on both builds of the kernel (``kernel_build``: Numba's JIT and the
-ahead-of-time module), through the same wrappers (:mod:`kldiv._kernels.dispatch`).
+Every test runs on every compiled build offered (conftest's ``kernel_build``), called as
+:class:`kldiv._kernels.Kernels` is called by :mod:`kldiv.histogram`: arrays and plain numbers.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kldiv.histogram import bin_edges, fill_counts_reference
+from kldiv._kernels import Kernels
+from kldiv.histogram import FillStats, bin_edges, fill_counts_reference
 
 fill = pytest.importorskip("kldiv._kernels.fill")
-from kldiv._kernels import dispatch  # noqa: E402
+from kldiv._kernels import wrappers  # noqa: E402
 
 DTYPES = [np.float16, np.float32, np.float64]
-BUILD: dispatch.Kernels | None = None
+BUILD: Kernels | None = None
 
 
 # each test runs on each build in turn: conftest's kernel_build sets BUILD (module scope)
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.usefixtures("kernel_build")
 
 
 def fill_counts(values, amax, num_bins, *, clip):
-    return dispatch.fill_counts(values, amax, num_bins, clip=clip, build=BUILD)
+    assert BUILD is not None
+    return FillStats(*BUILD.fill_counts(values, amax, num_bins, clip))
 
 
 def _same(values: np.ndarray, amax: float, num_bins: int, clip: bool = False) -> np.ndarray:
@@ -203,18 +205,18 @@ def test_specials_across_code_blocks_and_chunks(dtype, clip, n):
 def test_dense_view_shares_memory_or_refuses():
     x = np.arange(24.0).reshape(2, 3, 4)
     for dense in (x, x.T, x[::-1], np.asfortranarray(x), x[:, ::-1, :]):
-        flat = dispatch.dense_view(dense)
+        flat = wrappers.dense_view(dense)
         assert flat is not None and flat.ndim == 1 and np.shares_memory(flat, dense)
         assert sorted(flat.tolist()) == sorted(dense.ravel().tolist())
-    assert dispatch.dense_view(x[:, ::2]) is None
-    assert dispatch.dense_view(x[..., 1:]) is None
+    assert wrappers.dense_view(x[:, ::2]) is None
+    assert wrappers.dense_view(x[..., 1:]) is None
 
 
 def test_strided_input_is_fed_in_bounded_blocks(monkeypatch):
-    monkeypatch.setattr(dispatch, "BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(wrappers, "BLOCK_ELEMENTS", 1000)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 200)).astype(np.float32)[:, ::3]
-    blocks = list(dispatch.blocks(x))
+    blocks = list(wrappers.blocks(x))
     assert len(blocks) > 10 and max(b.size for b in blocks) <= 1000
     _same(x, 2.5, 2048, clip=True)
 
@@ -225,16 +227,17 @@ def test_absmax_stats(dtype):
     x = (rng.standard_normal(200_001) * 7).astype(dtype)
     x[5] = np.nan
     x[-1] = -np.inf
-    mx, bad = dispatch.absmax_stats(x[::-1], build=BUILD)
+    assert BUILD is not None
+    mx, bad = BUILD.absmax(x[::-1])
     finite = np.abs(x[np.isfinite(x)].astype(np.float64))
     assert (mx, bad) == (float(finite.max()), 2)
-    assert dispatch.absmax_stats(np.zeros(10, dtype), build=BUILD) == (0.0, 0)
+    assert BUILD.absmax(np.zeros(10, dtype)) == (0.0, 0)
 
 
 def test_f16_table_is_exact():
     bits = np.arange(1 << 15, dtype=np.uint16)
     assert np.array_equal(
-        dispatch.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
+        wrappers.F16_ABS_TABLE, bits.view(np.float16).astype(np.float64), equal_nan=True
     )
 
 
@@ -257,3 +260,48 @@ def test_no_full_size_temporaries(backend_fill):
         assert peak < 12 << 20, (
             f"peak {peak / 2**20:.1f} MiB for a {values.nbytes / 2**20} MiB input"
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [1, 3, 8])
+def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
+    """From SERIAL_BELOW elements on, the input is cut into one chunk per thread and the
+    partial results are added: the same counts, tallies and maxima as the reference, with
+    NaN, over-range values and the largest value in different chunks."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(3 * wrappers.SERIAL_BELOW + 11) * 0.5).astype(dtype)
+    x[[3, -2]] = np.nan
+    x[[5, x.size // 2 + 9]] = 7.0  # over the range: clipped, counted, largest kept
+    chunks: list[int] = []
+    real = wrappers._in_chunks
+
+    def spy(run, arrays, rest):
+        parts = real(run, arrays, rest)
+        chunks.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(wrappers, "threads", lambda: n_threads)
+    monkeypatch.setattr(wrappers, "_in_chunks", spy)
+    monkeypatch.setattr(wrappers, "_POOL", None)  # sized for the patched thread count
+    got = _same(x, 3.0, 2048, clip=True)
+    assert chunks == [n_threads] and got.sum() == x.size - 2
+    assert BUILD is not None and BUILD.absmax(x) == (7.0, 2)
+    monkeypatch.setattr(wrappers, "_POOL", None)
+
+
+def test_fills_from_several_threads_at_once():
+    """The kernels release the GIL and share nothing: fills called from several Python threads
+    at once (large ones chunked on the kernel pool too) give each caller the reference's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert BUILD is not None
+    rng = np.random.default_rng(9)
+    inputs = [(rng.standard_normal(n) * s).astype(dt) for n, s, dt in
+              [(5_000, 1.0, np.float32), (wrappers.SERIAL_BELOW + 7, 3.0, np.float32),
+               (70_000, 0.5, np.float16), (2 * wrappers.SERIAL_BELOW, 2.0, np.float64)] * 3]
+    want = [fill_counts_reference(x, 4.0, 2048, clip=True).counts for x in inputs]
+    build = BUILD
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: build.fill_counts(x, 4.0, 2048, True)[0], inputs))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import os
 import subprocess
 import sys
 
@@ -14,9 +15,7 @@ from hypothesis import strategies as st
 
 import kldiv.histogram as histogram_module
 from kldiv.errors import HistogramError, HistogramRangeError, KldivError, NonFiniteError
-from kldiv.histogram import RANGE_POLICIES, ActivationHistogram, absmax, bin_edges
-
-BACKENDS = ["numpy", "numba"]
+from kldiv.histogram import GROWTH_POLICIES, ActivationHistogram, absmax, bin_edges
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -29,13 +28,15 @@ def test_docstring_examples():
 
 
 def test_import_kldiv_does_not_load_numba():
+    """Neither importing kldiv nor a fill with KLDIV_KERNELS=numpy loads Numba."""
     code = (
         "import sys, kldiv, numpy as np\n"
         "h = kldiv.ActivationHistogram(1.0, 8)\n"
-        "h.fill(np.ones(4), backend='numpy')\n"
+        "h.fill(np.ones(4))\n"
         "assert 'numba' not in sys.modules, 'numba imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "KLDIV_KERNELS": "numpy"})
 
 
 # --------------------------------------------------------------------------- bin-edge rule
@@ -59,10 +60,9 @@ def test_edges_agree_with_the_index_expression(amax, num_bins):
     assert np.all(np.floor(np.nextafter(inner, 0) * inv_w) == k - 1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_to_numpy_matches_np_histogram(backend):
+def test_to_numpy_matches_np_histogram(implementation):
     x = _rng().standard_normal((32, 17)).astype(np.float32) * 3
-    h = ActivationHistogram.from_values(x, backend=backend)
+    h = ActivationHistogram.from_values(x)
     counts, edges = h.to_numpy()
     ref, ref_edges = np.histogram(np.abs(x.astype(np.float64)), bins=edges)
     np.testing.assert_array_equal(counts, ref)
@@ -173,11 +173,10 @@ def test_bad_num_bins(num_bins):
         ActivationHistogram(1.0, num_bins)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_integer_and_nd_inputs(backend):
+def test_integer_and_nd_inputs(implementation):
     x = np.arange(-50, 50, dtype=np.int16).reshape(10, 10)
-    h = ActivationHistogram.from_values(x, num_bins=50, backend=backend)
-    ref = ActivationHistogram.from_values(x.astype(np.float64), num_bins=50, backend=backend)
+    h = ActivationHistogram.from_values(x, num_bins=50)
+    ref = ActivationHistogram.from_values(x.astype(np.float64), num_bins=50)
     assert h == ref and h.amax == 50.0
 
 
@@ -189,32 +188,30 @@ def test_bad_dtypes(values):
 
 def test_bad_option_names():
     h = ActivationHistogram(1.0)
-    for kwargs in (
-        {"nonfinite": "ignore"},
-        {"range_policy": "grow"},
-        {"overflow": "wrap"},
-        {"backend": "cuda"},
-    ):
+    for kwargs in ({"nonfinite": "ignore"}, {"overflow": "wrap"}):
         with pytest.raises(HistogramError, match="is not one of"):
             h.fill(np.ones(3), **kwargs)
+    with pytest.raises(HistogramError, match="growth='grow' is not one of"):
+        ActivationHistogram(1.0, growth="grow")  # type: ignore[arg-type]
+    for gone in ("range_policy", "backend"):  # growth is the histogram's; one knob picks fills
+        with pytest.raises(TypeError, match=gone):
+            h.fill(np.ones(3), **{gone: "pow2"})
 
 
 # --------------------------------------------------------------------------- empty / non-finite
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_input(backend):
+def test_empty_input(implementation):
     h = ActivationHistogram(1.0, 8)
     with pytest.raises(HistogramError, match="no values: the tensor is empty"):
-        h.fill(np.zeros((0, 3), np.float32), backend=backend, where="conv1 batch 3")
-    assert h.fill(np.zeros(0), allow_empty=True, backend=backend) == ActivationHistogram(1.0, 8)
+        h.fill(np.zeros((0, 3), np.float32), where="conv1 batch 3")
+    assert h.fill(np.zeros(0), allow_empty=True) == ActivationHistogram(1.0, 8)
     with pytest.raises(HistogramError, match="empty"):
-        ActivationHistogram.from_values([], backend=backend)
+        ActivationHistogram.from_values([])
     with pytest.raises(HistogramError, match="empty"):
-        absmax(np.zeros(0), backend=backend)
+        absmax(np.zeros(0))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_nonfinite_raise_and_drop(backend, dtype):
+def test_nonfinite_raise_and_drop(implementation, dtype):
     x = np.ones((4, 5), dtype)
     x[1, 2] = np.nan
     x[2, 0] = np.inf
@@ -222,66 +219,63 @@ def test_nonfinite_raise_and_drop(backend, dtype):
     x[3, 4] = np.nan
     h = ActivationHistogram(2.0, 16)
     with pytest.raises(NonFiniteError) as err:
-        h.fill(x, backend=backend, where="relu_3")
+        h.fill(x, where="relu_3")
     e = err.value
     assert (e.n_nan, e.n_posinf, e.n_neginf, e.first_index) == (2, 1, 1, (1, 2))
     assert "relu_3" in str(e) and "nonfinite='drop'" in str(e) and "NaN: 2" in str(e)
     assert h.total == 0  # unchanged on error
-    h.fill(x, nonfinite="drop", backend=backend)
+    h.fill(x, nonfinite="drop")
     assert h.total == 16 and h.counts[8] == 16
     with pytest.raises(NonFiniteError):
-        absmax(x, backend=backend)
-    assert absmax(x, nonfinite="drop", backend=backend) == 1.0
+        absmax(x)
+    assert absmax(x, nonfinite="drop") == 1.0
     with pytest.raises(NonFiniteError):
-        ActivationHistogram.from_values(x, backend=backend)
-    assert ActivationHistogram.from_values(x, nonfinite="drop", backend=backend).total == 16
+        ActivationHistogram.from_values(x)
+    assert ActivationHistogram.from_values(x, nonfinite="drop").total == 16
 
 
 # --------------------------------------------------------------------------- range policies
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fixed_overflow_raise_or_clip(backend):
-    h = ActivationHistogram(1.0, 4).fill(np.array([0.1, 0.2]), backend=backend)
+def test_fixed_overflow_raise_or_clip(implementation):
+    h = ActivationHistogram(1.0, 4).fill(np.array([0.1, 0.2]))
     before = h.copy()
     with pytest.raises(HistogramRangeError, match="exceed the histogram range") as err:
-        h.fill(np.array([0.5, 3.0, -7.0]), backend=backend)
+        h.fill(np.array([0.5, 3.0, -7.0]))
     assert "2 value(s)" in str(err.value) and "7.0" in str(err.value)
     assert h == before
-    h.fill(np.array([0.5, 3.0, -7.0]), overflow="clip", backend=backend)
+    h.fill(np.array([0.5, 3.0, -7.0]), overflow="clip")
     assert h.counts.tolist() == [2, 0, 1, 2]
-    with pytest.raises(HistogramRangeError, match="global absmax"):
-        h.fill(np.array([9.0]), range_policy="global", backend=backend)
+    with pytest.raises(HistogramRangeError, match="growth='pow2'"):
+        h.fill(np.array([9.0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_global_policy_two_passes(backend):
+def test_global_policy_two_passes(implementation):
     rng = _rng(2)
     batches = [rng.standard_normal((8, 100)).astype(np.float32) * s for s in (1, 3, 2)]
-    amax = max(absmax(b, backend=backend) for b in batches)  # pass 1
-    h = ActivationHistogram(amax)
+    amax = max(absmax(b) for b in batches)  # pass 1
+    h = ActivationHistogram(amax)  # fixed range
     for b in batches:  # pass 2
-        h.fill(b, range_policy="global", backend=backend)
-    assert h == ActivationHistogram.from_values(np.concatenate(batches), backend=backend)
+        h.fill(b)
+    assert h == ActivationHistogram.from_values(np.concatenate(batches))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_pow2_growth_merges_pairs_exactly(backend):
+def test_pow2_growth_merges_pairs_exactly(implementation):
     rng = _rng(3)
     a0 = 1.0  # a fixed start range that no value hits exactly
     first = rng.uniform(-0.99, 0.99, 5000)
     later = rng.uniform(-3.7, 3.7, 5000)  # needs two doublings: 1 -> 2 -> 4
-    h = ActivationHistogram(a0).fill(first, backend=backend)
-    h.fill(later, range_policy="pow2", backend=backend)
+    h = ActivationHistogram(a0, growth="pow2").fill(first)
+    h.fill(later)
     assert h.amax == 4.0 and h.num_bins == 2048 and h.total == 10000
     # doubling is exact in float64 and the index scales by 1/2: merging == refilling
-    assert h == ActivationHistogram(4.0).fill(np.concatenate([first, later]), backend=backend)
+    assert h == ActivationHistogram(4.0).fill(np.concatenate([first, later]))
     assert h.counts[1024:].sum() == np.count_nonzero(np.abs(later) >= 2.0)
 
 
 def test_pow2_keeps_the_old_closed_edge_in_its_bin():
     """A value exactly at the old amax was in the old last bin; after merging it stays in the
     merged bin below the new edge, one bin lower than a refill would put it (documented)."""
-    h = ActivationHistogram.from_values(np.array([0.5, 1.0]), num_bins=8)
-    h.fill(np.array([1.5]), range_policy="pow2")
+    h = ActivationHistogram.from_values(np.array([0.5, 1.0]), num_bins=8, growth="pow2")
+    h.fill(np.array([1.5]))
     assert h.amax == 2.0
     assert h.counts.tolist() == [0, 0, 1, 1, 0, 0, 1, 0]
     refill = ActivationHistogram.from_values(np.array([0.5, 1.0, 1.5]), amax=2.0, num_bins=8)
@@ -304,25 +298,24 @@ def test_grow_to_pow2_and_append_counts():
 
 
 @pytest.mark.parametrize("policy", ["pow2", "append"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_all_zero_first_batch_then_growth(policy, backend):
-    h = ActivationHistogram.from_values(np.zeros(100, np.float32), backend=backend)
-    assert h.amax == 0.0
+def test_all_zero_first_batch_then_growth(policy, implementation):
+    fixed = ActivationHistogram.from_values(np.zeros(100, np.float32))
     with pytest.raises(HistogramRangeError):
-        h.fill(np.array([0.0, 2.0]), backend=backend)  # fixed: does not grow
-    h.fill(np.array([0.0, 2.0, -1.0]), range_policy=policy, backend=backend)
+        fixed.fill(np.array([0.0, 2.0]))  # fixed: does not grow
+    h = ActivationHistogram.from_values(np.zeros(100, np.float32), growth=policy)
+    assert h.amax == 0.0 and h.growth == policy
+    h.fill(np.array([0.0, 2.0, -1.0]))
     assert h.amax == 2.0 and h.num_bins == 2048
     assert h.counts[0] == 101 and h.counts[-1] == 1 and h.counts[1024] == 1 and h.total == 103
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_append_growth(backend):
+def test_append_growth(implementation):
     rng = _rng(4)
     first = rng.uniform(-1, 1, 4000)
-    h = ActivationHistogram.from_values(first, num_bins=2048, backend=backend)
+    h = ActivationHistogram.from_values(first, num_bins=2048, growth="append")
     width = h.bin_width
     later = rng.uniform(-2.5, 2.5, 4000)
-    h.fill(later, range_policy="append", backend=backend)
+    h.fill(later)
     expected_bins = math.ceil(float(np.abs(later).max()) / width)
     assert h.num_bins in (expected_bins, expected_bins + 1)
     assert h.amax >= float(np.abs(later).max()) and h.total == 8000
@@ -341,9 +334,9 @@ def test_append_matches_modelopt():
     for b in batches:
         calib.collect(torch.from_numpy(b))
         if ours is None:
-            ours = ActivationHistogram.from_values(b)
+            ours = ActivationHistogram.from_values(b, growth="append")
         else:
-            ours.fill(b, range_policy="append")
+            ours.fill(b)
     theirs = calib._calib_hist.numpy()
     assert ours.num_bins == theirs.size
     assert math.isclose(ours.amax, float(calib._calib_bin_edges[-1]), rel_tol=1e-5)
@@ -352,8 +345,26 @@ def test_append_matches_modelopt():
     assert np.abs(ours.counts - theirs).sum() <= 1e-3 * ours.total
 
 
-@pytest.mark.parametrize("policy", RANGE_POLICIES)
-def test_every_policy_name_is_accepted(policy):
-    h = ActivationHistogram(1.0, 16)
-    h.fill(np.array([0.25, 0.5]), range_policy=policy)
-    assert h.total == 2
+@pytest.mark.parametrize("growth", GROWTH_POLICIES)
+def test_growth_is_set_once_and_kept(growth):
+    """The growth policy is the histogram's: kept by copy, +, from_counts; not part of ==."""
+    h = ActivationHistogram(1.0, 16, growth=growth)
+    h.fill(np.array([0.25, 0.5]))
+    assert h.total == 2 and h.growth == growth
+    assert h.copy().growth == growth and (h + h).growth == growth
+    assert ActivationHistogram.from_counts(h.counts, 1.0, growth=growth).growth == growth
+    assert h == ActivationHistogram(1.0, 16).fill(np.array([0.25, 0.5]))
+    if growth == "fixed":
+        with pytest.raises(HistogramRangeError):
+            h.fill(np.array([3.0]))
+    else:
+        h.fill(np.array([3.0]))
+        assert h.amax >= 3.0 and h.total == 3
+
+
+def test_grow_to_defaults_to_the_histograms_growth():
+    counts = np.arange(1, 9)
+    appended = ActivationHistogram(1.0, 8, counts=counts, growth="append").grow_to(1.3)
+    assert appended.num_bins == 11
+    doubled = ActivationHistogram(1.0, 8, counts=counts).grow_to(1.3)  # fixed: pow2 when asked
+    assert doubled.amax == 2.0 and doubled.num_bins == 8 and doubled.growth == "fixed"

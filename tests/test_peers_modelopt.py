@@ -7,6 +7,7 @@ import pytest
 
 from kldiv.entropy import search_threshold
 from tests._hist_strategies import make_hist
+from tests._kernels_env import using
 
 pytestmark = pytest.mark.peers
 
@@ -44,9 +45,10 @@ def test_modelopt_preset_same_amax(case: int, modelopt_entropy) -> None:  # type
     amax = 3.0
     edges = np.linspace(0.0, amax, counts.size + 1)
     theirs = modelopt_entropy(counts.copy(), edges, 8, False)  # their code mutates its input
-    for backend in ("numpy", "numba"):
-        ours = search_threshold(make_hist(counts, amax), "modelopt", backend=backend)
-        assert ours.amax == float(theirs), (backend, ours.bin_index)
+    for implementation in ("numpy", "numba"):
+        with using(implementation):
+            ours = search_threshold(make_hist(counts, amax), "modelopt")
+        assert ours.amax == float(theirs), (implementation, ours.bin_index)
 
 
 def test_modelopt_stride_and_start(modelopt_entropy) -> None:  # type: ignore[no-untyped-def]

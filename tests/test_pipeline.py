@@ -17,6 +17,7 @@ from kldiv.examples import lenet_calibration_data, lenet_model_path
 from kldiv.pipeline import calibrate, calibrate_histograms, collect_histograms
 from kldiv.runners import OnnxRuntimeRunner
 from kldiv.scales import amax_to_scale, scale_to_hex
+from tests._kernels_env import using
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,13 @@ def test_table_is_the_search_of_every_collected_histogram(collected, lenet_batch
     assert table.header.text == "TRT-8601-EntropyCalibration2"
     sources = collected.meta["scale_sources"]  # pooling outputs take their input's scale
     assert sources == {"pool1": "relu1", "pool2": "relu2"}
+    aliases = collected.meta["value_aliases"]  # Flatten/Reshape: their source's final scale
+    assert aliases == {"flatten": "pool2"}
     for name in table:
-        expected = search_threshold(collected[sources.get(name, name)], "tensorrt", backend="numpy")
+        source = aliases.get(name, name)
+        source = sources.get(source, source)
+        with using("numpy"):
+            expected = search_threshold(collected[source], "tensorrt")
         assert table.hex(name) == scale_to_hex(expected.scale), name
     # the histograms are those of the activations (checked on one tensor, by hand)
     acts = [runner.run(runner.prepare(b)) for b in lenet_batches]
@@ -134,26 +140,12 @@ def test_collector_merge_gives_same_table_as_one_run(lenet_batches):
         c = HistogramCollector(range_policy="global", ranges=ranges)
         # graph facts (pooling sources, Clip bounds) come from the model, as collect_histograms
         # records them
-        c.meta.update({k: whole.meta[k] for k in ("scale_sources", "activation_bounds")})
+        c.meta.update(
+            {k: whole.meta[k] for k in ("scale_sources", "activation_bounds", "value_aliases")}
+        )
         runner = OnnxRuntimeRunner(lenet_model_path())
         for acts in runner.iter_activations(part):
             c.observe(acts)
         shards.append(c)
     merged = shards[0] + shards[1]
     assert calibrate(None, histograms=merged) == calibrate(None, histograms=whole)
-
-
-def test_kernel_preload_thread_is_joined_on_success_and_on_error(lenet_batches):
-    """The background kernel load never outlives collect_histograms, even when it fails."""
-    import threading
-
-    from kldiv.errors import ModelError
-
-    def preloads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "kldiv-kernel-preload"]
-
-    collect_histograms(lenet_model_path(), lenet_batches[:1])
-    assert preloads() == []
-    with pytest.raises(ModelError):
-        collect_histograms(b"not an onnx model", lenet_batches[:1])
-    assert preloads() == []

@@ -18,26 +18,25 @@ def _sixteenths(seed: int = 0) -> ActivationHistogram:
     return ActivationHistogram.from_values(x)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_exact_zero_ties_resolve_to_the_widest_range(backend: str) -> None:
+def test_exact_zero_ties_resolve_to_the_widest_range(implementation: str) -> None:
     h = _sixteenths()
-    r = search_threshold(h, "tensorrt", backend=backend)
+    r = search_threshold(h, "tensorrt")
     assert r.bin_index == 2048  # every level kept: Q reproduces P
     assert r.divergence_at(2048) == pytest.approx(0.0, abs=1e-12)
     # i = 129 keeps one level (the 1/16 bin): a degenerate window, not taken by the preset
     assert r.divergence_at(129) == float("inf")
     # without the degenerate-window rule the tie exists: KL = 0 up to rounding at i = 129
-    plain = search_threshold(h, "tensorrt", min_nonempty_bins=1, backend=backend)
+    plain = search_threshold(h, "tensorrt", min_nonempty_bins=1)
     assert plain.bin_index == 2048
     assert plain.divergence_at(129) == pytest.approx(0.0, abs=1e-12)
-    first = search_threshold(h, "tensorrt", ties="first", min_nonempty_bins=1, backend=backend)
+    first = search_threshold(h, "tensorrt", ties="first", min_nonempty_bins=1)
     assert first.bin_index == 129
     exact = search_threshold(
-        h, "tensorrt", tie_tolerance=0.0, min_nonempty_bins=1, backend=backend
+        h, "tensorrt", tie_tolerance=0.0, min_nonempty_bins=1
     )
     assert exact.bin_index in (129, 2048)  # decided by rounding alone, which is the problem
     # with the rule, the first minimum is the widest range too
-    assert search_threshold(h, "tensorrt", ties="first", backend=backend).bin_index == 2048
+    assert search_threshold(h, "tensorrt", ties="first").bin_index == 2048
 
 
 def test_tolerance_is_not_a_smoothing() -> None:

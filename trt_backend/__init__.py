@@ -21,8 +21,8 @@ _LAZY: dict[str, str] = {
     "RunResult": "runtime",
     "compare_precisions": "runtime",
     "PrecisionReport": "runtime",
-    "crosscheck": "crosscheck",
-    "CrosscheckResult": "crosscheck",
+    "crosscheck": "crosschecking",
+    "CrosscheckResult": "crosschecking",
     "StagingBuffers": "device",
     "DeviceBuffer": "device",
     "TensorSpec": "device",
@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
         make_calibrator,
         replay_cache_bytes,
     )
-    from .crosscheck import CrosscheckResult, crosscheck
+    from .crosschecking import CrosscheckResult, crosscheck
     from .device import DeviceBuffer, StagingBuffers, TensorSpec, input_specs_from_onnx
     from .engine import build_engine
     from .errors import (

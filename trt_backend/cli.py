@@ -1,4 +1,4 @@
-"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosscheck.crosscheck`
+"""The ``kldiv-trt`` command line: thin shells over :func:`~trt_backend.crosschecking.crosscheck`
 and :func:`~trt_backend.engine.build_engine`.
 
 ``kldiv-trt crosscheck MODEL --data PATH --out-dir D`` writes the comparison (text, JSON, plot)
@@ -32,7 +32,7 @@ def _crosscheck(args: argparse.Namespace) -> int:
     )
 
     from . import _tensorrt
-    from .crosscheck import crosscheck
+    from .crosschecking import crosscheck
 
     _tensorrt.require_implicit(_tensorrt.version())  # no TensorRT: exit 2 with the install hint
     check_data_args(args)
@@ -70,8 +70,21 @@ def _build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _trt_version_text() -> str:
+    """The installed TensorRT's version, or why there is none (no import of TensorRT here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return 'not installed (pip install "kldiv[trt]")'
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kldiv-trt`` argument parser."""
+    from kldiv import __version__
     from kldiv._cli._data_args import add_data_options
     from kldiv.defaults import (
         DEFAULT_ALGORITHM,
@@ -84,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="kldiv-trt", description="Feed kldiv's scales to TensorRT and cross-check them."
+    )
+    parser.add_argument(
+        "--version", action="version",
+        version=f"kldiv-trt {__version__} (TensorRT: {_trt_version_text()})",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

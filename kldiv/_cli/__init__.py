@@ -1,1 +1,42 @@
 """Subcommands of the ``kldiv`` CLI; each module defines ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["subcommands", "verbosity_parent"]
+
+
+def verbosity_parent() -> argparse.ArgumentParser:
+    """The ``-v``/``-q`` options every command takes (a parent parser for ``add_parser``).
+
+    Their defaults are suppressed, so ``kldiv -v calibrate ...`` and ``kldiv calibrate -v ...``
+    both count: the top-level parser holds the defaults.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="errors only: no progress bar, no table, no warnings")
+    return p
+
+
+class _Subcommands:
+    """``add_subparsers()``'s action, adding the shared ``-v``/``-q`` to every subcommand and
+    remembering each subcommand's parser (its usage is printed for its argument errors)."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["parents"] = [*kwargs.get("parents", ()), verbosity_parent()]
+        parser: argparse.ArgumentParser = self._action.add_parser(name, **kwargs)
+        parser.set_defaults(_parser=parser)
+        return parser
+
+
+def subcommands(parser: argparse.ArgumentParser, **kwargs: Any) -> _Subcommands:
+    """``parser.add_subparsers(**kwargs)`` whose subcommands take ``-v``/``-q``."""
+    return _Subcommands(parser.add_subparsers(**kwargs))

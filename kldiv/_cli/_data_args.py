@@ -44,10 +44,31 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
+
+
+def _count_of(option: str) -> Any:
+    """An argparse type for ``--batch-size``/``--max-batches``: the same check (and message)
+    as the Python API's (:func:`kldiv._checks.check_count`)."""
+    def count(text: str) -> int:
+        from .._checks import check_count
+        from ..errors import PresetError
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        try:
+            checked = check_count(option.lstrip("-").replace("-", "_"), value, option=option)
+        except PresetError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        assert checked is not None
+        return checked
+
+    return count
 
 
 def add_data_options(
@@ -67,12 +88,12 @@ def add_data_options(
         "{input_name: array} dicts, one per batch (Polygraphy's convention); instead of --data",
     )
     g.add_argument(
-        "--batch-size", type=_positive, default=None,
+        "--batch-size", type=_count_of("--batch-size"), default=None,
         help=batch_size_help or "samples per batch (images per batch for image folders); "
         "other sources are re-cut along each input's batch axis",
     )
-    g.add_argument("--max-batches", type=_positive, default=None,
-                   help="use only the first N batches")
+    g.add_argument("--max-batches", type=_count_of("--max-batches"), default=None,
+                   help="use only the first N batches (N >= 1)")
     g.add_argument(
         "--batch-axis", action="append", default=[], metavar="NAME=AXIS",
         help="an input's batch axis (repeatable); NAME=none for an input that is not batched "

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import math
+import logging
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..cachefile import header_for
 from ..defaults import DEFAULT_ALGORITHM, DEFAULT_TRT_VERSION
 from ..exports import FORMATS, format_table, read_table, write_table
 from ..scales import CacheHeader, CalibrationTable
+from . import subcommands
 
 __all__ = ["register"]
 
@@ -24,7 +28,7 @@ def register(subparsers: Any) -> None:
         "cache", help="read, show and convert TensorRT calibration caches and relatives",
         description="Read, show and convert TensorRT calibration caches and related tables.",
     )
-    sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    sub = subcommands(cache, dest="cache_command", metavar="ACTION")
     cache.set_defaults(func=lambda args: (cache.print_help(), 2)[1])
 
     show = sub.add_parser("show", help="header, versions, each tensor's amax and scale")
@@ -39,9 +43,11 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--to", required=True, choices=[f for f in FORMATS if f != "ort-flatbuffers"],
                       help="output format ('ort' writes ONNX Runtime's three files into a folder)")
     conv.add_argument("-o", "--output", help="output file (folder for --to ort); default stdout")
-    conv.add_argument("--trt-version", help=f"TensorRT version for the header (--to trt), "
-                      f"e.g. 8.6.1 (default: the input's, else {DEFAULT_TRT_VERSION})")
-    conv.add_argument("--algorithm", help="entropy2, entropy, minmax or legacy (--to trt; "
+    conv.add_argument("--trt-version", type=_trt_version,
+                      help=f"TensorRT version for the header (--to trt), e.g. 8.6.1 "
+                      f"(default: the input's, else {DEFAULT_TRT_VERSION})")
+    conv.add_argument("--algorithm", type=_algorithm,
+                      help="entropy2, entropy, minmax or legacy (--to trt; "
                       f"default: the input's, else {DEFAULT_ALGORITHM})")
     conv.add_argument("--colon-replacement", help="rename ':' in names (--to dynamic-range)")
     conv.add_argument("--force", action="store_true", help="overwrite existing output")
@@ -64,8 +70,27 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--json", action="store_true", help="print the full report as JSON")
     cmp_.add_argument("--all", action="store_true",
                       help="list every tensor (default: only those not bit-identical)")
-    cmp_.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
+    cmp_.add_argument("--max-rows", type=_rows, default=50, help="rows to print (default 50)")
     cmp_.set_defaults(func=_compare)
+
+
+def _trt_version(text: str) -> str:
+    from ..cachefile import check_trt_version
+
+    try:
+        check_trt_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _algorithm(text: str) -> str:
+    from ..cachefile import normalize_algorithm
+
+    try:
+        return normalize_algorithm(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_from(p: argparse.ArgumentParser) -> None:
@@ -80,13 +105,43 @@ def _read(path: str, args: argparse.Namespace) -> CalibrationTable:
                       allow_unknown_header=getattr(args, "allow_unknown_header", False))
 
 
-def _flags(table: CalibrationTable, name: str) -> str:
-    x = float(table[name])
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf"
-    return "zero" if x == 0 else ""
+def _rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+#: Flags of ``cache show``: usable oddities, then the scales TensorRT cannot use.
+_FLAGS = ("zero", "inf", "nan", "-inf", "negative")
+_UNUSABLE = ("nan", "-inf", "negative")
+
+
+def _flag_codes(bits: np.ndarray) -> np.ndarray:
+    """Per scale: 0 none, else 1 + index in :data:`_FLAGS`."""
+    codes = np.zeros(bits.size, dtype=np.int8)
+    codes[bits == 0] = 1
+    codes[bits == 0x7F800000] = 2
+    codes[(bits & 0x80000000) != 0] = 5  # negative, -0 included
+    codes[bits == 0xFF800000] = 4
+    codes[(bits & 0x7FFFFFFF) > 0x7F800000] = 3  # NaN, either sign
+    return codes
+
+
+def warn_unusable(table: CalibrationTable, what: str) -> dict[str, str]:
+    """Log a warning naming the scales TensorRT cannot use; return them."""
+    bad = table.unusable()
+    if bad:
+        kinds = {k: sum(1 for v in bad.values() if v == k) for k in _UNUSABLE}
+        names = ", ".join(list(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        logging.getLogger("kldiv.cache").warning(
+            "%s: %d scale(s) TensorRT cannot use (%s): %s", what, len(bad),
+            ", ".join(f"{k} {n}" for k, n in kinds.items() if n), names,
+        )
+    return bad
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -95,6 +150,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         from ..exports import to_json
 
+        warn_unusable(table, args.file)
         sys.stdout.write(to_json(table))
         return 0
     out = [f"file: {args.file}"]
@@ -107,18 +163,39 @@ def _show(args: argparse.Namespace) -> int:
                        f"algorithm: {h.algorithm}")
         elif h.kind == "legacy":
             out.append(f"legacy calibrator: cutoff {h.cutoff!r}, quantile {h.quantile!r}")
-    flags = [_flags(table, n) for n in table]
-    out.append(f"tensors: {len(table)}; zero: {flags.count('zero')}; inf: {flags.count('inf')}; "
-               f"nan: {flags.count('nan')}")
+    bits = table.bits_array()
+    codes = _flag_codes(bits)
+    count = np.bincount(codes, minlength=len(_FLAGS) + 1)
+    n = {f: int(count[i + 1]) for i, f in enumerate(_FLAGS)}
+    out.append(f"tensors: {len(table)}; zero: {n['zero']}; inf: {n['inf']}; nan: {n['nan']}; "
+               f"-inf: {n['-inf']}; negative: {n['negative']}")
+    unusable = sum(n[k] for k in _UNUSABLE)
+    if unusable:
+        out.append(f"TensorRT cannot use {unusable} of these scales (NaN, -Inf or negative; "
+                   "flagged below): recalibrate those tensors or fix the file")
     if table.provenance.get("format"):
         out.append(f"format: {table.provenance['format']}")
-    width = min(70, max([len(n) for n in table] + [6]))
+    width = 6
+    for name in table:
+        width = max(width, len(name))
+        if width >= 70:
+            width = 70
+            break
     out.append("")
     out.append(f"{'tensor':<{width}}  {'hex':>8}  {'scale':>14}  {'amax':>14}  flag")
-    for n, f in zip(table, flags):
-        out.append(f"{n:<{width}}  {table.hex(n):>8}  {float(table[n]):>14.8g}  "
-                   f"{table.amax(n):>14.8g}  {f}".rstrip())
-    print("\n".join(out))
+    write = sys.stdout.write
+    write("\n".join(out) + "\n")
+    labels = ("", *(f + " (unusable)" if f in _UNUSABLE else f for f in _FLAGS))
+    names = iter(table)
+    step = 4096  # rows formatted and written at a time
+    for start in range(0, len(table), step):
+        part = slice(start, start + step)
+        block = [
+            f"{name:<{width}}  {b:>8x}  {x:>14.8g}  {x * 127.0:>14.8g}  {labels[c]}".rstrip()
+            for name, b, x, c in zip(islice(names, step), bits[part].tolist(),
+                                     bits[part].view(np.float32).tolist(), codes[part].tolist())
+        ]
+        write("\n".join(block) + "\n")
     return 0
 
 
@@ -128,7 +205,9 @@ def _target_header(table: CalibrationTable, args: argparse.Namespace) -> CacheHe
         if old is not None and old.kind in ("trt", "legacy"):
             return old
         return header_for()
-    version: str | int = args.trt_version or (
+    from ..cachefile import check_trt_version
+
+    version: str | int = check_trt_version(args.trt_version) if args.trt_version else (
         old.version_number if old is not None and old.version_number is not None
         else DEFAULT_TRT_VERSION
     )
@@ -146,6 +225,16 @@ def _target_header(table: CalibrationTable, args: argparse.Namespace) -> CacheHe
 def _convert(args: argparse.Namespace) -> int:
     table = _read(args.file, args)
     options: dict[str, Any] = {}
+    if args.output is not None:
+        from .._io import check_writable
+
+        if args.to == "ort":
+            for name in ("calibration.flatbuffers", "calibration.json", "calibration.cache"):
+                check_writable(Path(args.output) / name, force=args.force, inputs=[args.file])
+        else:
+            check_writable(args.output, force=args.force, inputs=[args.file], what="--output")
+    if args.to in ("trt", "csv", "json"):  # exact bits kept; the other formats leave them out
+        warn_unusable(table, args.file)
     if args.to == "trt":
         options["header"] = _target_header(table, args)
     elif args.trt_version or args.algorithm:
@@ -172,8 +261,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ..compare import compare
+    from ..comparison import compare
 
+    if args.plot:
+        from .._io import check_writable
+
+        check_writable(args.plot, force=args.force, inputs=[args.a, args.b], what="--plot")
     a, b = _read(args.a, args), _read(args.b, args)
     report = compare(a, b, match=args.match,
                      normalize={":": "_"} if args.normalize_colons else None)

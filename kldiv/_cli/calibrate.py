@@ -22,14 +22,74 @@ from ..defaults import (
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
-from ..errors import DataSourceError, PresetError
+from ..entropy import PRESETS
+from ..errors import DataSourceError, KldivError, PresetError
 from ..thresholds import METHODS, check_method_options
 from ._data_args import add_data_options
 
 __all__ = [
-    "add_table_options", "format_summary", "method_options", "register", "run",
+    "add_table_options",
+    "check_table_options",
+    "format_summary",
+    "method_options",
+    "quiet",
+    "register",
+    "run",
     "thresholds_and_table",
 ]
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _num_bins(text: str) -> int:
+    from .._checks import check_num_bins
+
+    try:
+        return check_num_bins(_whole(text), option="--num-bins")
+    except KldivError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 99.99, got {text!r}") from None
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not above 0 and at most 100; the percentile is the share of |x| values "
+            "the threshold covers, e.g. 99.99"
+        )
+    return value
+
+
+def _trt_version(text: str) -> str:
+    from ..cachefile import check_trt_version
+
+    try:
+        check_trt_version(text)
+    except KldivError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _algorithm(text: str) -> str:
+    from ..cachefile import normalize_algorithm
+
+    try:
+        return normalize_algorithm(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def quiet(args: argparse.Namespace) -> bool:
+    """Whether ``-q`` was given (to the command or before it)."""
+    return bool(getattr(args, "quiet", False))
 
 
 def _fraction(text: str) -> float:
@@ -45,24 +105,29 @@ def _fraction(text: str) -> float:
 
 def add_table_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``calibrate`` and ``demo``: how thresholds and the header are made."""
-    p.add_argument("--preset", default=DEFAULT_PRESET,
-                   help=f"entropy preset (default {DEFAULT_PRESET}; see kldiv.entropy.PRESETS)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                   help=f"entropy preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; "
+                        "see docs/threshold-search.md)")
     p.add_argument("--method", default=DEFAULT_METHOD,
                    choices=tuple(METHODS),
                    help=f"threshold method (default {DEFAULT_METHOD})")
-    p.add_argument("--percentile", type=float, default=None,
-                   help="percentile for --method percentile (default kldiv.defaults)")
+    p.add_argument("--percentile", type=_percentile, default=None,
+                   help="percentile for --method percentile, above 0 and at most 100 "
+                        "(default kldiv.defaults.DEFAULT_PERCENTILE)")
     p.add_argument("--quantile", type=_fraction, default=None,
                    help=f"quantile for --method legacy, in (0, 1] (default "
                         f"{DEFAULT_LEGACY_QUANTILE}, TensorRT's sampleINT8)")
     p.add_argument("--regression-cutoff", type=_fraction, default=None,
                    help=f"regression cutoff for --method legacy (default "
                         f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version whose cache header is written (default "
-                        f"{DEFAULT_TRT_VERSION})")
-    p.add_argument("--algorithm", default=None,
-                   help="header algorithm (entropy2, entropy, minmax; default from --method)")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, type=_trt_version,
+                   help=f"TensorRT version whose cache header is written, 5.x to 10.x, or the "
+                        f"header number a newer TensorRT writes (default {DEFAULT_TRT_VERSION})")
+    p.add_argument("--algorithm", default=None, type=_algorithm,
+                   help="calibrator named in the header: entropy2, entropy, minmax or legacy "
+                        "(default from --method: minmax for minmax, legacy for legacy, else "
+                        "entropy2; required for percentile and mse, which no TensorRT "
+                        "calibrator computes)")
     p.add_argument("--no-activation-bounds", action="store_true",
                    help="search Clip/ReLU6 outputs too, instead of writing their bound as "
                         "TensorRT does (tensorrt preset)")
@@ -70,8 +135,6 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
                    help="search pooling outputs too, instead of giving them their input's "
                         "scale as TensorRT does (tensorrt preset)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--quiet", "-q", action="store_true",
-                   help="no progress bar and no table; one line on success")
 
 
 def register(subparsers: Any) -> None:
@@ -96,9 +159,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--range-policy", default=DEFAULT_RANGE_POLICY,
                    choices=("pow2", "append", "global"),
                    help=f"histogram range policy (default {DEFAULT_RANGE_POLICY})")
-    p.add_argument("--num-bins", type=int, default=NUM_BINS, help=f"bins (default {NUM_BINS})")
+    p.add_argument("--num-bins", type=_num_bins, default=NUM_BINS,
+                   help=f"bins (default {NUM_BINS}; at most kldiv.defaults.MAX_NUM_BINS)")
     p.add_argument("--drop-nonfinite", action="store_true",
-                   help="skip NaN/Inf activations instead of stopping with an error")
+                   help="skip NaN/Inf activations instead of stopping with an error (counted "
+                        "per tensor in the summary and the provenance)")
     add_data_options(p, data_help="calibration data")
     add_table_options(p)
     p.set_defaults(func=run)
@@ -125,6 +190,11 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The threshold method's options from ``--percentile/--quantile/...``, checked (raises
     :class:`~kldiv.errors.PresetError` before any model runs)."""
     options: dict[str, Any] = {}
+    if args.percentile is not None and args.method != "percentile":
+        raise PresetError(
+            f"--percentile applies to --method percentile only (the method is {args.method}); "
+            "drop --percentile or add --method percentile"
+        )
     if args.method == "percentile" and args.percentile is not None:
         options["percentile"] = args.percentile
     legacy = {"quantile": getattr(args, "quantile", None),
@@ -139,33 +209,52 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
-    from ..pipeline import calibrate_histograms
-
+def _table_options(args: argparse.Namespace) -> dict[str, Any]:
     options = method_options(args)
     if args.no_activation_bounds:
         options["activation_bounds"] = False
     if args.no_pooling_inherits:
         options["pooling_inherits"] = False
+    return options
+
+
+def check_table_options(args: argparse.Namespace, num_bins: int | None) -> None:
+    """Before any work: the method, preset, options and header options fit together."""
+    from .._checks import check_header_choice, check_options
+
+    check_options(method=args.method, preset=args.preset, options=_table_options(args),
+                  num_bins=num_bins)
+    check_header_choice(args.trt_version, args.algorithm, args.method)
+
+
+def thresholds_and_table(collector: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """Per-tensor thresholds and the table, from parsed ``--preset/--method/...`` options."""
+    from ..pipeline import calibrate_histograms
+
     return calibrate_histograms(
-        collector, preset=args.preset, method=args.method, options=options,
+        collector, preset=args.preset, method=args.method, options=_table_options(args),
         trt_version=args.trt_version, algorithm=args.algorithm,
     )
 
 
 def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> str:
-    """The summary table: tensor, histogram range, bin index, amax, scale, its hex, and the
+    """The summary table: tensor, histogram range, bin index, amax, scale, its hex, the
     share of the values the threshold clips (``!`` above
-    :data:`~kldiv.defaults.CLIP_WARN_FRACTION`)."""
-    rows = [("tensor", "range R", "bin", "amax", "scale", "hex", "clipped")]
+    :data:`~kldiv.defaults.CLIP_WARN_FRACTION`) and, when NaN/Inf values were dropped, how
+    many per tensor."""
+    dropped: dict[str, int] = dict(getattr(collector, "dropped", {}) or {})
+    dropped.update(collector.meta.get("nonfinite_dropped", {}))
+    show_dropped = any(dropped.values())
+    rows: list[tuple[str, ...]] = [("tensor", "range R", "bin", "amax", "scale", "hex", "clipped")]
+    if show_dropped:
+        rows[0] += ("NaN/Inf dropped",)
     flagged = []
     for name, r in results.items():
         clipped = float(r.clipped_fraction)
         flag = clipped > CLIP_WARN_FRACTION
         if flag:
             flagged.append(name)
-        rows.append((
+        row: tuple[str, ...] = (
             name,
             f"{collector[name].amax:.6g}",
             "-" if r.bin_index is None else str(r.bin_index),
@@ -173,7 +262,10 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"{float(r.scale):.6g}",
             table.hex(name),
             _percent(clipped) + (" !" if flag else "  "),
-        ))
+        )
+        if show_dropped:
+            row += (f"{dropped.get(name, 0):,}",)
+        rows.append(row)
     width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.ljust(width[i]) if i == 0 else c.rjust(width[i]) for i, c in enumerate(row))
@@ -187,6 +279,10 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"! {len(flagged)} tensor(s) clip more than {_percent(CLIP_WARN_FRACTION).strip()} "
             f"of their values: {', '.join(flagged)} (see docs/fidelity.md, \"Clipping\")"
         )
+    if show_dropped:
+        hit = {n: c for n, c in dropped.items() if c}
+        foot.append(f"--drop-nonfinite: {sum(hit.values()):,} NaN/Inf values dropped in "
+                    f"{len(hit)} tensors (listed in the provenance, nonfinite_dropped)")
     if "model_sha256" in meta:
         foot.append(
             f"model {meta.get('model')} (sha256 {str(meta['model_sha256'])[:12]}); "
@@ -207,27 +303,50 @@ def _percent(fraction: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv calibrate``."""
-    from .._io import atomic_write_text, check_writable
+    from .._io import atomic_write_text, check_writable, same_file
     from ..cachefile import write_cache
     from ..collect import HistogramCollector
     from ..pipeline import collect_histograms
-    from ._data_args import batch_axes_from_args, model_batch_axes, source_from_args
+    from ._data_args import (
+        batch_axes_from_args,
+        check_data_args,
+        model_batch_axes,
+        source_from_args,
+    )
 
-    method_options(args)  # bad method options fail before any model runs
-    outputs = [args.out, args.save_histograms, args.provenance]
-    for path in outputs:
+    if args.from_histograms and (args.model or args.data or args.data_loader_script):
+        given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data),
+                                            ("--data-loader-script", args.data_loader_script))
+                             if v)
+        verb = "were" if " and " in given else "was"
+        raise DataSourceError(
+            f"--from-histograms replaces running the model, but {given} {verb} given too; drop "
+            f"{given} to recompute from {args.from_histograms}, or drop --from-histograms"
+        )
+    if not args.from_histograms and (
+        not args.model or not (args.data or args.data_loader_script)
+    ):
+        raise DataSourceError(
+            "give MODEL and --data PATH or --data-loader-script FILE.py (or --from-histograms "
+            "H.npz to skip the model)"
+        )
+    check_data_args(args, required=False)
+    check_table_options(args, None if args.from_histograms else args.num_bins)
+    outputs = {"--out": args.out, "--save-histograms": args.save_histograms,
+               "--provenance": args.provenance}
+    script = (args.data_loader_script or "").rpartition(".py")
+    inputs = [args.model, args.data, args.from_histograms, args.preprocess,
+              script[0] + script[1] if script[1] else None]
+    for what, path in outputs.items():
         if path is not None:
-            check_writable(path, force=args.force)
-    if len({p for p in outputs if p is not None}) != sum(p is not None for p in outputs):
+            check_writable(path, force=args.force, inputs=inputs, what=what)
+    written = [p for p in outputs.values() if p is not None]
+    if any(same_file(a, b) for i, a in enumerate(written) for b in written[i + 1:]):
         raise DataSourceError("--out, --save-histograms and --provenance must be different files")
     if args.from_histograms:
         collector = HistogramCollector.load(args.from_histograms)
+        check_table_options(args, collector.num_bins)  # the preset against the file's bins
     else:
-        if not args.model or not (args.data or args.data_loader_script):
-            raise DataSourceError(
-                "give MODEL and --data PATH or --data-loader-script FILE.py (or "
-                "--from-histograms H.npz to skip the model)"
-            )
         declared = batch_axes_from_args(args)
         source = source_from_args(
             args, batch_axes=model_batch_axes(args.model, declared), limit=False
@@ -235,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
         total = len(source) if hasattr(source, "__len__") else None
         if total is not None and args.max_batches is not None:
             total = min(total, args.max_batches)
-        bar, on_batch = _progress(total, args.quiet)
+        bar, on_batch = _progress(total, quiet(args))
         try:
             collector = collect_histograms(
                 args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
@@ -256,8 +375,10 @@ def run(args: argparse.Namespace) -> int:
                           json.dumps(table.provenance, indent=2, sort_keys=True) + "\n",
                           force=args.force)
     write_cache(table, args.out, force=args.force)
-    if args.quiet:
-        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text})")
+    if quiet(args):
+        dropped = sum(table.provenance.get("nonfinite_dropped", {}).values())
+        note = f"; {dropped:,} NaN/Inf values dropped" if dropped else ""
+        print(f"wrote {args.out} ({len(table)} tensors, {table.header.text}{note})")
     else:
         print(format_summary(results, collector, table))
         print(f"wrote {args.out}")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .calibrate import _progress, add_table_options, format_summary, thresholds_and_table
+from .calibrate import (
+    _progress,
+    add_table_options,
+    check_table_options,
+    format_summary,
+    quiet,
+    thresholds_and_table,
+)
 
 __all__ = ["register", "run"]
 
@@ -36,26 +43,28 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv demo``."""
     from .._io import check_writable
     from ..cachefile import write_cache
+    from ..defaults import NUM_BINS
     from ..examples import lenet_calibration_data, lenet_model_path
     from ..pipeline import collect_histograms
 
+    check_table_options(args, NUM_BINS)
     if args.out is not None:
-        check_writable(args.out, force=args.force)
+        check_writable(args.out, force=args.force, inputs=[lenet_model_path()], what="--out")
     batches = lenet_calibration_data()
-    bar, on_batch = _progress(len(batches), args.quiet)
+    bar, on_batch = _progress(len(batches), quiet(args))
     try:
         collector = collect_histograms(lenet_model_path(), batches, on_batch=on_batch)
     finally:
         if bar is not None:
             bar.close()
     results, table = thresholds_and_table(collector, args)
-    if not args.quiet:
+    if not quiet(args):
         print("kldiv demo: LeNet-5 trained on scikit-learn's digits (kldiv/examples), "
               f"preset {args.preset!r}, method {args.method!r}")
         print(format_summary(results, collector, table))
     if args.out is not None:
         write_cache(table, args.out, force=args.force)
         print(f"wrote {args.out}")
-    elif args.quiet:
+    elif quiet(args):
         print(f"{len(table)} tensors calibrated ({table.header.text}); nothing written")
     return 0

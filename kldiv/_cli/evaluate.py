@@ -55,7 +55,6 @@ def register(subparsers: Any) -> None:
                    help=f"k values (default {' '.join(map(str, DEFAULT_TOPK))}); only k < "
                    "classes are shown")
     q.add_argument("--json", action="store_true", help="print the results as JSON")
-    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     z = p.add_argument_group("Q/DQ model")
     z.add_argument(
         "--placement",
@@ -225,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     verified = None
     if args.per_tensor:
         first_name, first_model = next(iter(models.items()))
-        bar, step = _bar(0, "ranking tensors", args.quiet)
+        bar, step = _bar(0, "ranking tensors", bool(getattr(args, "quiet", False)))
         try:
             ranking = rank_tensors(
                 fp32, first_model, data, output=args.output, batch_axes=declared,

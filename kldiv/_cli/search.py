@@ -2,7 +2,10 @@
 
 For researchers who want to see how a threshold was chosen and what changes when one
 ambiguity of the pseudocode is resolved differently, without running the model again.
-A thin shell over :func:`kldiv.thresholds.choose_threshold`.
+A thin shell over :func:`kldiv.pipeline.choose_thresholds`: the same thresholds ``kldiv calibrate
+--from-histograms`` writes, including the graph's rules (a pooling output inherits its input's
+scale, a Clip output its bound, a Reshape/Flatten output its source's final scale), shown as
+such in the ``rule`` column, and ``minmax`` from the largest ``|x|`` seen.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 from typing import Any
 
 from ..defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
+from ..entropy import PRESETS
 from ..errors import PresetError
 from ..thresholds import METHODS, check_method_options
 
@@ -59,7 +63,9 @@ def register(subparsers: Any) -> None:
         action="append",
         dest="presets",
         metavar="NAME",
-        help=f"entropy preset; repeat to compare several (default {DEFAULT_PRESET})",
+        choices=tuple(PRESETS),
+        help=f"entropy preset, one of {', '.join(PRESETS)}; repeat to compare several "
+        f"(default {DEFAULT_PRESET})",
     )
     p.add_argument(
         "--method",
@@ -86,6 +92,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _rule(result: Any) -> str:
+    source = result.options.get("source", "")
+    if result.method == "inherited":
+        return f"inherited from {source}"
+    if result.method == "alias":
+        return f"alias of {source} ({result.options.get('source_method', '?')})"
+    if result.method == "activation-bound":
+        return f"Clip bound {result.options.get('bound'):g}"
+    if result.method == "minmax":
+        return "largest |x| seen" if source == "largest |x| seen" else "histogram range"
+    return "searched"
+
+
 def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
     best = "-"
     if result.bin_index is not None and len(result.divergence):
@@ -102,15 +121,18 @@ def _row(name: str, label: str, result: Any) -> tuple[str, ...]:
         best,
         ("-" if clipped != clipped else "0%" if clipped == 0 else f"{100 * clipped:.3g}%")
         + flag,
+        _rule(result),
     )
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL", "clipped")
+    head = ("tensor", "preset", "bin i", "amax", "scale", "hex", "min KL", "clipped", "rule")
     allrows = [head, *rows]
     width = [max(len(r[i]) for r in allrows) for i in range(len(head))]
+    left = (0, 1, len(head) - 1)
     lines = [
-        "  ".join(c.ljust(width[i]) if i < 2 else c.rjust(width[i]) for i, c in enumerate(r))
+        "  ".join(c.ljust(width[i]) if i in left else c.rjust(width[i])
+                  for i, c in enumerate(r)).rstrip()
         for r in allrows
     ]
     lines.insert(1, "  ".join("-" * w for w in width))
@@ -135,10 +157,15 @@ def _neighbourhood(result: Any, span: int = 3) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kldiv search``."""
     from ..collect import HistogramCollector
-    from ..thresholds import choose_threshold, clipping_outliers
+    from ..pipeline import choose_thresholds
+    from ..thresholds import clipping_outliers
 
+    presets = args.presets or [DEFAULT_PRESET]
+    if args.method != "entropy" and args.presets:
+        raise PresetError("--preset applies to --method entropy only; drop --preset or the method")
+    overrides = dict(args.option)
     if args.method != "entropy":
-        check_method_options(args.method, dict(args.option))
+        check_method_options(args.method, overrides)
     collector = HistogramCollector.load(args.histograms)
     names = list(collector.names)
     if args.tensors:
@@ -149,28 +176,26 @@ def run(args: argparse.Namespace) -> int:
                 f"it holds {len(names)} tensors, e.g. {', '.join(names[:3])}"
             )
         names = args.tensors
-    presets = args.presets or [DEFAULT_PRESET]
-    if args.method != "entropy" and args.presets:
-        raise PresetError("--preset applies to --method entropy only; drop --preset or the method")
-    overrides = dict(args.option)
     rows: list[tuple[str, ...]] = []
     curves: list[str] = []
     by_label: dict[str, dict[str, Any]] = {}
-    for name in names:
-        hist = collector[name]
-        for preset in presets if args.method == "entropy" else [args.method]:
-            if args.method == "entropy":
-                result = choose_threshold(hist, "entropy", preset=preset, **overrides)
-            else:
-                result = choose_threshold(hist, args.method, **overrides)
-            label = preset + (
-                "+" + ",".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
-            )
+    for preset in presets if args.method == "entropy" else [DEFAULT_PRESET]:
+        results = choose_thresholds(collector, preset=preset, method=args.method, **overrides)
+        label = (preset if args.method == "entropy" else args.method) + (
+            "+" + ",".join(f"{k}={v}" for k, v in overrides.items()) if overrides else ""
+        )
+        for name in names:
+            result = results[name]
             rows.append(_row(name, label, result))
             by_label.setdefault(label, {})[name] = result
-            if args.curve and args.method == "entropy":
+            if args.curve and result.method == "entropy":
                 curves.append(f"{name} [{label}]\n{_neighbourhood(result)}")
+    order = {n: i for i, n in enumerate(names)}
+    rows.sort(key=lambda r: order[r[0]])  # each tensor's presets together
     print(_table(rows))
+    if args.method == "minmax" and collector.meta.get("absmax_from_range"):
+        print(f"note: {args.histograms} does not record the largest |x| of each tensor (an "
+              "older file); minmax shows each histogram's range, an upper bound")
     for label, results in by_label.items():
         flagged = clipping_outliers(results)  # and a logged warning naming them
         if flagged:

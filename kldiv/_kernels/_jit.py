@@ -4,15 +4,19 @@ Every kernel under :mod:`kldiv._kernels` is compiled through :func:`jit`, so the
 below are decided once, here, and nowhere else:
 
 ``cache=True``
-    Compiled machine code is written next to the module (``__pycache__``) and reused by the
-    next process, so the first call in a fresh interpreter costs a cache load, not a compile.
-    Numba's cache key holds the kernel's source file and types, *not* these options: after
-    changing anything in this module, touch the kernel modules (or delete their
-    ``__pycache__/*.nbi`` and ``*.nbc`` files), or the old machine code keeps being loaded.
+    Compiled machine code is kept in Numba's on-disk cache and reused by the next process,
+    so the first call in a fresh interpreter costs a cache load, not a compile. The cache is
+    the folder of :func:`kldiv._kernels.cache_dir` (a user cache folder, never the installed
+    package): Numba fixes a function's cache folder when it is decorated, so :func:`jit`
+    points ``numba.config.CACHE_DIR`` there while it decorates, and puts the caller's value
+    back afterwards. A folder that cannot be created or written turns the cache off for kldiv
+    (one warning; the kernels are compiled in each process). Numba keys its cache on the
+    kernel's source file and types, *not* on these options: after changing anything in this
+    module, touch the kernel modules or delete the cache folder.
 ``nogil=True``
-    Kernels release the GIL. Serial kernels may run in several threads at once (the
-    ahead-of-time build does, :mod:`kldiv._kernels.dispatch`); the JIT's ``prange`` kernels
-    need Numba's ``omp`` or ``tbb`` threading layer for that, so kldiv never does it.
+    Kernels release the GIL, so several Python threads run them at once (the chunks of a
+    large fill, :mod:`kldiv._kernels.wrappers`). No kernel uses ``prange``: the threads are
+    kldiv's, whatever Numba's threading layer is.
 ``fastmath=False``
     No reassociation, no flush-to-zero, no "no NaNs" assumptions: the kernels must produce the
     same bits as their NumPy references (denormals and NaN checks included).
@@ -22,24 +26,19 @@ below are decided once, here, and nowhere else:
     Indices are computed and clamped by the kernels themselves.
 
 Signatures
-    Pass explicit signatures (``jit("int64(float32[:])")`` or a list of them) where the
-    kernel has a small fixed set of input types: they compile eagerly on first import of the
-    kernel module (and then come from the on-disk cache), and calls with other dtypes fail
-    loudly instead of compiling a new specialization silently. Without signatures the
-    function compiles lazily per input type (still cached on disk).
-
-``parallel``
-    Off by default. Kernels that ``prange`` over chunks pass ``parallel=True``, which turns on
-    explicit ``prange`` loops *only* (:data:`PARALLEL_OPTIONS`): Numba's other parallel
-    rewrites would turn every ``np.zeros``, ``.sum()`` and ``.max()`` of a kernel's set-up and
-    epilogue into a parallel region of its own, each a thread fork and join (measured: 40 of
-    the 46 microseconds a fill of a 16-element tensor cost, ten times per fill). The thread
-    count is Numba's (``NUMBA_NUM_THREADS`` / :func:`numba.set_num_threads`).
+    kldiv's kernels are decorated bare (``@jit``): each compiles on its first call, for the
+    types it is called with (the wrappers pass int64/float64 scalars and C-contiguous arrays
+    of fixed dtypes, so there is one specialization per input dtype), and only the kernels a
+    run uses are compiled. Explicit signatures (``jit("float64(int64)")``) would compile every
+    kernel of a module when it is imported: importing the threshold-search kernels and the
+    first search took 9-10 s that way on a loaded 2-core machine (all three divergence
+    curves compiled), against 4-5 s for the one curve a calibration uses (empty cache
+    folder, same conditions, alternating runs).
 
 Example
 -------
 >>> from kldiv._kernels._jit import jit
->>> @jit("float64(float64[:])")
+>>> @jit
 ... def total(x):
 ...     s = 0.0
 ...     for v in x:
@@ -49,13 +48,21 @@ Example
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numba
 
-__all__ = ["JIT_OPTIONS", "PARALLEL_OPTIONS", "jit", "numba_num_threads"]
+from ._cache import cache_dir
 
+__all__ = ["JIT_OPTIONS", "jit"]
+
+log = logging.getLogger(__name__)
 
 #: The options every kldiv kernel is compiled with (see the module docstring).
 JIT_OPTIONS: dict[str, Any] = {
@@ -66,24 +73,110 @@ JIT_OPTIONS: dict[str, Any] = {
     "boundscheck": False,
 }
 
-#: What ``parallel=True`` means for kldiv kernels: explicit ``prange`` loops and nothing else.
-PARALLEL_OPTIONS: dict[str, bool] = {
-    "prange": True,
-    "comprehension": False,
-    "reduction": False,
-    "inplace_binop": False,
-    "setitem": False,
-    "numpy": False,
-    "stencil": False,
-    "fusion": False,
-}
+_DECORATING = threading.Lock()
 
 
-def jit(
-    signatures: str | Sequence[str] | Callable[..., Any] | None = None,
-    *,
-    parallel: bool = False,
-) -> Any:
+@lru_cache(maxsize=1)
+def _usable_cache_dir() -> str | None:
+    """:func:`kldiv._kernels.cache_dir` when it can be created and written, else None (once
+    per process, with one warning)."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        log.warning(
+            "kldiv cannot write its kernel cache folder %s (%s); the kernels are compiled in "
+            "every process. Point KLDIV_CACHE_DIR at a writable folder to keep them.",
+            folder, exc,
+        )
+        return None
+    return os.fspath(folder)
+
+
+_ANNOUNCED = threading.Event()
+
+
+def _announce_compile() -> None:
+    """Say once per process (``INFO``; the CLI shows it) that kernels are being compiled."""
+    if not _ANNOUNCED.is_set():
+        _ANNOUNCED.set()
+        log.info(
+            "compiling kldiv's kernels on first use (a few seconds, once: the machine code is "
+            "kept in %s)", cache_dir(),
+        )
+
+
+def _guard_cache(dispatcher: Any) -> None:
+    """Make a damaged or unwritable cache entry a warning and a compile, never an error.
+
+    Numba raises when an index or data file of its cache does not unpickle (a truncated write,
+    a full disk, another tool's file), on load and again on save. Here a failed load empties
+    the function's index (Numba's ``Cache.flush``) and reports a miss, so the kernel is
+    compiled and its entry written afresh; a failed save is logged and skipped.
+    """
+    cache: Any = getattr(dispatcher, "_cache", None)
+    load = getattr(cache, "load_overload", None)
+    save = getattr(cache, "save_overload", None)
+    if load is None or save is None:  # pragma: no cover - a Numba without this cache API
+        return
+    name = getattr(dispatcher, "__name__", "kernel")
+
+    def guarded_load(sig: Any, target_context: Any) -> Any:
+        try:
+            found = load(sig, target_context)
+            if found is None:
+                _announce_compile()
+            return found
+        except Exception as exc:
+            log.warning(
+                "kldiv's cached machine code for %s is damaged (%s: %s); compiling it again "
+                "and rewriting the entry in %s", name, type(exc).__name__, exc, cache_dir(),
+            )
+            try:
+                cache.flush()
+            except Exception:  # an unwritable folder: the save below is skipped too
+                log.debug("could not reset the cache index of %s", name, exc_info=True)
+            return None
+
+    def guarded_save(sig: Any, data: Any) -> None:
+        try:
+            save(sig, data)
+        except Exception as exc:
+            log.warning(
+                "kldiv could not cache the machine code of %s in %s (%s: %s); it is compiled "
+                "again in the next process", name, cache_dir(), type(exc).__name__, exc,
+            )
+
+    cache.load_overload = guarded_load
+    cache.save_overload = guarded_save
+
+
+def _decorate(function: Callable[..., Any], options: dict[str, Any],
+              signatures: list[str] | None) -> Any:
+    """``numba.njit`` with Numba's cache folder pointed at kldiv's while it decorates (and
+    compiles the explicit signatures), and the cache guarded (:func:`_guard_cache`)."""
+    folder = _usable_cache_dir()
+    if folder is None:
+        options = dict(options, cache=False)
+    config: Any = numba.config
+    with _DECORATING:
+        saved = config.CACHE_DIR
+        config.CACHE_DIR = folder or saved
+        try:
+            dispatcher = numba.njit(**options)(function)
+            if options["cache"]:
+                _guard_cache(dispatcher)
+            if signatures:  # as numba.njit(signatures) does: compile them, then no others
+                for signature in signatures:
+                    dispatcher.compile(signature)
+                dispatcher.disable_compile()
+            return dispatcher
+        finally:
+            config.CACHE_DIR = saved
+
+
+def jit(signatures: str | Sequence[str] | Callable[..., Any] | None = None) -> Any:
     """Compile a kernel with kldiv's JIT options (``numba.njit`` + :data:`JIT_OPTIONS`).
 
     Parameters
@@ -91,26 +184,15 @@ def jit(
     signatures : str or sequence of str or callable, optional
         Explicit Numba signature(s), compiled eagerly. May also be the function itself when
         the decorator is used bare (``@jit``), which compiles lazily per input type.
-    parallel : bool, default False
-        Enable ``numba.prange`` parallel loops.
 
     Returns
     -------
     callable
         A decorator, or the compiled dispatcher when used bare.
     """
-    options = dict(JIT_OPTIONS, parallel=dict(PARALLEL_OPTIONS) if parallel else False)
+    options = dict(JIT_OPTIONS)
     if callable(signatures):  # used as @jit without parentheses
-        return numba.njit(**options)(signatures)
-    if signatures is None:
-        return numba.njit(**options)
-    sigs = [signatures] if isinstance(signatures, str) else list(signatures)
-    return numba.njit(sigs, **options)
-
-
-def numba_num_threads(set_to: int | None = None) -> int:
-    """The number of threads parallel kernels use (Numba's setting), after setting it to
-    ``set_to`` when given (:func:`numba.set_num_threads`, this thread only)."""
-    if set_to:
-        numba.set_num_threads(int(set_to))
-    return int(numba.get_num_threads())
+        return _decorate(signatures, options, None)
+    sigs = None if signatures is None else (
+        [signatures] if isinstance(signatures, str) else list(signatures))
+    return lambda function: _decorate(function, options, sigs)

@@ -22,8 +22,8 @@ The minimum is chosen as the reference chooses it: the kernel curve agrees with 
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
 otherwise those few are re-evaluated with the reference code itself (bit-identical values) and
-the tie rule applied to them (:func:`kldiv._kernels.dispatch.search`, which calls these
-kernels through either build: Numba's JIT, or ahead of time, :mod:`kldiv._kernels.aot`).
+the tie rule applied to them (:func:`kldiv.entropy.search_threshold`, which prepares these
+kernels' arguments from its options and calls them through :func:`kldiv._kernels.resolve`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,10 @@ import numpy as np
 
 from ._jit import jit
 
-__all__ = ["AOT_EXPORTS"]
-
-_SIG_CLOSED = "float64[:](int64[:], int64[:], boolean, int64, int64, int64, int64)"
-_SIG_SMOOTH = "float64[:](int64[:], int64[:], boolean, int64, int64, float64, int64)"
+__all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
 
 
-@jit("float64(int64)")
+@jit
 def _xlogx(h):  # pragma: no cover - compiled
     if h <= 0:
         return 0.0
@@ -48,7 +45,7 @@ def _xlogx(h):  # pragma: no cover - compiled
     return x * math.log(x)
 
 
-@jit("UniTuple(int64, 2)(int64, int64, boolean)")
+@jit
 def _window(i, z, signed):  # pragma: no cover - compiled
     """Bins ``[lo, hi)`` kept by candidate ``i``: ``[0, i)`` for |x|, ``[z-i, z+i]`` signed."""
     if signed:
@@ -56,7 +53,7 @@ def _window(i, z, signed):  # pragma: no cover - compiled
     return 0, i
 
 
-@jit("Tuple((int64[:], int64[:], float64[:], float64[:]))(int64[:])")
+@jit
 def _prefix_sums(h):  # pragma: no cover - compiled
     """Prefix sums over the bins: counts (exact), non-empty bins, and ``h log h`` kept as a
     double-double (hi, lo) so that differences of large prefixes stay accurate."""
@@ -78,7 +75,7 @@ def _prefix_sums(h):  # pragma: no cover - compiled
     return c, nz, cl_hi, cl_lo
 
 
-@jit("float64(int64[:], int64[:], float64[:], float64[:], int64, int64)")
+@jit
 def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
     """sum_{j in [lo, hi)} h_j log h_j  -  g log(g / n): a group without outliers."""
     g = c[hi] - c[lo]
@@ -89,7 +86,7 @@ def _group_term(c, nz, cl_hi, cl_lo, lo, hi):  # pragma: no cover - compiled
     return sum_hlogh - float(g) * math.log(float(g) / float(n))
 
 
-@jit(_SIG_CLOSED)
+@jit
 def _curve_closed_form(
     h, candidates, signed, levels, grouping, empty_p, min_nonempty
 ):  # pragma: no cover
@@ -203,10 +200,7 @@ def _curve_closed_form(
     return out
 
 
-_SIG_PROP = "float64[:](int64[:], int64[:], int64, int64, int64, int64)"
-
-
-@jit(_SIG_PROP)
+@jit
 def _curve_abs_proportional(
     h, candidates, levels, shift, empty_p, min_nonempty
 ):  # pragma: no cover - compiled
@@ -315,7 +309,7 @@ def _curve_abs_proportional(
     return out
 
 
-@jit("boolean(float64[:], float64)")
+@jit
 def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
     """MXNet smoothing; False when it cannot make every entry positive."""
     n_zero = 0
@@ -337,7 +331,7 @@ def _smooth_inplace(vec, eps):  # pragma: no cover - compiled
     return ok
 
 
-@jit(_SIG_SMOOTH)
+@jit
 def _curve_smoothed(
     h, candidates, signed, levels, grouping, eps, min_nonempty
 ):  # pragma: no cover
@@ -403,11 +397,3 @@ def _curve_smoothed(
             kl += pj * math.log(pj / qj)
         out[ci] = kl
     return out
-
-
-#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``.
-AOT_EXPORTS = {
-    "curve_abs_proportional": (_curve_abs_proportional, _SIG_PROP),
-    "curve_closed_form": (_curve_closed_form, _SIG_CLOSED),
-    "curve_smoothed": (_curve_smoothed, _SIG_SMOOTH),
-}

@@ -9,8 +9,9 @@ value kept, for range growth); with ``clip`` they also go into the last bin. NaN
 counted as *non-finite* and never binned.
 
 How it is fast without changing the answer
-    The input is split into one chunk per thread (``prange``); each chunk fills a private
-    partial histogram; the partials are added at the end (no atomics, no shared writes).
+    A large input is split into one chunk per thread (:mod:`kldiv._kernels.wrappers` runs
+    the serial, GIL-free kernels in a small thread pool); each chunk fills a private partial
+    histogram; the partials are added at the end (no atomics, no shared writes).
     Chunks go in blocks through two passes: branch-free loops that LLVM vectorises compute
     the bin codes and the block's maximum (as the integer maximum of the magnitude bits),
     then the codes are counted into four interleaved copies of the histogram, so runs of one
@@ -18,28 +19,25 @@ How it is fast without changing the answer
     block (``block[j]``, never ``x[start + j]``): an index Numba cannot prove non-negative
     gets a wrap-around fix-up per element, which made LLVM load the values with a gather
     instead of a vector load (1.2-1.3x slower fills, ``benchmarks/fill_kernel_ab.py``). Bin
-    codes are unsigned for the same reason in the counting loop. Tensors below
-    :data:`kldiv._kernels.dispatch.SERIAL_BELOW` elements run in a serial twin of the kernel
-    (no thread launch). float16 arrays are read as their uint16 bits: the bin code of each of
+    codes are unsigned for the same reason in the counting loop. float16 arrays are read as their uint16 bits: the bin code of each of
     the 2**15 magnitude patterns is computed once per fill by the same rule (a 128 KiB table),
     and the loop looks codes up, so no float32/float64 copy of the tensor is ever made.
 
-Only the loops over elements live here. :mod:`kldiv._kernels.dispatch` calls them (dtype
-views, bounded blocks of non-contiguous input, the float16 table, chunks) through either build:
-Numba's JIT, or the same functions compiled ahead of time (:data:`AOT_EXPORTS`,
-:mod:`kldiv._kernels.aot`), where the serial kernel runs per chunk in threads.
+Only the loops over elements live here; :mod:`kldiv._kernels.wrappers` calls them (dtype
+views, bounded blocks of non-contiguous input, the float16 table, the number of chunks). The
+helpers :func:`_abs_f64` and :func:`_code_of` are overloads: compiled into each kernel that
+calls them, so they have no cache of their own.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
 
 from ._jit import jit
 
-__all__ = ["AOT_EXPORTS"]
+__all__: list[str] = []  # private kernels, called by kldiv._kernels.wrappers
 
 #: Elements per block of bin codes in the float32/float64 kernel (16 KiB of uint32 codes).
 _CODE_BLOCK = 4096
@@ -60,7 +58,7 @@ def _code_of(v, codes, amax, inv_w, flast, num_bins):  # pragma: no cover - over
     raise NotImplementedError
 
 
-@overload(_abs_f64, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+@overload(_abs_f64)
 def _abs_f64_impl(v, table):
     """|v| as float64; uint16 means 'the bits of a float16', looked up in F16_ABS_TABLE."""
     if _is_f16_bits(v):
@@ -68,7 +66,7 @@ def _abs_f64_impl(v, table):
     return lambda v, table: abs(np.float64(v))
 
 
-@overload(_code_of, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+@overload(_code_of)
 def _code_of_impl(v, codes, amax, inv_w, flast, num_bins):
     """Bin code of one element, or ``num_bins`` (spill): branch-free, so loops vectorise.
 
@@ -193,64 +191,25 @@ def _fill_combine(partial, tallies, fmax, bmax, num_bins):  # pragma: no cover -
 
 
 @jit
-def _fill_kernel_serial(  # pragma: no cover - compiled
+def _fill_kernel(  # pragma: no cover - compiled
     x, bits, mask, table, ftable, amax, num_bins, clip
 ):
-    """One chunk, no threads: small tensors (a parallel launch costs ~30 us by itself)."""
+    """Fill one chunk (the caller's threads run several chunks at once: the GIL is released)."""
     partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, 1)
     _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, 0, x.size, partial[0],
                 tallies, fmax, bmax, 0)
     return _fill_combine(partial, tallies, fmax, bmax, num_bins)
 
 
-@jit(parallel=True)
-def _fill_kernel(  # pragma: no cover - compiled
-    x, bits, mask, table, ftable, amax, num_bins, clip, n_chunks
-):
-    """``n_chunks`` chunks of :func:`_fill_chunk` in parallel, private lanes each."""
-    n = x.size
-    partial, tallies, fmax, bmax = _fill_scratch(bits, num_bins, n_chunks)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        _fill_chunk(x, bits, mask, table, ftable, amax, num_bins, clip, c * step,
-                    min(n, c * step + step), partial[c], tallies, fmax, bmax, c)
-    return _fill_combine(partial, tallies, fmax, bmax, num_bins)
-
-
-@jit(parallel=True)
-def _absmax_kernel(x, table, n_chunks):  # pragma: no cover - compiled
-    n = x.size
-    maxes = np.zeros(n_chunks, np.float64)
-    nonfinite = np.zeros(n_chunks, np.int64)
-    step = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        mx = 0.0
-        bad = 0
-        chunk = x[c * step : min(n, c * step + step)]  # sliced: no per-element index wrap
-        for i in range(chunk.size):
-            a = _abs_f64(chunk[i], table)
-            if np.isfinite(a):
-                mx = max(mx, a)
-            else:
-                bad += 1
-        maxes[c] = mx
-        nonfinite[c] = bad
-    return maxes.max(), nonfinite.sum()
-
-
-def _fill_signature(values: str, bits: str) -> str:
-    return (f"Tuple((int64[:], int64, int64, float64, float64, {bits}))({values}[::1], "
-            f"{bits}[::1], {bits}, uint32[::1], float64[::1], float64, int64, boolean)")
-
-
-#: What :mod:`kldiv._kernels.aot` compiles ahead of time: ``{name: (kernel, signature)}``
-#: (float16 arrives as its uint16 bits; ``prange`` runs serially there, one chunk per call).
-AOT_EXPORTS = {
-    "fill_float32": (_fill_kernel_serial, _fill_signature("float32", "uint32")),
-    "fill_float64": (_fill_kernel_serial, _fill_signature("float64", "uint64")),
-    "fill_float16": (_fill_kernel_serial, _fill_signature("uint16", "uint16")),
-    "absmax_float32": (_absmax_kernel, "Tuple((float64, int64))(float32[::1], float64[::1], int64)"),
-    "absmax_float64": (_absmax_kernel, "Tuple((float64, int64))(float64[::1], float64[::1], int64)"),
-    "absmax_float16": (_absmax_kernel, "Tuple((float64, int64))(uint16[::1], float64[::1], int64)"),
-    "codes": (_codes_kernel, "uint32[::1](float64[::1], float64, float64, int64)"),
-}
+@jit
+def _absmax_kernel(x, table):  # pragma: no cover - compiled
+    """``(largest finite |x|, number of non-finite values)`` of one chunk."""
+    mx = 0.0
+    bad = 0
+    for i in range(x.size):
+        a = _abs_f64(x[i], table)
+        if np.isfinite(a):
+            mx = max(mx, a)
+        else:
+            bad += 1
+    return mx, bad

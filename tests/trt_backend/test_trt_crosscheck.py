@@ -8,7 +8,7 @@ import pytest
 
 from kldiv.cachefile import parse_cache, read_cache
 from kldiv.errors import OutputExistsError
-from trt_backend.crosscheck import OUTPUT_FILES, assemble
+from trt_backend.crosschecking import OUTPUT_FILES, assemble
 
 
 def test_assemble_and_write(trt_caches: Path, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_use_module_restores(trt_factory) -> None:  # type: ignore[no-untyped-de
 def test_import_trt_backend_is_light() -> None:
     code = (
         "import sys, trt_backend, trt_backend.calibrators, trt_backend.engine, "
-        "trt_backend.runtime, trt_backend.crosscheck, trt_backend.cli, trt_backend.device\n"
+        "trt_backend.runtime, trt_backend.crosschecking, trt_backend.cli, trt_backend.device\n"
         "heavy = [m for m in ('tensorrt', 'numba', 'onnxruntime', 'pycuda', 'cuda') "
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -1,4 +1,4 @@
-"""kldiv.compare on real caches and on constructed tables."""
+"""kldiv.compare (kldiv.comparison) on real caches and on constructed tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kldiv.cachefile import parse_cache, read_cache
-from kldiv.compare import AGREEMENT_CLASSES, compare
+from kldiv.comparison import AGREEMENT_CLASSES, compare
 from kldiv.errors import CacheFormatError
 from kldiv.exports import read_table
 from kldiv.scales import CalibrationTable, bits_to_scale
@@ -108,7 +108,10 @@ def test_classes_ulps_and_bins() -> None:
     assert got["ulp"].bins is not None and got["close"].bins is None
     assert math.isinf(got["zero"].ratio) and got["zero"].ulps == base
     assert got["inf"].ulps is None
-    assert r.worst is not None and r.worst.name == "far"
+    # the worst class present wins over the largest finite ratio
+    assert r.worst is not None and r.worst.name == "inf" and r.worst.agreement == "nonfinite"
+    del a["inf"], b["inf"], a["zero"], b["zero"]
+    assert compare(a, b).worst.name == "far"
     assert r.differs("close") and r.differs("ulp") and r.differs("bits") and not r.differs("names")
     with pytest.raises(CacheFormatError):
         r.differs("nope")
@@ -144,6 +147,6 @@ def test_nan_scales() -> None:
     r = compare(a, b)
     assert r.tensors[0].agreement == "nonfinite" and math.isnan(r.tensors[0].ratio)
     assert math.isnan(float(bits_to_scale(0x7FC00001)))
-    assert r.worst is None and math.isnan(r.median_ratio)
+    assert r.worst is not None and r.worst.name == "n" and math.isnan(r.median_ratio)
     r.to_text()
     r.to_json()

@@ -3,7 +3,7 @@
 :func:`crosscheck` calibrates the model twice on one list of batches: with TensorRT's entropy2
 calibrator (building an INT8 engine and capturing the cache TensorRT writes) and with kldiv's
 ``tensorrt`` preset (:func:`kldiv.pipeline.calibrate`), then compares the two tables with
-:func:`kldiv.compare.compare` (ratios are TensorRT / kldiv). :func:`assemble` does the
+:func:`kldiv.comparison.compare` (ratios are TensorRT / kldiv). :func:`assemble` does the
 comparison from a captured cache, so it is usable (and tested) without TensorRT.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from kldiv._io import atomic_write_bytes, atomic_write_text, check_writable
 from kldiv.cachefile import parse_cache
-from kldiv.compare import ComparisonReport, compare
+from kldiv.comparison import ComparisonReport, compare
 from kldiv.defaults import (
     DEFAULT_ALGORITHM,
     DEFAULT_CUDA_BACKEND,
@@ -145,7 +145,7 @@ def assemble(
     algorithm : str, optional
         The calibrator used.
     histograms : optional
-        Passed to :func:`kldiv.compare.compare` for differences in bins.
+        Passed to :func:`kldiv.comparison.compare` for differences in bins.
     """
     trt_cache = bytes(trt_cache)
     theirs = parse_cache(trt_cache)
