@@ -47,6 +47,10 @@ _LAZY: dict[str, str] = {
     "Preprocess": "data",
     "to_qdq_onnx": "qdq",
     "EvaluationReport": "evaluate",
+    # explaining scales
+    "explain_scale": "explain",
+    "Explanation": "explain",
+    "write_report": "report",
     # errors
     "KldivError": "errors",
     "HistogramError": "errors",
@@ -71,6 +75,7 @@ __all__ = [
     "DataSourceError",
     "EntropyOptions",
     "EvaluationReport",
+    "Explanation",
     "HistogramCollector",
     "HistogramError",
     "HistogramRangeError",
@@ -93,6 +98,7 @@ __all__ = [
     "choose_threshold",
     "collect_histograms",
     "compare",
+    "explain_scale",
     "format_cache",
     "header_for",
     "hex_to_scale",
@@ -104,6 +110,7 @@ __all__ = [
     "search_threshold",
     "to_qdq_onnx",
     "write_cache",
+    "write_report",
     "write_table",
 ]
 
@@ -142,10 +149,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownNameError,
     )
     from .evaluate import EvaluationReport
+    from .explain import Explanation, explain_scale
     from .exports import read_table, write_table
     from .histogram import ActivationHistogram
     from .pipeline import calibrate, calibrate_histograms, collect_histograms
     from .qdq import to_qdq_onnx
+    from .report import write_report
     from .runners import OnnxRuntimeRunner
     from .scales import (
         CacheHeader,

@@ -28,7 +28,7 @@ EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141
 
 # Modules under kldiv._cli, each with register(subparsers). Missing ones are skipped.
-_COMMAND_MODULES = ("demo", "calibrate", "evaluate", "search", "cache")
+_COMMAND_MODULES = ("demo", "calibrate", "evaluate", "search", "cache", "report", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:

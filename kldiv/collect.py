@@ -30,7 +30,14 @@ from .errors import (
     NonFiniteError,
     NotAFileError,
 )
-from .histogram import _NONFINITE, RANGE_POLICIES, ActivationHistogram, GrowthPolicy, absmax
+from .histogram import (
+    _NONFINITE,
+    RANGE_POLICIES,
+    ActivationHistogram,
+    GrowthPolicy,
+    _is_device_array,
+    absmax,
+)
 
 __all__ = ["HISTOGRAM_FILE_FORMAT", "HISTOGRAM_FILE_VERSION", "HistogramCollector"]
 
@@ -181,11 +188,13 @@ class HistogramCollector:
             self._observe_one(name, values, index)
         self.batches += 1
 
-    def _observe_one(self, name: str, values: Any, index: int) -> None:
+    def _observe_one(self, name: str, values: Any, index: int) -> float | None:
+        """Fill one tensor of a batch; return the batch's largest finite ``|x|`` (``None``
+        for an empty tensor, which adds nothing)."""
         where = f"tensor {name!r}, batch {index}"
-        arr = np.asarray(values)
+        arr = _as_host_or_device(values)
         if arr.size == 0:
-            return  # an empty tensor (e.g. zero detections) adds nothing
+            return None  # an empty tensor (e.g. zero detections) adds nothing
         if self.nonfinite == "drop":
             # two SIMD reductions find whether any value is NaN/Inf; only then are they counted
             if arr.dtype.kind == "f" and not np.isfinite(_fast_absmax(arr)):
@@ -229,6 +238,7 @@ class HistogramCollector:
                 "every batch: recompute it over the same data"
             ) from None
         self._absmax[name] = max(self._absmax[name], a)
+        return a
 
     def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:
         """Give tensors that rearrange another tensor's values that tensor's histogram.
@@ -525,7 +535,17 @@ def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
     return out
 
 
-def _fast_absmax(arr: np.ndarray) -> float:
+def _as_host_or_device(values: Any) -> Any:
+    """``np.asarray(values)``; CUDA arrays (CuPy, torch CUDA tensors, DLPack) stay on the
+    device as a CuPy view (:func:`kldiv.gpu.as_device_array`)."""
+    if _is_device_array(values):
+        from .gpu import as_device_array
+
+        return as_device_array(values)
+    return np.asarray(values)
+
+
+def _fast_absmax(arr: Any) -> float:
     """``max|x|`` from two SIMD reductions (no ``|x|`` temporary); NaN/Inf propagate."""
     if arr.dtype.kind not in "fiu":
         raise HistogramError(f"activations of dtype {arr.dtype} cannot be histogrammed")

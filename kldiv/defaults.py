@@ -12,10 +12,14 @@ __all__ = [
     "COMPARE_RTOL",
     "COMPARE_ULP_TOLERANCE",
     "DEFAULT_ALGORITHM",
+    "DEFAULT_SCHEDULER_TIMEOUT",
+    "DEFAULT_SHARDS_PER_WORKER",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CUDA_BACKEND",
+    "DEFAULT_EXPLAIN_MAX_CHANGES",
     "DEFAULT_LEGACY_CUTOFF",
     "DEFAULT_LEGACY_QUANTILE",
+    "DEFAULT_MAX_MEMORY",
     "DEFAULT_METHOD",
     "DEFAULT_ORT_OPTIMIZATION",
     "DEFAULT_PERCENTILE",
@@ -27,6 +31,7 @@ __all__ = [
     "DEFAULT_TOPK",
     "DEFAULT_TRT_VERSION",
     "DEFAULT_WORKSPACE",
+    "EXPLAIN_MATCH_BINS",
     "MIN_TABLE_COVERAGE",
     "INT8_MAX",
     "MAX_NUM_BINS",
@@ -110,3 +115,23 @@ MAX_NUM_BINS: Final[int] = 1 << 16
 #: version string (the real caches it was checked on span 5.1 to 10.14; a newer TensorRT's
 #: header number can be given as a number).
 TRT_MAJOR_RANGE: Final[tuple[int, int]] = (5, 10)
+
+# --- distributed calibration (kldiv.distributed) ---
+#: Shards per worker when a sharded calibration is not told how many. More shards balance
+#: load and make a retried shard cheaper, but each costs a task, a first batch that grows the
+#: ranges again, and its result's transfer (~10-90 ms each in benchmarks/sharded.py).
+DEFAULT_SHARDS_PER_WORKER: Final[int] = 2
+#: Seconds to wait for a Dask scheduler to answer (``--scheduler``) before giving up.
+DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0
+#: Bytes of activations a calibration holds at once (``--max-memory``): above it the model
+#: runs in stages (kldiv.runners.OnnxRuntimeRunner, max_memory). Chosen with
+#: benchmarks/bounded_memory.py.
+DEFAULT_MAX_MEMORY: Final[int] = 512 * 2**20
+
+# --- explaining scales: kldiv explain / kldiv report ---
+#: ``kldiv explain``: most option fields changed together when looking for the options that
+#: reproduce a given (TensorRT) threshold.
+DEFAULT_EXPLAIN_MAX_CHANGES: Final[int] = 3
+#: ``kldiv explain``: a variant of the search reproduces a given threshold when its own lies
+#: within this many histogram bins of it (TensorRT's values sit on bin centres, 1 bin apart).
+EXPLAIN_MATCH_BINS: Final[float] = 0.25

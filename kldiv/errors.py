@@ -12,6 +12,7 @@ from ._kernels import KernelChoiceError
 __all__ = [
     "KernelChoiceError",
     "KldivError",
+    "ClusterError",
     "HistogramError",
     "HistogramRangeError",
     "NonFiniteError",
@@ -159,6 +160,11 @@ class OverwriteInputError(PathError, ValueError):
 class QuantizationError(KldivError, ValueError):
     """A calibration table cannot be turned into a quantized (Q/DQ) model: a scale that is
     infinite, NaN or negative, or an unknown option."""
+
+
+class ClusterError(KldivError, RuntimeError):
+    """A distributed run could not be done: no scheduler answered, or a shard's worker died
+    more often than the engine retries. No table or histogram file is written."""
 
 
 class TableMismatchError(QuantizationError):

@@ -58,6 +58,8 @@ __all__ = [
     "FillStats",
     "absmax",
     "bin_edges",
+    "clamp_edge",
+    "count_at_least",
     "fill_counts_reference",
 ]
 
@@ -155,6 +157,88 @@ def bin_edges(amax: float, num_bins: int = NUM_BINS) -> np.ndarray:
     return edges
 
 
+def clamp_edge(amax: float, num_bins: int = NUM_BINS) -> float:
+    """The smallest float64 ``a`` whose product ``a * (num_bins / amax)`` floors to ``num_bins``.
+
+    Values in ``[clamp_edge(amax), amax]`` are the ones the bin rule's ``min(..., num_bins - 1)``
+    *clamps* into the last bin (usually ``amax`` alone; a few float64 values below it when
+    ``num_bins / amax`` rounds up). Their bin after the range doubles is one lower than
+    binning them at the doubled range (``docs/histograms.md``, exact sharding). Returns
+    ``inf`` when no value in range is clamped (``amax * (num_bins / amax)`` rounds below
+    ``num_bins``) or when ``amax == 0``.
+
+    Parameters
+    ----------
+    amax : float
+        The histogram's range.
+    num_bins : int, default NUM_BINS
+        Number of bins.
+
+    Returns
+    -------
+    float
+    """
+    num_bins = _check_num_bins(num_bins)
+    amax = _check_amax(amax, num_bins)
+    if amax == 0.0:
+        return math.inf
+    inv_w = num_bins / amax
+    if math.floor(amax * inv_w) < num_bins:
+        return math.inf
+    edge = amax
+    while True:  # a few ulps at most
+        below = math.nextafter(edge, 0.0)
+        if math.floor(below * inv_w) < num_bins:
+            return edge
+        edge = below
+
+
+def count_at_least(values: ArrayLike, threshold: float) -> int:
+    """How many finite values have ``|x| >= threshold`` (``threshold > 0``), in bounded blocks.
+
+    The comparison is exact for every dtype: the threshold is rounded *up* to the array's
+    float type (so ``x >= t`` in that type is ``float64(x) >= threshold``); integers are
+    widened to float64.
+
+    Parameters
+    ----------
+    values : array_like
+        Activations (float16/32/64 or integer).
+    threshold : float
+        Positive.
+
+    Returns
+    -------
+    int
+    """
+    arr = _as_input(values)
+    if not threshold > 0:
+        raise HistogramError(f"threshold must be > 0, got {threshold!r}")
+    if math.isinf(threshold) or arr.size == 0:
+        return 0
+    if not isinstance(arr, np.ndarray):  # CUDA memory: counted there
+        from .gpu import count_at_least as count_at_least_device
+
+        return count_at_least_device(arr, threshold)
+    if arr.dtype.kind == "f":
+        t = arr.dtype.type(threshold)
+        if float(t) < threshold:
+            t = np.nextafter(t, arr.dtype.type(np.inf))
+        if np.isinf(t):
+            return 0
+        it = np.nditer(  # type: ignore[call-overload]
+            arr, flags=["external_loop", "buffered", "zerosize_ok"], op_flags=[["readonly"]],
+            order="K", buffersize=_REFERENCE_BLOCK,
+        )
+        inf = arr.dtype.type(np.inf)
+        n = 0
+        for block in it:
+            n += int(np.count_nonzero((block >= t) & (block < inf)))
+            n += int(np.count_nonzero((block <= -t) & (block > -inf)))
+        return n
+    return int(sum(np.count_nonzero(a >= threshold) for a in _reference_blocks(arr)))
+
+
 def _as_array(values: ArrayLike) -> np.ndarray:
     arr = values if isinstance(values, np.ndarray) else np.asarray(values)
     if arr.dtype.kind == "f":
@@ -169,6 +253,35 @@ def _as_array(values: ArrayLike) -> np.ndarray:
         f"activations must be a real numeric array (float16/32/64 or integer), got dtype "
         f"{arr.dtype}; convert with np.asarray(values, dtype=np.float32)"
     )
+
+
+def _is_device_array(values: Any) -> bool:
+    """Whether ``values`` lives in CUDA memory (``__cuda_array_interface__``, or DLPack with a
+    CUDA device): such arrays are filled on the GPU by :mod:`kldiv.gpu`. Asks no module."""
+    if isinstance(values, np.ndarray):
+        return False
+    try:
+        if getattr(values, "__cuda_array_interface__", None) is not None:
+            return True
+    except Exception:  # noqa: BLE001 - e.g. torch CPU tensors raise here
+        pass
+    device = getattr(values, "__dlpack_device__", None)
+    if device is None:
+        return False
+    try:
+        kind = int(device()[0])
+    except Exception:  # noqa: BLE001
+        return False
+    return kind in (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def _as_input(values: Any) -> Any:
+    """A NumPy array (validated dtype), or, for CUDA memory, a checked CuPy view of it."""
+    if _is_device_array(values):
+        from .gpu import as_device_array
+
+        return as_device_array(values)
+    return _as_array(values)
 
 
 def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
@@ -255,15 +368,23 @@ def fill_counts_reference(
     return FillStats(counts, n_nonfinite, n_over, max_over, max_abs)
 
 
-def _fill_stats(arr: np.ndarray, amax: float, num_bins: int, clip: bool) -> FillStats:
+def _fill_stats(arr: Any, amax: float, num_bins: int, clip: bool) -> FillStats:
+    if not isinstance(arr, np.ndarray):  # CUDA memory (see _as_input): filled there
+        from .gpu import fill_counts as fill_counts_device
+
+        return FillStats(*fill_counts_device(arr, amax, num_bins, clip=clip))
     kernels = _kernels.resolve()
     if kernels is None:
         return fill_counts_reference(arr, amax, num_bins, clip=clip)
     return FillStats(*kernels.fill_counts(arr, amax, num_bins, clip))
 
 
-def _nonfinite_error(arr: np.ndarray, where: str) -> NonFiniteError:
+def _nonfinite_error(arr: Any, where: str) -> NonFiniteError:
     """Build the detailed error (only on the error path is a full-size mask made)."""
+    if not isinstance(arr, np.ndarray):  # CUDA memory: inspected on the host, on error only
+        from .gpu import to_host
+
+        arr = to_host(arr)
     n_nan = int(np.count_nonzero(np.isnan(arr)))
     n_posinf = int(np.count_nonzero(np.isposinf(arr)))
     n_neginf = int(np.count_nonzero(np.isneginf(arr)))
@@ -308,11 +429,15 @@ def absmax(values: ArrayLike, *, nonfinite: NonFinitePolicy = "raise") -> float:
         0.0 for an all-zero array.
     """
     _check_choice("nonfinite", nonfinite, _NONFINITE)
-    arr = _as_array(values)
+    arr = _as_input(values)
     if arr.size == 0:
         raise _empty_error("")
     kernels = _kernels.resolve()
-    if kernels is None:
+    if not isinstance(arr, np.ndarray):
+        from .gpu import absmax_stats as absmax_stats_device
+
+        mx, bad = absmax_stats_device(arr)
+    elif kernels is None:
         mx, bad = 0.0, 0
         for a in _reference_blocks(arr):
             finite = np.isfinite(a)
@@ -456,7 +581,7 @@ class ActivationHistogram:
         -------
         ActivationHistogram
         """
-        arr = _as_array(values)
+        arr = _as_input(values)
         if arr.size == 0:
             raise _empty_error(where)
         if amax is None:
@@ -575,7 +700,7 @@ class ActivationHistogram:
         """
         _check_choice("nonfinite", nonfinite, _NONFINITE)
         _check_choice("overflow", overflow, _OVERFLOW)
-        arr = _as_array(values)
+        arr = _as_input(values)
         if arr.size == 0:
             if allow_empty:
                 return 0.0

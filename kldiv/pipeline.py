@@ -38,6 +38,7 @@ from .collect import HistogramCollector
 from .data import Preprocess, as_source
 from .defaults import (
     DEFAULT_ALGORITHM,
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
     DEFAULT_PRESET,
@@ -68,8 +69,19 @@ METHODS: tuple[str, ...] = tuple(_thresholds.METHODS)
 ProgressCallback = Callable[[int, int], None]
 
 
+def batch_digest(feed: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 of one batch as fed: input names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.data.cast("B"))
+    return h.digest()
+
+
 class _Fingerprint:
-    """SHA-256 over every batch fed to the model: input names, dtypes, shapes and bytes."""
+    """SHA-256 over the batches' digests (:func:`batch_digest`), in order: the same value
+    whether the batches were read in one process or in shards on several workers."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
@@ -77,18 +89,32 @@ class _Fingerprint:
         self.samples = 0
 
     def update(self, feed: Mapping[str, np.ndarray], samples: int | None = None) -> None:
-        for name in sorted(feed):
-            arr = np.ascontiguousarray(feed[name])
-            self._h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-            self._h.update(arr.data.cast("B"))
+        self.add_digest(batch_digest(feed))
+        self.samples += batch_samples(feed) if samples is None else samples
+
+    def add_digest(self, digest: bytes) -> None:
+        """Chain one batch's digest (a shard's, in batch order)."""
+        self._h.update(digest)
         self.batches += 1
-        if samples is None:
-            first = next(iter(feed.values()), None)
-            samples = int(first.shape[0]) if first is not None and first.ndim else 1
-        self.samples += samples
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (``None`` where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb / 1024, 1)
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the first input's leading dimension (1 for a scalar input)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def data_fingerprint(batches: Iterable[Mapping[str, np.ndarray]]) -> str:
@@ -119,6 +145,7 @@ def collect_histograms(
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
     batch_axes: Any = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> HistogramCollector:
     """Run ``model`` over ``data`` and histogram every calibratable activation.
 
@@ -152,12 +179,16 @@ def collect_histograms(
         Declared batch axis of inputs (``None``: not batched, fed as given: recurrent
         state, scalars); the others are inferred from the model
         (:func:`kldiv.data.infer_batch_axes`). Re-batching touches batched inputs only.
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once; a batch whose activations exceed it runs in
+        stages (see :class:`~kldiv.runners.OnnxRuntimeRunner`); same histograms. ``None``:
+        no limit.
 
     Returns
     -------
     HistogramCollector
         With ``meta``: ``model``, ``model_sha256``, ``data_fingerprint``, ``batches``,
-        ``samples``, ``seconds``.
+        ``samples``, ``seconds``, ``peak_memory_mb`` (the process's peak resident memory).
 
     Raises
     ------
@@ -185,6 +216,7 @@ def collect_histograms(
         graph_optimization_level=graph_optimization_level,
         fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
         batch_axes=batch_axes,
+        max_memory=max_memory,
     )
     source = as_source(data, preprocess=preprocess, batch_size=batch_size,
                        batch_axes=runner.batch_axes)
@@ -204,7 +236,8 @@ def collect_histograms(
     for index, feed in _feeds(runner, source, max_batches):
         fp.update(feed, runner.samples(feed))
         for chunk in runner.split(feed):
-            collector.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                collector.observe(acts, batch=index)
         if on_batch is not None:
             on_batch(index, fp.samples)
     collector.batches = fp.batches
@@ -219,6 +252,7 @@ def collect_histograms(
         samples=fp.samples,
         seconds=round(time.perf_counter() - start, 3),
         kldiv_version=_kldiv_version(),
+        peak_memory_mb=peak_memory_mb(),
     )
     return collector
 
@@ -268,7 +302,8 @@ def _absmax_pass(
     probe = HistogramCollector(1, "pow2", nonfinite=nonfinite)  # 1 bin: absmax is what we use
     for index, feed in _feeds(runner, source, max_batches):
         for chunk in runner.split(feed):
-            probe.observe(runner.run(chunk, index=index), batch=index)
+            for acts in runner.run_parts(chunk, index=index):
+                probe.observe(acts, batch=index)
     return {n: probe.absmax(n) for n in probe}
 
 
@@ -533,6 +568,7 @@ def calibrate(
     force: bool = False,
     on_batch: ProgressCallback | None = None,
     batch_axes: Any = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> CalibrationTable:
     """Calibrate an ONNX model: run it over data, histogram, search, return the table.
 
@@ -565,6 +601,9 @@ def calibrate(
         Progress callback ``on_batch(index, samples)``.
     batch_axes : mapping or iterable of ``NAME=AXIS``, optional
         Declared batch axes (see :func:`collect_histograms`).
+    max_memory : int or None, default DEFAULT_MAX_MEMORY
+        Bytes of activations held at once (see :func:`collect_histograms`). To shard the
+        data over a Dask cluster instead, see :func:`kldiv.distributed.calibrate_distributed`.
 
     Returns
     -------
@@ -609,9 +648,10 @@ def calibrate(
                 "calibrate() needs a model and calibration data (or histograms=FILE.npz)"
             )
         collector = collect_histograms(
-            model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
-            preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-            on_batch=on_batch, batch_axes=batch_axes,
+            model, data, num_bins=num_bins, range_policy=range_policy,
+            batch_size=batch_size, preprocess=preprocess, max_batches=max_batches,
+            nonfinite=nonfinite, on_batch=on_batch, max_memory=max_memory,
+            batch_axes=batch_axes,
         )
     _, table = calibrate_histograms(
         collector, preset=preset, method=method, options=options, trt_version=trt_version,

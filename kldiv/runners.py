@@ -588,6 +588,12 @@ class OnnxRuntimeRunner:
     batch_axes : mapping or iterable of ``NAME=AXIS``, optional
         Declared batch axes (``None``: the input is not batched and is fed as given); the
         others are inferred from the model (:func:`kldiv.data.infer_batch_axes`).
+    max_memory : int, optional
+        Bytes of activations :meth:`run_parts` may hold at once. When a batch's activations
+        exceed it, the graph is cut into consecutive stages (each a session of its own, each
+        node computed once) whose exposed tensors plus the tensors passed between stages fit;
+        the stages run one after another and each stage's activations are handed out and
+        dropped before the next runs. ``None``: everything at once (:meth:`run`).
 
     Attributes
     ----------
@@ -621,6 +627,7 @@ class OnnxRuntimeRunner:
         providers: Iterable[str] | None = None,
         fetch_aliases: bool = True,
         batch_axes: Any = None,
+        max_memory: int | None = None,
     ) -> None:
         import onnx
         import onnxruntime as ort
@@ -695,6 +702,13 @@ class OnnxRuntimeRunner:
                 f"{str(exc).strip()}); check it with onnx.checker.check_model"
             ) from exc
         del augmented
+        self.max_memory = None if max_memory is None else int(max_memory)
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        self._proto = proto if self.max_memory is not None else None
+        self._opts = opts
+        self._providers = list(providers or ["CPUExecutionProvider"])
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self.input_specs: list[InputSpec] = input_specs(self.session, proto, batch_axes)
         #: Input name -> batch axis (``None``: not batched), inferred or declared.
         self.batch_axes: dict[str, int | None] = {s.name: s.batch_axis for s in self.input_specs}
@@ -749,6 +763,57 @@ class OnnxRuntimeRunner:
             self._drop_non_float(acts)
         return acts
 
+    def run_parts(
+        self, feed: Mapping[str, np.ndarray], *, index: int = 0
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run one prepared feed and yield its activations in parts that fit ``max_memory``.
+
+        With no budget, or when the batch's activations fit it, yields :meth:`run`'s dict
+        once. Otherwise the model runs stage by stage (see ``max_memory``); each yielded dict
+        is emptied when the next stage starts, so hold on to nothing from it.
+        """
+        if self.max_memory is None:
+            yield self.run(feed, index=index)
+            return
+        plan = self._plan_for(feed)
+        if plan.stages is None:
+            yield self.run(feed, index=index)
+            return
+        env: dict[str, Any] = dict(feed)
+        first = {n: feed[n] for n in self.tensor_names if n in self._input_floats}
+        for k, stage in enumerate(plan.stages):
+            try:
+                outs = stage.session.run(stage.outputs, {n: env[n] for n in stage.inputs})
+            except Exception as exc:
+                raise ModelError(
+                    f"{self.label}: onnxruntime failed on batch {index}, stage {k + 1} of "
+                    f"{len(plan.stages)}: {exc.__class__.__name__}: {str(exc).strip()}"
+                ) from exc
+            acts = dict(first) if k == 0 else {}
+            for name, arr in zip(stage.outputs, outs):
+                if name in stage.keep:
+                    env[name] = arr
+                if name in stage.exposed and isinstance(arr, np.ndarray) and \
+                        arr.dtype.type in _FLOAT_DTYPES:
+                    acts[name] = arr
+            del outs
+            for name in stage.release:
+                env.pop(name, None)
+            yield acts
+            acts.clear()
+
+    def _plan_for(self, feed: Mapping[str, np.ndarray]) -> _Plan:
+        key = tuple((n, feed[n].shape, feed[n].dtype.str) for n in sorted(feed))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            assert self._proto is not None and self.max_memory is not None
+            plan = _make_plan(self._proto, feed, self._outputs, self.max_memory, self._opts,
+                              self._providers, self.label)
+            self._plans[key] = plan
+        return plan
+
     def _drop_non_float(self, acts: dict[str, np.ndarray]) -> None:
         """Drop unknown-typed outputs that turned out not to be floating (first batch only)."""
         keep = []
@@ -775,6 +840,199 @@ class OnnxRuntimeRunner:
                 yield self.run(chunk, index=index)
 
     __call__ = iter_activations
+
+
+@dataclass
+class _Stage:
+    session: Any
+    inputs: list[str]
+    outputs: list[str]
+    exposed: frozenset[str]
+    keep: frozenset[str]  # outputs later stages read
+    release: list[str]  # tensors no later stage reads, dropped after this stage
+
+
+@dataclass
+class _Plan:
+    stages: list[_Stage] | None  # None: the whole model at once fits
+    sizes: dict[str, int]
+
+
+_ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def _tensor_sizes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of every value whose shape shape inference derives for this feed's shapes."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    for vi in m.graph.input:
+        if vi.name in feed:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in feed[vi.name].shape:
+                dims.add().dim_value = int(d)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - custom ops ...
+        log.debug("shape inference failed (%s); stage sizes are estimates", exc)
+    sizes: dict[str, int] = {}
+    for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        tt = vi.type.tensor_type
+        if not (tt.elem_type and tt.HasField("shape")):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if all(d >= 0 for d in dims):
+            sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * _ELEM_BYTES.get(tt.elem_type, 8)
+    for name, arr in feed.items():
+        sizes[name] = int(arr.nbytes)
+    return sizes
+
+
+def _make_plan(
+    proto: onnx.ModelProto,
+    feed: Mapping[str, np.ndarray],
+    exposed: list[str],
+    budget: int,
+    opts: Any,
+    providers: list[str],
+    label: str,
+) -> _Plan:
+    """Cut the graph into consecutive stages whose exposed and passed tensors fit ``budget``."""
+    import onnx
+    import onnxruntime as ort
+
+    sizes = _tensor_sizes(proto, feed)
+    g = proto.graph
+    exposed_set = set(exposed)
+    known = [sizes[n] for n in exposed if n in sizes]
+    unknown_size = max(known) if known else 0
+    feed_bytes = sum(int(a.nbytes) for a in feed.values())
+
+    def size(name: str) -> int:
+        return sizes.get(name, unknown_size)
+
+    total = feed_bytes + sum(size(n) for n in exposed)
+    if total <= budget:
+        return _Plan(None, sizes)
+    if any(_graph_attrs(node) for node in g.node):
+        raise ModelError(
+            f"{label}: the model has If/Loop/Scan nodes, which cannot be cut into stages; "
+            f"its activations ({_fmt_bytes(total)} per batch) exceed max_memory "
+            f"({_fmt_bytes(budget)}): raise the budget or lower the batch size"
+        )
+    inits = {t.name for t in g.initializer}
+    produced_by: dict[str, int] = {}
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for t in node.input:
+            if t:
+                last_use[t] = i
+        for t in node.output:
+            if t:
+                produced_by[t] = i
+    n_nodes = len(g.node)
+    for o in g.output:
+        last_use[o.name] = n_nodes  # graph outputs live to the end
+    # greedy cut in node order
+    cuts: list[tuple[int, int]] = []
+    start = 0
+    while start < n_nodes:
+        end = start
+        while end < n_nodes:
+            cost = _stage_cost(g, start, end + 1, sizes, size, exposed_set, last_use,
+                               produced_by, inits)
+            if cost > budget:
+                break
+            end += 1
+        if end == start:  # even one node does not fit
+            node = g.node[start]
+            big = max((o for o in node.output if o), key=size, default="?")
+            need = _stage_cost(g, start, start + 1, sizes, size, exposed_set, last_use,
+                               produced_by, inits)
+            raise ModelError(
+                f"{label}: max_memory={_fmt_bytes(budget)} is too small for even one tensor: "
+                f"{big!r} alone needs {_fmt_bytes(size(big))} ({_fmt_bytes(need)} with the "
+                f"tensors its node reads); raise --max-memory or lower the batch size"
+            )
+        cuts.append((start, end))
+        start = end
+    from onnx.utils import Extractor
+
+    inferred = onnx.ModelProto()
+    inferred.CopyFrom(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(inferred, strict_mode=False)
+    except Exception:  # noqa: BLE001
+        pass
+    extractor = Extractor(inferred)
+    # Each stage session would keep its own arena at its peak: the stages' peaks would add up.
+    # Without the arena, a stage's memory returns to the system when the run ends.
+    opts.enable_cpu_mem_arena = False
+    stages: list[_Stage] = []
+    graph_inputs = [vi.name for vi in g.input if vi.name not in inits]
+    for k, (lo, hi) in enumerate(cuts):
+        nodes = g.node[lo:hi]
+        made = {t for n in nodes for t in n.output if t}
+        needed = []
+        for n in nodes:
+            for t in n.input:
+                if t and t not in made and t not in inits and t not in needed:
+                    needed.append(t)
+        later = {t for t in made if last_use.get(t, -1) >= hi}
+        outs = [t for n in nodes for t in n.output if t and (t in exposed_set or t in later)]
+        outs = list(dict.fromkeys(outs))
+        sub = extractor.extract_model(needed or graph_inputs[:1], outs)
+        sub.opset_import.extend([])  # keep the model's opsets (the extractor copies them)
+        try:
+            session = ort.InferenceSession(sub.SerializeToString(), sess_options=opts,
+                                           providers=providers)
+        except Exception as exc:
+            raise ModelError(
+                f"{label}: onnxruntime cannot load stage {k + 1} of {len(cuts)} "
+                f"({exc.__class__.__name__}: {str(exc).strip()}); raise max_memory so the "
+                "model runs whole"
+            ) from exc
+        release = [t for t in {*needed, *made} if last_use.get(t, -1) < hi]
+        stages.append(_Stage(session, needed, outs, frozenset(outs) & exposed_set,
+                             frozenset(later), release))
+    log.info("%s: activations of %.0f MiB per batch, run in %d stages under max_memory %.0f "
+             "MiB", label, total / 2**20, len(stages), budget / 2**20)
+    return _Plan(stages, sizes)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _stage_cost(g: Any, lo: int, hi: int, sizes: Mapping[str, int], size: Any,
+                exposed: set[str], last_use: Mapping[str, int], produced_by: Mapping[str, int],
+                inits: set[str]) -> int:
+    """Bytes held while stage ``lo:hi`` runs: its inputs from before, and its outputs that are
+    exposed or read later (onnxruntime frees the others as it goes)."""
+    made: set[str] = set()
+    cost = 0
+    for node in g.node[lo:hi]:
+        for t in node.output:
+            if t:
+                made.add(t)
+                if t in exposed or last_use.get(t, -1) >= hi:
+                    cost += size(t)
+    seen: set[str] = set()
+    for node in g.node[lo:hi]:
+        for t in node.input:
+            if t and t not in made and t not in inits and t not in seen:
+                seen.add(t)
+                cost += size(t)
+    # tensors made before and read after the stage stay held too
+    for t, j in produced_by.items():
+        if j < lo and last_use.get(t, -1) >= hi and t not in seen:
+            cost += size(t)
+    return cost
 
 
 def _ort_type_to_numpy(ort_type: str) -> Any:

@@ -30,7 +30,8 @@ PUBLIC: dict[str, dict[str, str]] = {
     "kldiv": {
         **dict.fromkeys(
             ["ActivationHistogram", "CacheHeader", "CalibrationTable", "ComparisonReport",
-             "EntropyOptions", "EvaluationReport", "HistogramCollector", "OnnxRuntimeRunner",
+             "EntropyOptions", "EvaluationReport", "Explanation", "HistogramCollector",
+             "OnnxRuntimeRunner",
              "Preprocess", "ThresholdResult"], "class"),
         **dict.fromkeys(
             ["CacheFormatError", "DataSourceError", "HistogramError", "HistogramRangeError",
@@ -40,7 +41,8 @@ PUBLIC: dict[str, dict[str, str]] = {
             ["amax_to_scale", "calibrate", "calibrate_histograms", "choose_threshold",
              "collect_histograms", "compare", "format_cache", "header_for", "hex_to_scale",
              "parse_cache", "read_cache", "read_table", "scale_to_amax", "scale_to_hex",
-             "search_threshold", "to_qdq_onnx", "write_cache", "write_table"], "function"),
+             "search_threshold", "to_qdq_onnx", "write_cache", "write_table", "explain_scale",
+             "write_report"], "function"),
         "PRESETS": "mapping",
         "__version__": "str",
     },

@@ -16,9 +16,11 @@ from ..defaults import (
     CLIP_WARN_FRACTION,
     DEFAULT_LEGACY_CUTOFF,
     DEFAULT_LEGACY_QUANTILE,
+    DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
+    DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
@@ -103,6 +105,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _bytes(text: str) -> int | None:
+    t = text.strip().lower()
+    if t in ("none", "0", "inf", "unlimited"):
+        return None
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = t.removesuffix("ib").removesuffix("b")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in units else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 512M or 2G (or 'none'), got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, got {text!r}")
+    return int(value)
+
+
 def add_table_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``calibrate`` and ``demo``: how thresholds and the header are made."""
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
@@ -164,6 +183,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drop-nonfinite", action="store_true",
                    help="skip NaN/Inf activations instead of stopping with an error (counted "
                         "per tensor in the summary and the provenance)")
+    p.add_argument("--max-memory", type=_bytes, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                   help="activations held at once, e.g. 512M, 2G, or 'none' (default "
+                        f"{DEFAULT_MAX_MEMORY // 2**20}M); above it the model runs in stages, "
+                        "with the same histograms")
+    d = p.add_argument_group("distributed (Dask; pip install 'kldiv[dist]')")
+    d.add_argument("--workers", type=int, metavar="N",
+                   help="shard the data over N worker processes on this machine (a Dask "
+                        "LocalCluster); the histograms equal the one-process ones")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="shard the data over the workers of a running Dask scheduler "
+                        "(tcp://host:8786); the model path must exist on every worker")
+    d.add_argument("--scheduler-timeout", type=float, default=DEFAULT_SCHEDULER_TIMEOUT,
+                   metavar="S", help="seconds to wait for --scheduler to answer (default "
+                                     f"{DEFAULT_SCHEDULER_TIMEOUT:g})")
+    d.add_argument("--shards", type=int, metavar="K",
+                   help="shards after the first batch (default: 2 per worker)")
     add_data_options(p, data_help="calibration data")
     add_table_options(p)
     p.set_defaults(func=run)
@@ -288,8 +323,74 @@ def format_summary(results: Mapping[str, Any], collector: Any, table: Any) -> st
             f"model {meta.get('model')} (sha256 {str(meta['model_sha256'])[:12]}); "
             f"{meta.get('batches')} batches, {meta.get('samples')} samples "
             f"(fingerprint {str(meta.get('data_fingerprint'))[:12]}); {meta.get('seconds')} s"
+            + (f"; peak memory {meta['peak_memory_mb']:.0f} MB"
+               if meta.get("peak_memory_mb") is not None else "")
         )
     return "\n".join([*lines, *foot])
+
+
+def _collect_here(args: argparse.Namespace) -> Any:
+    """One process: :func:`kldiv.pipeline.collect_histograms` with a progress bar."""
+    from ..pipeline import collect_histograms
+    from ._data_args import batch_axes_from_args, model_batch_axes, source_from_args
+
+    declared = batch_axes_from_args(args)
+    source = source_from_args(args, batch_axes=model_batch_axes(args.model, declared),
+                              limit=False)
+    total = len(source) if hasattr(source, "__len__") else None
+    if total is not None and args.max_batches is not None:
+        total = min(total, args.max_batches)
+    bar, on_batch = _progress(total, quiet(args))
+    try:
+        collector = collect_histograms(
+            args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
+            max_batches=args.max_batches, max_memory=args.max_memory,
+            nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+            batch_axes=declared,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return collector
+
+
+def _collect_distributed(args: argparse.Namespace) -> Any:
+    """Sharded over Dask workers (:mod:`kldiv.distributed`), with a bar over all shards."""
+    from ..distributed import collect_histograms_distributed
+    from ._data_args import preprocess_from_args
+
+    if args.data_loader_script or args.batch_axis:
+        raise DataSourceError(
+            "--data-loader-script and --batch-axis run in one process; drop --workers/"
+            "--scheduler, or give --data"
+        )
+    if args.workers is not None and args.scheduler is not None:
+        raise DataSourceError("give --workers N or --scheduler ADDRESS, not both")
+    if args.range_policy != "pow2":
+        raise DataSourceError(
+            f"--range-policy {args.range_policy} is not sharded; use pow2 (the default) with "
+            "--workers/--scheduler, or run in one process"
+        )
+    bar, _ = _progress(None, quiet(args))
+
+    def on_progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        return collect_histograms_distributed(
+            args.model, args.data, workers=args.workers, scheduler=args.scheduler,
+            shards=args.shards, timeout=args.scheduler_timeout, num_bins=args.num_bins,
+            batch_size=args.batch_size,
+            preprocess=preprocess_from_args(args), max_batches=args.max_batches,
+            max_memory=args.max_memory,
+            nonfinite="drop" if args.drop_nonfinite else "raise", on_progress=on_progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _percent(fraction: float) -> str:
@@ -306,13 +407,7 @@ def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text, check_writable, same_file
     from ..cachefile import write_cache
     from ..collect import HistogramCollector
-    from ..pipeline import collect_histograms
-    from ._data_args import (
-        batch_axes_from_args,
-        check_data_args,
-        model_batch_axes,
-        source_from_args,
-    )
+    from ._data_args import check_data_args
 
     if args.from_histograms and (args.model or args.data or args.data_loader_script):
         given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data),
@@ -347,24 +442,10 @@ def run(args: argparse.Namespace) -> int:
         collector = HistogramCollector.load(args.from_histograms)
         check_table_options(args, collector.num_bins)  # the preset against the file's bins
     else:
-        declared = batch_axes_from_args(args)
-        source = source_from_args(
-            args, batch_axes=model_batch_axes(args.model, declared), limit=False
-        )
-        total = len(source) if hasattr(source, "__len__") else None
-        if total is not None and args.max_batches is not None:
-            total = min(total, args.max_batches)
-        bar, on_batch = _progress(total, quiet(args))
-        try:
-            collector = collect_histograms(
-                args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
-                max_batches=args.max_batches,
-                nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
-                batch_axes=declared,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        if args.workers is not None or args.scheduler is not None:
+            collector = _collect_distributed(args)
+        else:
+            collector = _collect_here(args)
     results, table = thresholds_and_table(collector, args)
     if args.from_histograms:
         table.provenance["histograms"] = str(args.from_histograms)
