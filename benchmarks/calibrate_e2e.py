@@ -13,7 +13,23 @@ subprocess; its wall time (after imports) and peak RSS (``VmHWM``) are measured 
 - ``ort-entropy``: ``onnxruntime.quantization.calibrate.create_calibrator(...,
   CalibrationMethod.Entropy, extra_options={"num_bins": 2048})``, ``collect_data``,
   ``compute_data``.
+- ``kldiv-overlap``: the same with ``overlap=True`` and ``max_memory=None`` (the next batch's
+  model run in a thread while this batch's histograms fill; one more batch of activations
+  held, which a memory budget would forbid).
+- ``exposed``: the floor of kldiv's design: onnxruntime with kldiv's session options and
+  every tensor kldiv calibrates as an output (the session of ``OnnxRuntimeRunner``), the
+  outputs dropped. ``kldiv / exposed`` is what the histograms, the search and the set-up
+  add to that.
 - ``kldiv`` again with 64 and with 1,024 batches: peak memory must not depend on the count.
+
+Models: the ResNet below (``--model resnet``, the default), or a real one: ``--model
+PP-OCRv6_det_small.onnx`` (or the ``rapidocr-3.10.0`` wheel it ships in, ``pip download
+--no-deps rapidocr==3.10.0``), run over rendered text pages (``--pages``, ``--page-size``;
+PIL's default font, PP-OCR's normalisation ``(x / 255 - 0.5) / 0.5``).
+
+``--runs N`` repeats the contenders N times, interleaved (plain, exposed, kldiv, onnxruntime,
+then again), and prints each figure and ratio as a range over the runs; ratios are taken
+within a run.
 
 The model is a CIFAR-style ResNet (3x32x32 input; stages of 32/64/128 channels, two basic
 blocks each; batch-norm folded into the convolutions, as in deployed models) built with
@@ -28,6 +44,10 @@ Run::
     python benchmarks/calibrate_e2e.py                 # 1,024 inputs, batches of 8
     python benchmarks/calibrate_e2e.py --quick         # 128 inputs, no long run
     python benchmarks/calibrate_e2e.py --channels 64,128,256 --long-batches 0
+    python benchmarks/calibrate_e2e.py --channels 64,128,256 --inputs 512 --runs 3 \
+        --contenders plain,exposed,kldiv,kldiv-overlap,ort-entropy --long-batches 0
+    python benchmarks/calibrate_e2e.py --model rapidocr-3.10.0-py3-none-any.whl --pages 16 \
+        --runs 3 --contenders plain,exposed,kldiv,kldiv-overlap
 """
 
 from __future__ import annotations
@@ -125,6 +145,65 @@ class Batches:
             yield {INPUT: rng.standard_normal((self.batch_size, *SHAPE)).astype(np.float32)}
 
 
+PPOCR_MEMBER = "rapidocr/models/PP-OCRv6_det_small.onnx"
+WORDS = ("kldiv", "TensorRT", "INT8", "calibration", "entropy", "2048", "bins", "KL(P||Q)",
+         "threshold", "onnxruntime", "PP-OCRv6", "histogram", "scale", "0.0039", "page",
+         "invoice", "total", "date", "quantity", "Nr.", "amount", "signature")
+
+
+class Pages:
+    """Rendered text pages (PP-OCR det input: NCHW float32, ``(x / 255 - 0.5) / 0.5``),
+    rendered one batch at a time from a seed (re-iterable, sized)."""
+
+    def __init__(self, n_batches: int, batch_size: int, hw: tuple[int, int], seed: int = 1
+                 ) -> None:
+        self.n_batches, self.batch_size, self.hw, self.seed = n_batches, batch_size, hw, seed
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def page(self, rng: np.random.Generator) -> np.ndarray:
+        from PIL import Image, ImageDraw, ImageFont
+
+        h, w = self.hw
+        img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(215, 256, 3)))
+        draw = ImageDraw.Draw(img)
+        y = int(rng.integers(8, 24))
+        while y < h - 20:
+            size = int(rng.integers(12, 30))
+            font = ImageFont.load_default(size=size)
+            x = int(rng.integers(8, 40))
+            line = " ".join(rng.choice(WORDS, int(rng.integers(2, 9))))
+            draw.text((x, y), line, font=font,
+                      fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+            y += size + int(rng.integers(4, 20))
+        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1)
+        return (x / 255.0 - 0.5) / 0.5
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.n_batches):
+            yield {"x": np.stack([self.page(rng) for _ in range(self.batch_size)])}
+
+
+def _real_model(path: Path, into: Path) -> Path:
+    """An .onnx path as given; from a .whl, the PP-OCRv6 det small model it ships."""
+    if path.suffix != ".whl":
+        return path
+    import zipfile
+
+    with zipfile.ZipFile(path) as whl:
+        out = into / Path(PPOCR_MEMBER).name
+        out.write_bytes(whl.read(PPOCR_MEMBER))
+    return out
+
+
+def _data(args: argparse.Namespace, n_batches: int):
+    if args.pages_hw:
+        return Pages(n_batches, args.batch_size, tuple(args.pages_hw))
+    return Batches(n_batches, args.batch_size)
+
+
 # --------------------------------------------------------------------------- contenders
 def _peak_mb() -> float:
     """This process's peak resident memory, in MiB.
@@ -155,6 +234,22 @@ def child_plain(model: str, data: Batches) -> dict:
     return {"seconds": time.perf_counter() - t0, "import_mb": imported}
 
 
+def child_exposed(model: str, data: Batches) -> dict:
+    """kldiv's model run alone: its session (every calibrated tensor an output, its session
+    options), outputs dropped; no histograms, no search."""
+    import onnxruntime  # noqa: F401
+
+    from kldiv.runners import OnnxRuntimeRunner
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    runner = OnnxRuntimeRunner(model, fetch_aliases=False)  # as kldiv.calibrate builds it
+    names = runner._outputs
+    for feed in data:
+        runner.session.run(names, feed)
+    return {"seconds": time.perf_counter() - t0, "outputs": len(names), "import_mb": imported}
+
+
 def child_kldiv(model: str, data: Batches) -> dict:
     """What users run: ``kldiv.calibrate(model, data, preset="tensorrt")``, nothing else."""
     import onnxruntime  # noqa: F401  (imports counted before the clock starts, as for plain)
@@ -164,6 +259,19 @@ def child_kldiv(model: str, data: Batches) -> dict:
     imported = _peak_mb()
     t0 = time.perf_counter()
     table = kldiv.calibrate(model, data, preset="tensorrt")
+    return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
+
+
+def child_kldiv_overlap(model: str, data: Batches) -> dict:
+    """``kldiv.calibrate`` with ``overlap=True``: the next batch's model run overlaps this
+    batch's fills (one more batch of activations held)."""
+    import onnxruntime  # noqa: F401
+
+    import kldiv
+
+    imported = _peak_mb()
+    t0 = time.perf_counter()
+    table = kldiv.calibrate(model, data, preset="tensorrt", overlap=True, max_memory=None)
     return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
 
 
@@ -228,6 +336,8 @@ CHILDREN = {
     "plain": child_plain,
     "kldiv": child_kldiv,
     "kldiv-parts": child_kldiv_parts,
+    "exposed": child_exposed,
+    "kldiv-overlap": child_kldiv_overlap,
     "ort-entropy": child_ort_entropy,
 }
 
@@ -249,10 +359,11 @@ def _prepare_kernels() -> str:
     return f"{name} (cache {folder}; warm-up took {seconds} s before this run)"
 
 
-def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
+def measure(mode: str, model: Path, n_batches: int, batch_size: int,
+            extra: tuple[str, ...] = ()) -> dict:
     """Run one contender in a fresh subprocess; return its report plus peak RSS."""
     cmd = [sys.executable, __file__, "--child", mode, "--model", str(model),
-           "--batches", str(n_batches), "--batch-size", str(batch_size)]
+           "--batches", str(n_batches), "--batch-size", str(batch_size), *extra]
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -260,10 +371,29 @@ def measure(mode: str, model: Path, n_batches: int, batch_size: int) -> dict:
     return report
 
 
+def _span(values: list[float], fmt: str = ".2f") -> str:
+    """``a–b`` over runs (one value when there is one run)."""
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if len(values) == 1 or f"{lo:{fmt}}" == f"{hi:{fmt}}" \
+        else f"{lo:{fmt}}–{hi:{fmt}}"
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--inputs", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    ap.add_argument("--model", default="resnet",
+                    help="'resnet' (built here), an .onnx file, or the rapidocr-3.10.0 wheel "
+                         "(its PP-OCRv6 det small model)")
+    ap.add_argument("--inputs", type=int, default=1024, help="ResNet inputs")
+    ap.add_argument("--pages", type=int, default=32, help="rendered pages (a real model)")
+    ap.add_argument("--page-size", default="640x480", help="page height x width")
+    ap.add_argument("--batch-size", type=int,
+                    help=f"default {DEFAULT_BATCH_SIZE} for the ResNet, 1 for pages")
+    ap.add_argument("--runs", type=int, default=1, help="interleaved repetitions")
+    ap.add_argument("--contenders", default="plain,exposed,kldiv,kldiv-parts,ort-entropy", help="comma-separated, run in this order in each run")
     ap.add_argument("--long-batches", type=int, default=1024,
                     help="batches of the long kldiv run (memory must not grow); 0 to skip")
     ap.add_argument("--quick", action="store_true", help="128 inputs, no long run")
@@ -272,63 +402,98 @@ def main() -> None:
                          "activations)")
     ap.add_argument("--skip-ort", action="store_true", help="skip onnxruntime's calibrator")
     ap.add_argument("--child", choices=sorted(CHILDREN))
-    ap.add_argument("--model")
     ap.add_argument("--batches", type=int)
+    ap.add_argument("--pages-hw", type=int, nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
-        report = CHILDREN[args.child](args.model, Batches(args.batches, args.batch_size))
+        report = CHILDREN[args.child](args.model, _data(args, args.batches))
         report["peak_mb"] = _peak_mb()
         print(json.dumps(report))
         return
 
+    real = args.model != "resnet"
+    if args.batch_size is None:
+        args.batch_size = 1 if real else DEFAULT_BATCH_SIZE
     if args.quick:
         args.inputs, args.long_batches = 128, 0
-    n_batches = args.inputs // args.batch_size
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = [c for c in contenders if c not in CHILDREN]
+    if unknown:
+        raise SystemExit(f"unknown contenders {unknown}; choose from {sorted(CHILDREN)}")
+    if args.skip_ort:
+        contenders = [c for c in contenders if c != "ort-entropy"]
+    extra: tuple[str, ...] = ()
     with tempfile.TemporaryDirectory() as tmp:
-        channels = tuple(int(c) for c in args.channels.split(","))
-        model = build_resnet(Path(tmp) / "small_resnet.onnx", channels=channels)  # type: ignore[arg-type]
-        print(f"# small ResNet (3x32x32, {'/'.join(map(str, channels))} channels), "
-              f"{args.inputs} inputs in "
-              f"{n_batches} batches of {args.batch_size}; {os.cpu_count()} CPUs; "
-              f"python {sys.version.split()[0]}")
+        if real:
+            model = _real_model(Path(args.model), Path(tmp))
+            hw = tuple(int(v) for v in args.page_size.lower().split("x"))
+            extra = ("--pages-hw", str(hw[0]), str(hw[1]))
+            n_batches = args.pages // args.batch_size
+            print(f"# {model.name}, {n_batches * args.batch_size} rendered pages of "
+                  f"{hw[0]}x{hw[1]} in {n_batches} batches of {args.batch_size}; "
+                  f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+        else:
+            channels = tuple(int(c) for c in args.channels.split(","))
+            model = build_resnet(Path(tmp) / "small_resnet.onnx", channels=channels)  # type: ignore[arg-type]
+            n_batches = args.inputs // args.batch_size
+            print(f"# small ResNet (3x32x32, {'/'.join(map(str, channels))} channels), "
+                  f"{args.inputs} inputs in "
+                  f"{n_batches} batches of {args.batch_size}; {os.cpu_count()} CPUs; "
+                  f"python {sys.version.split()[0]}")
         print(f"  kernels: {_prepare_kernels()}", flush=True)
-        rows = {}
-        for mode in ("plain", "kldiv", "kldiv-parts", "ort-entropy"):
-            if mode == "ort-entropy" and args.skip_ort:
-                continue
-            rows[mode] = measure(mode, model, n_batches, args.batch_size)
-            print(f"  measured {mode}: {rows[mode]['seconds']:.2f} s", flush=True)
+        print(f"  {_load()} at the start", flush=True)
+        runs: list[dict[str, dict]] = []
+        for run in range(args.runs):
+            rows = {}
+            for mode in contenders:
+                rows[mode] = measure(mode, model, n_batches, args.batch_size, extra)
+                print(f"  run {run + 1}: {mode} {rows[mode]['seconds']:.2f} s, "
+                      f"{rows[mode]['peak_mb']:.0f} MB", flush=True)
+            runs.append(rows)
         mem_rows = {}
-        if args.long_batches:
+        if args.long_batches and not real and "kldiv" in contenders:
             for nb in (64, args.long_batches):
                 mem_rows[nb] = measure("kldiv", model, nb, args.batch_size)
                 print(f"  measured kldiv, {nb} batches: {mem_rows[nb]['peak_mb']:.0f} MB",
                       flush=True)
+        print(f"  {_load()} at the end")
 
-    plain, kl, parts = rows["plain"], rows["kldiv"], rows.pop("kldiv-parts")
+    def col(mode: str, key: str) -> list[float]:
+        return [r[mode][key] for r in runs if mode in r]
+
+    def ratio(a: str, b: str, key: str = "seconds") -> list[float]:
+        return [r[a][key] / r[b][key] for r in runs if a in r and b in r]
+
+    shown = [m for m in contenders if m != "kldiv-parts"]
     print()
-    print(f"{'contender':<34}{'seconds':>9}{'peak MB':>9}{'x time':>8}{'x mem':>8}")
-    for mode, r in rows.items():
-        print(f"{mode:<34}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}"
-              f"{r['seconds'] / plain['seconds']:>8.2f}{r['peak_mb'] / plain['peak_mb']:>8.2f}")
+    print(f"{args.runs} run(s), ranges over the runs")
+    print(f"{'contender':<16}{'seconds':>16}{'peak MB':>14}")
+    for mode in shown:
+        print(f"{mode:<16}{_span(col(mode, 'seconds')):>16}{_span(col(mode, 'peak_mb'), '.0f'):>14}")
     print()
-    added = kl["seconds"] - plain["seconds"]
-    print(f"kldiv by parts (a separate run, {parts['seconds']:.2f} s): "
-          f"model run with every tensor as output {parts['run']:.2f} s, histograms "
-          f"{parts['hist']:.2f} s (incl. loading the kernels), threshold search "
-          f"{parts['search']:.2f} s ({kl['tensors']} tensors)")
-    print(f"time kldiv adds on top of plain inference: {added:.2f} s = "
-          f"{100 * added / plain['seconds']:.0f}% of inference (target <= 10%)")
-    print(f"  by parts: histograms + search {parts['hist'] + parts['search']:.2f} s = "
-          f"{100 * (parts['hist'] + parts['search']) / plain['seconds']:.0f}%; extra model-run "
-          f"time (every tensor an output): {parts['run'] - plain['seconds']:.2f} s")
-    print(f"peak memory kldiv / plain: {kl['peak_mb'] / plain['peak_mb']:.2f}x (target <= 1.2x); "
-          f"after imports: plain {plain['import_mb']:.0f} MB, kldiv {kl['import_mb']:.0f} MB")
-    if "ort-entropy" in rows:
-        o = rows["ort-entropy"]
-        print(f"vs onnxruntime entropy (2048 bins): {o['seconds'] / kl['seconds']:.1f}x faster "
-              f"(target >= 10x), {o['peak_mb'] / kl['peak_mb']:.1f}x less memory (target >= 20x)")
+    if "exposed" in contenders and "kldiv" in contenders:
+        print(f"kldiv / exposed (every tensor an output, outputs dropped): "
+              f"{_span(ratio('kldiv', 'exposed'))}x (target <= 1.15)")
+    if "plain" in contenders:
+        for mode in ("exposed", "kldiv"):
+            if mode in contenders:
+                print(f"{mode} / plain inference: {_span(ratio(mode, 'plain'))}x time, "
+                      f"{_span(ratio(mode, 'plain', 'peak_mb'))}x peak memory")
+    if "ort-entropy" in contenders and "kldiv" in contenders:
+        print(f"onnxruntime entropy (2048 bins) / kldiv: {_span(ratio('ort-entropy', 'kldiv'))}x "
+              f"time (target >= 10x), {_span(ratio('ort-entropy', 'kldiv', 'peak_mb'))}x "
+              "peak memory (target >= 20x)")
+    if "kldiv-overlap" in contenders and "kldiv" in contenders:
+        print(f"kldiv with overlap / kldiv: {_span(ratio('kldiv-overlap', 'kldiv'))}x time, "
+              f"{_span(ratio('kldiv-overlap', 'kldiv', 'peak_mb'))}x peak memory; "
+              f"kldiv-overlap / exposed: {_span(ratio('kldiv-overlap', 'exposed'))}x")
+    if "kldiv-parts" in contenders:
+        parts = runs[-1]["kldiv-parts"]
+        print(f"kldiv by parts (last run, {parts['seconds']:.2f} s, sequential): model run with "
+              f"every tensor as output {parts['run']:.2f} s, histograms {parts['hist']:.2f} s "
+              f"(incl. loading the kernels), threshold search {parts['search']:.2f} s "
+              f"({parts['tensors']} tensors)")
     if mem_rows:
         (n1, r1), (n2, r2) = sorted(mem_rows.items())
         print(f"kldiv peak memory: {n1} batches {r1['peak_mb']:.0f} MB, {n2} batches "

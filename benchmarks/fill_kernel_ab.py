@@ -12,6 +12,7 @@ Run::
 
     python benchmarks/fill_kernel_ab.py                     # against e1ee954
     python benchmarks/fill_kernel_ab.py --rev HEAD~3 --no-search
+    python benchmarks/fill_kernel_ab.py --rev main --no-search   # a revision of this layout
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def _old_sources(rev: str, into: Path) -> Path:
 def _old_builds(rev: str, into: Path) -> dict[str, tuple[Callable[..., Any], Any]]:
     """``{label: (fill(values, amax, num_bins, clip) -> counts, search(counts, opts) -> bin)}``
     for each build of the revision."""
-    _old_sources(rev, into)
+    pkg = _old_sources(rev, into)
+    if (pkg / "wrappers.py").exists():  # revisions since the one-knob layout: fill only
+        wrappers = importlib.import_module("oldkernels.wrappers")
+        return {"base JIT": (lambda v, a, n, c: wrappers.fill_counts(v, a, n, c)[0], None)}
     fill = importlib.import_module("oldkernels.fill")
     if hasattr(fill, "fill_counts"):  # revisions before the dispatch module: fill only
         return {"base JIT": (lambda v, a, n, c: fill.fill_counts(v, a, n, clip=c).counts, None)}

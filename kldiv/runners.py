@@ -32,13 +32,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _onnx_wire as _wire
 from .defaults import DEFAULT_ORT_OPTIMIZATION
 from .errors import DataSourceError, ModelError
 
@@ -144,15 +147,32 @@ def load_model(model: Any) -> tuple[onnx.ModelProto, str, str]:
 
 
 def _graph_attrs(node: Any) -> list[Any]:
-    import onnx
-
     graphs = []
     for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
+        if a.type == _wire.ATTR_GRAPH:  # == onnx.AttributeProto.GRAPH
             graphs.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
+        elif a.type == _wire.ATTR_GRAPHS:
             graphs.extend(a.graphs)
     return graphs
+
+
+def _to_array(tensor: Any) -> np.ndarray:
+    """A tensor's values: ``onnx.numpy_helper.to_array`` for onnx's protos, the wire reader's
+    decoder for its own (:mod:`kldiv._onnx_wire`)."""
+    if isinstance(tensor, _wire.Tensor):
+        return _wire.tensor_to_array(tensor)
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def _attr_value(attr: Any) -> Any:
+    """``onnx.helper.get_attribute_value``, for onnx's protos and the wire reader's."""
+    if isinstance(attr, _wire.Attribute):
+        return attr.value()
+    import onnx
+
+    return onnx.helper.get_attribute_value(attr)
 
 
 def _count_subgraph_values(graph: Any) -> int:
@@ -165,7 +185,12 @@ def _count_subgraph_values(graph: Any) -> int:
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every value whose type is known (after shape inference)."""
+    """Element type of every value whose type is known (after shape inference; for the wire
+    reader's model, as declared in the file: the runner takes the others from onnxruntime)."""
+    if isinstance(model, _wire.Model):
+        g = model.graph
+        return {vi.name: vi.elem_type for vi in [*g.value_info, *g.input, *g.output]
+                if vi.elem_type}
     import onnx
 
     try:
@@ -202,29 +227,24 @@ def activation_bounds(model: onnx.ModelProto) -> dict[str, float]:
         (attributes before opset 11; initializers or ``Constant`` outputs from opset 11) and
         finite.
     """
-    import onnx
-    from onnx import numpy_helper
-
     g = model.graph
     # only the Clip limits are needed: converting every weight would copy the whole model
     wanted = {i for n in g.node if n.op_type == "Clip" for i in n.input[1:3] if i}
     consts: dict[str, np.ndarray] = {
-        t.name: numpy_helper.to_array(t) for t in g.initializer if t.name in wanted
+        t.name: _to_array(t) for t in g.initializer if t.name in wanted
     }
     for node in g.node:
         if node.op_type == "Constant" and node.output and node.output[0] in wanted:
             for a in node.attribute:
-                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+                if a.name == "value" and a.type == _wire.ATTR_TENSOR:
+                    consts[node.output[0]] = _to_array(a.t)
                 elif a.name in ("value_float", "value_floats"):
-                    consts[node.output[0]] = np.asarray(
-                        onnx.helper.get_attribute_value(a), dtype=np.float64
-                    )
+                    consts[node.output[0]] = np.asarray(_attr_value(a), dtype=np.float64)
     bounds: dict[str, float] = {}
     for node in g.node:
         if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or not node.output:
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: _attr_value(a) for a in node.attribute}
         limits: list[float] = []
         if "min" in attrs or "max" in attrs:  # opset < 11
             limits = [float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))]
@@ -379,6 +399,61 @@ def calibration_tensor_names(
                 outputs.append(o)
                 seen.add(o)
     return inputs, outputs, n_sub
+
+
+_ORT_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+#: Suffixes onnx reads as binary protobuf (others may be text formats: onnx reads those).
+_BINARY_SUFFIXES = frozenset({".onnx", ".pb"})
+
+
+def _graph_facts(
+    model: Any, include_constants: bool
+) -> tuple[dict[str, float], dict[str, str], list[str], list[str], int]:
+    """Clip bounds, pooling sources and the calibrated tensors of a model (an onnx proto or
+    the wire reader's)."""
+    bounds = activation_bounds(model)
+    sources = scale_sources(model)
+    inputs, outputs, n_sub = calibration_tensor_names(model, include_constants=include_constants)
+    return bounds, sources, inputs, outputs, n_sub
+
+
+def _load_in_thread(data: bytes) -> Future[Any]:
+    """``onnx``'s ``ModelProto`` of ``data``, parsed in a daemon thread (for the stage planner,
+    which needs onnx's shape inference); errors are raised by ``result()``."""
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(load_model(data)[0])
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="kldiv-onnx-load", daemon=True).start()
+    return future
+
+
+def _read_without_onnx(model: Any, include_constants: bool) -> Any:
+    """``(model, label, sha256, bytes, graph facts)`` read by :mod:`kldiv._onnx_wire`, or
+    ``None`` when onnx must read it (an onnx proto, a text format, external data, anything
+    the wire reader does not handle; onnx then gives the usual errors)."""
+    if isinstance(model, (bytes, bytearray)):
+        label, data = "<bytes>", bytes(model)
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix.lower() not in _BINARY_SUFFIXES or not path.is_file():
+            return None
+        label, data = str(path), path.read_bytes()
+    else:
+        return None
+    try:
+        wire = _wire.read_model(data)
+        if not wire.graph.node and not wire.graph.input:
+            return None  # onnx's path names the error
+        facts = _graph_facts(wire, include_constants)
+    except _wire.WireFormatError as exc:
+        log.debug("%s: read with onnx (%s)", label, exc)
+        return None
+    return wire, label, hashlib.sha256(data).hexdigest(), data, facts
 
 
 @dataclass(frozen=True)
@@ -629,7 +704,6 @@ class OnnxRuntimeRunner:
         batch_axes: Any = None,
         max_memory: int | None = None,
     ) -> None:
-        import onnx
         import onnxruntime as ort
 
         if graph_optimization_level not in _OPT_LEVELS:
@@ -637,15 +711,27 @@ class OnnxRuntimeRunner:
                 f"graph_optimization_level must be one of {_OPT_LEVELS}, "
                 f"got {graph_optimization_level!r}"
             )
-        proto, self.label, self.model_sha256 = load_model(model)
+        budget = None if max_memory is None else int(max_memory)
+        if budget is not None and budget <= 0:
+            raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        # A model file is read without onnx when the wire reader handles it (importing onnx
+        # costs more than the rest of the set-up); anything else goes through onnx.
+        read = _read_without_onnx(model, include_constants)
+        loader: Future[Any] | None = None
+        if read is not None and budget is not None:
+            loader = _load_in_thread(read[3])
+        if read is not None:
+            proto, self.label, self.model_sha256, data, facts = read
+        else:
+            proto, self.label, self.model_sha256 = load_model(model)
+            data = None
+            facts = _graph_facts(proto, include_constants)
         #: Graph facts TensorRT uses (read once here, so the model is not parsed twice).
-        self.activation_bounds = activation_bounds(proto)
-        self.scale_sources = scale_sources(proto)
+        self.activation_bounds, self.scale_sources, inputs, outputs, n_sub = facts
         opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
         self.opset = opsets.get("ai.onnx")
         if self.opset is not None and self.opset not in TESTED_OPSETS:
             log.info("%s: opset %s is outside the tested range 11-21", self.label, self.opset)
-        inputs, outputs, n_sub = calibration_tensor_names(proto, include_constants=include_constants)
         if n_sub:
             log.warning(
                 "%s: %d tensors inside If/Loop/Scan subgraphs are not collected (onnxruntime "
@@ -661,17 +747,24 @@ class OnnxRuntimeRunner:
         self.tensor_names = [*inputs, *outputs]
         self._checked_dtypes = False
 
-        # Every tensor becomes a graph output. Added to the model itself and taken off again
-        # once serialized: a copy of the proto would hold the weights a third time.
-        declared = len(proto.graph.output)
         existing = {o.name for o in proto.graph.output}
-        try:
-            for name in outputs:
-                if name not in existing:
-                    proto.graph.output.append(onnx.ValueInfoProto(name=name))
-            augmented = proto.SerializeToString()
-        finally:
-            del proto.graph.output[declared:]
+        if data is not None:
+            # the file's bytes plus a second graph field holding the outputs (merged on parse)
+            augmented = _wire.with_outputs(data, [n for n in outputs if n not in existing])
+            del data
+        else:
+            # Every tensor becomes a graph output. Added to the model itself and taken off
+            # again once serialized: a copy of the proto would hold the weights a third time.
+            import onnx
+
+            declared = len(proto.graph.output)
+            try:
+                for name in outputs:
+                    if name not in existing:
+                        proto.graph.output.append(onnx.ValueInfoProto(name=name))
+                augmented = proto.SerializeToString()
+            finally:
+                del proto.graph.output[declared:]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -702,10 +795,13 @@ class OnnxRuntimeRunner:
                 f"{str(exc).strip()}); check it with onnx.checker.check_model"
             ) from exc
         del augmented
-        self.max_memory = None if max_memory is None else int(max_memory)
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise ModelError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-        self._proto = proto if self.max_memory is not None else None
+        if read is not None:
+            self._take_types_from_session()
+        self.max_memory = budget
+        # the stage planner reads onnx's ModelProto: a file read without onnx is parsed by
+        # onnx in a thread started before the session was created (the import overlaps it)
+        self._proto = proto if budget is not None and read is None else None
+        self._proto_loader = loader
         self._opts = opts
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._plans: dict[tuple[Any, ...], _Plan] = {}
@@ -715,6 +811,24 @@ class OnnxRuntimeRunner:
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({self.label!r}, {len(self.tensor_names)} tensors)"
+
+    def _take_types_from_session(self) -> None:
+        """Drop the exposed tensors onnxruntime types as non-floating (read without shape
+        inference, their types were unknown), and the aliases of those: the same tensors
+        the first batch's dtype check keeps after onnx's shape inference."""
+        types = {o.name: o.type for o in self.session.get_outputs()}
+        dropped = {n for n in self._outputs if types.get(n, _ORT_FLOAT_TYPES[0])
+                   not in _ORT_FLOAT_TYPES}
+        if not dropped:
+            return
+        # a value-preserving op keeps its input's dtype: an alias of a dropped tensor is not
+        # floating either
+        dropped |= {n for n, src in self.value_aliases.items() if src in dropped}
+        log.debug("dropping %d non-float tensors (onnxruntime's types)", len(dropped))
+        self._outputs = [n for n in self._outputs if n not in dropped]
+        self.tensor_names = [n for n in self.tensor_names if n not in dropped]
+        self.network_order = [n for n in self.network_order if n not in dropped]
+        self.value_aliases = {n: s for n, s in self.value_aliases.items() if n not in dropped}
 
     # -- input checks ----------------------------------------------------------------------
     def prepare(self, batch: Any, *, index: int = 0) -> dict[str, np.ndarray]:
@@ -808,6 +922,9 @@ class OnnxRuntimeRunner:
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.clear()
+            if self._proto is None and self._proto_loader is not None:
+                self._proto = self._proto_loader.result()
+                self._proto_loader = None
             assert self._proto is not None and self.max_memory is not None
             plan = _make_plan(self._proto, feed, self._outputs, self.max_memory, self._opts,
                               self._providers, self.label)

@@ -197,7 +197,7 @@ def fill_counts(
         utype, mask = MAGNITUDE[block.dtype]
         for part, bad, over, mx, mx_in, clean_bits in _in_chunks(
             fill._fill_kernel, (kernel_view(block), block.view(utype)),
-            (mask, table, ftable, amax, num_bins, bool(clip)),
+            (mask, table, ftable, amax, num_bins, bool(clip), fill.LANE_SPAN),
         ):
             clean = float(np.array(clean_bits, utype).view(block.dtype)[()])
             counts += part
