@@ -325,7 +325,9 @@ def _activations(
     def runs() -> Iterator[tuple[int, dict[str, np.ndarray], int | None]]:
         for index, feed in _feeds(runner, source, max_batches):
             if fp is not None:
-                fp.update(feed, runner.samples(feed))
+                # samples along the batch axes (a runner without them: along axis 0)
+                counted = getattr(runner, "samples", None)
+                fp.update(feed, counted(feed) if counted is not None else None)
             samples = fp.samples if fp is not None else None
             chunks = list(runner.split(feed))
             for k, chunk in enumerate(chunks):
