@@ -274,7 +274,7 @@ def child_kldiv_overlap(model: str, data: Batches) -> dict:
 
     imported = _peak_mb()
     t0 = time.perf_counter()
-    table = kldiv.calibrate(model, data, preset="tensorrt", overlap=True, max_memory=None)
+    table = kldiv.calibrate(model, data, preset="tensorrt", overlap=True, max_memory=None).table
     return {"seconds": time.perf_counter() - t0, "tensors": len(table), "import_mb": imported}
 
 

@@ -98,9 +98,9 @@ class _Fingerprint:
         self.batches = 0
         self.samples = 0
 
-    def update(self, feed: Mapping[str, np.ndarray]) -> None:
+    def update(self, feed: Mapping[str, np.ndarray], samples: int | None = None) -> None:
         self.add_digest(batch_digest(feed))
-        self.samples += batch_samples(feed)
+        self.samples += batch_samples(feed) if samples is None else samples
 
     def add_digest(self, digest: bytes) -> None:
         """Chain one batch's digest (a shard's, in batch order)."""
@@ -154,6 +154,7 @@ def collect_histograms(
     include_constants: bool = False,
     graph_optimization_level: str = DEFAULT_ORT_OPTIMIZATION,
     on_batch: ProgressCallback | None = None,
+    batch_axes: Any = None,
     overlap: bool = DEFAULT_OVERLAP,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> HistogramCollector:
@@ -185,6 +186,10 @@ def collect_histograms(
         float rounding; see :class:`~kldiv.runners.OnnxRuntimeRunner`).
     on_batch : callable, optional
         ``on_batch(index, samples)`` after each batch (progress bars).
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axis of inputs (``None``: not batched, fed as given: recurrent
+        state, scalars); the others are inferred from the model
+        (:func:`kldiv.data.infer_batch_axes`). Re-batching touches batched inputs only.
     overlap : bool, default DEFAULT_OVERLAP
         Run the model on the next batch (in a thread; onnxruntime releases the GIL) while
         this batch's histograms fill. Holds at most two batches of activations instead of
@@ -230,9 +235,11 @@ def collect_histograms(
         include_constants=include_constants,
         graph_optimization_level=graph_optimization_level,
         fetch_aliases=False,  # Reshape/Transpose/... outputs: their source's histogram
+        batch_axes=batch_axes,
         max_memory=max_memory,
     )
-    source = as_source(data, preprocess=preprocess, batch_size=batch_size)
+    source = as_source(data, preprocess=preprocess, batch_size=batch_size,
+                       batch_axes=runner.batch_axes)
     ranges = None
     if range_policy == "global":
         if iter(source) is source:
@@ -327,7 +334,9 @@ def _activations(
     def runs() -> Iterator[tuple[int, dict[str, np.ndarray], int | None]]:
         for index, feed in _feeds(runner, source, max_batches):
             if fp is not None:
-                fp.update(feed)
+                # samples along the batch axes (a runner without them: along axis 0)
+                counted = getattr(runner, "samples", None)
+                fp.update(feed, counted(feed) if counted is not None else None)
             samples = fp.samples if fp is not None else None
             chunks = list(runner.split(feed))
             for k, chunk in enumerate(chunks):
@@ -761,6 +770,7 @@ def calibrate(
     save_histograms: str | os.PathLike[str] | None = None,
     force: bool = False,
     on_batch: ProgressCallback | None = None,
+    batch_axes: Any = None,
     overlap: bool = DEFAULT_OVERLAP,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> Calibration:
@@ -793,6 +803,8 @@ def calibrate(
         Overwrite ``save_histograms`` if it exists.
     on_batch : callable, optional
         Progress callback ``on_batch(index, samples)``.
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axes (see :func:`collect_histograms`).
     overlap : bool, default DEFAULT_OVERLAP
         Run the model on the next batch while this one's histograms fill (see
         :func:`collect_histograms`).
@@ -833,7 +845,7 @@ def calibrate(
     collector = collect_histograms(
         model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
         preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
-        on_batch=on_batch, max_memory=max_memory, overlap=overlap,
+        on_batch=on_batch, max_memory=max_memory, overlap=overlap, batch_axes=batch_axes,
     )
     result = calibrate_histograms(
         collector, graph=collector.graph, preset=preset, method=method, options=options,

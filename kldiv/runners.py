@@ -59,6 +59,10 @@ __all__ = [
     "OnnxRuntimeRunner",
     "activation_bounds",
     "calibration_tensor_names",
+    "feed_samples",
+    "input_specs",
+    "prepare_feed",
+    "split_feed",
     "load_model",
     "scale_sources",
     "value_aliases",
@@ -316,30 +320,47 @@ def _read_without_onnx(model: Any, include_constants: bool) -> Any:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: name, shape (ints, or ``None``/str for dynamic dims) and dtype."""
+    """A model input: name, shape, dtype and batch axis.
+
+    The shape holds ints (``str`` for a symbolic dim, ``None`` for an unknown one); the batch
+    axis is the axis its samples run along (``None``: not batched, fed as given — recurrent
+    state, scalars; see :func:`kldiv.data.infer_batch_axes`).
+    """
 
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
+    batch_axis: int | None = 0
+
+    def __post_init__(self) -> None:
+        if not self.shape and self.batch_axis is not None:
+            object.__setattr__(self, "batch_axis", None)
 
     @property
     def batch_dim(self) -> int | None:
-        """The fixed batch size, or ``None`` when dynamic (or the input is a scalar)."""
-        if not self.shape:
+        """The fixed batch size, or ``None`` when dynamic (or the input is not batched)."""
+        if self.batch_axis is None:
             return None
-        d = self.shape[0]
-        return d if isinstance(d, int) else None
+        d = self.shape[self.batch_axis]
+        return d if isinstance(d, int) and d > 0 else None
 
     def describe(self) -> str:
         """``name: float32[N,3,224,224]``."""
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        batch = "" if self.batch_axis is not None else " (not batched)"
+        return f"{self.name}: {self.dtype}[{dims}]{batch}"
+
+    def samples(self, array: np.ndarray) -> int | None:
+        """Samples in a prepared ``array`` (``None`` for an input that is not batched)."""
+        if self.batch_axis is None or array.ndim <= self.batch_axis:
+            return None
+        return int(array.shape[self.batch_axis])
 
     def check(self, array: Any, *, where: str) -> np.ndarray:
         """Return ``array`` ready to feed, or raise a :class:`DataSourceError` naming ``where``.
 
         A float array of another float width is cast (float64 → float32); a sample without
-        batch axis gets one; rank, fixed dims and dtype kind must match.
+        batch axis gets one (batched inputs only); rank, fixed dims and dtype kind must match.
         """
         arr = np.asarray(array)
         want = np.dtype(self.dtype)
@@ -356,15 +377,15 @@ class InputSpec:
                     f"{where}: input {self.name!r} has dtype {arr.dtype}, the model expects "
                     f"{want}{hint}"
                 )
-        if len(self.shape) and arr.ndim == len(self.shape) - 1:
-            arr = arr[None]
+        if self.batch_axis is not None and len(self.shape) and arr.ndim == len(self.shape) - 1:
+            arr = np.expand_dims(arr, self.batch_axis)
         if arr.ndim != len(self.shape):
             raise DataSourceError(
                 f"{where}: input {self.name!r} has shape {arr.shape}, the model expects "
                 f"{self.describe()} (rank {len(self.shape)})"
             )
         for axis, (got, want_d) in enumerate(zip(arr.shape, self.shape)):
-            if axis == 0 and isinstance(want_d, int) and want_d > 0:
+            if axis == self.batch_axis and isinstance(want_d, int) and want_d > 0:
                 if got % want_d:
                     raise DataSourceError(
                         f"{where}: input {self.name!r} has {got} samples; the model's batch "
@@ -378,6 +399,110 @@ class InputSpec:
         if arr.size == 0:
             raise DataSourceError(f"{where}: input {self.name!r} is empty (shape {arr.shape})")
         return arr
+
+
+def input_specs(
+    session: Any, model: Any = None, batch_axes: Any = None
+) -> list[InputSpec]:
+    """The :class:`InputSpec` of each input of an onnxruntime session.
+
+    Batch axes are inferred from the shapes (:func:`kldiv.data.infer_batch_axes`) and
+    ``batch_axes`` declarations.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        The session.
+    model : onnx.ModelProto, optional
+        Its model; inputs that are initializers (old exporters list weights as inputs) are
+        left out.
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axes (``None``: not batched).
+
+    Raises
+    ------
+    DataSourceError
+        For a declared name that is not an input, or an axis it does not have.
+    """
+    from .data import infer_batch_axes
+
+    init_names = {t.name for t in model.graph.initializer} if model is not None else set()
+    raw = [i for i in session.get_inputs() if i.name not in init_names]
+    shapes = {i.name: tuple(d if isinstance(d, (int, str)) else None for d in i.shape)
+              for i in raw}
+    axes = infer_batch_axes(shapes, batch_axes)
+    return [
+        InputSpec(i.name, shapes[i.name], np.dtype(_ort_type_to_numpy(i.type)), axes[i.name])
+        for i in raw
+    ]
+
+
+def prepare_feed(
+    specs: list[InputSpec], batch: Any, *, index: int = 0
+) -> dict[str, np.ndarray]:
+    """Check one batch against ``specs`` and return the feed dict.
+
+    See :meth:`OnnxRuntimeRunner.prepare`.
+    """
+    where = f"batch {index}"
+    names = [s.name for s in specs]
+    if not isinstance(batch, Mapping):
+        if len(specs) != 1:
+            raise DataSourceError(
+                f"{where}: a bare array was given but the model has inputs {names}; "
+                "give a dict {input_name: array}"
+            )
+        batch = {names[0]: batch}
+    missing = [n for n in names if n not in batch]
+    extra = [k for k in batch if k not in names]
+    if missing or extra:
+        raise DataSourceError(
+            f"{where}: the model's inputs are {names}, the batch has {list(batch)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    feed = {s.name: s.check(batch[s.name], where=where) for s in specs}
+    sizes = {s.name: s.samples(feed[s.name]) for s in specs if s.batch_axis is not None}
+    if len(set(sizes.values())) > 1:
+        axes = {s.name: s.batch_axis for s in specs}
+        raise DataSourceError(
+            f"{where}: inputs disagree on the batch size: {sizes} (batch axes {axes}). "
+            "If an input is not batched (recurrent state, a scalar), declare it with "
+            "--batch-axis NAME=none; if its batch runs along another axis, --batch-axis "
+            "NAME=AXIS (batch_axes={NAME: AXIS or None} in Python)"
+        )
+    return feed
+
+
+def feed_samples(specs: list[InputSpec], feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a prepared feed: the batch size of its batched inputs (1 if none is)."""
+    for s in specs:
+        n = s.samples(feed[s.name]) if s.name in feed else None
+        if n is not None:
+            return n
+    return 1
+
+
+def split_feed(
+    specs: list[InputSpec], feed: dict[str, np.ndarray]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Split a feed along each batched input's axis when the model's batch size is fixed.
+
+    Inputs that are not batched go whole into every piece.
+    """
+    fixed = [s.batch_dim for s in specs if s.batch_dim]
+    n = feed_samples(specs, feed)
+    if not fixed or n <= fixed[0]:
+        yield feed
+        return
+    step = fixed[0]
+    axes = {s.name: s.batch_axis for s in specs}
+    for start in range(0, n, step):
+        piece = {}
+        for k, v in feed.items():
+            axis = axes.get(k)
+            piece[k] = v if axis is None else v[(slice(None),) * axis + (slice(start, start + step),)]
+        yield piece
 
 
 class OnnxRuntimeRunner:
@@ -406,6 +531,9 @@ class OnnxRuntimeRunner:
         :func:`value_aliases` and :attr:`value_aliases`). ``False`` leaves them out of the
         activations (their histograms equal their source's); :func:`kldiv.calibrate` does
         that.
+    batch_axes : mapping or iterable of ``NAME=AXIS``, optional
+        Declared batch axes (``None``: the input is not batched and is fed as given); the
+        others are inferred from the model (:func:`kldiv.data.infer_batch_axes`).
     max_memory : int, optional
         Bytes of activations :meth:`run_parts` may hold at once. When a batch's activations
         exceed it, the graph is cut into consecutive stages (each a session of its own, each
@@ -447,6 +575,7 @@ class OnnxRuntimeRunner:
         intra_op_num_threads: int | None = None,
         providers: Iterable[str] | None = None,
         fetch_aliases: bool = True,
+        batch_axes: Any = None,
         max_memory: int | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -556,15 +685,9 @@ class OnnxRuntimeRunner:
         self._opts = opts
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._plans: dict[tuple[Any, ...], _Plan] = {}
-        init_names = {t.name for t in proto.graph.initializer}
-        specs = []
-        for i in self.session.get_inputs():
-            if i.name in init_names:
-                continue
-            dtype = np.dtype(_ort_type_to_numpy(i.type))
-            shape = tuple(d if isinstance(d, int) else None for d in i.shape)
-            specs.append(InputSpec(i.name, shape, dtype))
-        self.input_specs: list[InputSpec] = specs
+        self.input_specs: list[InputSpec] = input_specs(self.session, proto, batch_axes)
+        #: Input name -> batch axis (``None``: not batched), inferred or declared.
+        self.batch_axes: dict[str, int | None] = {s.name: s.batch_axis for s in self.input_specs}
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({self.label!r}, {len(self.tensor_names)} tensors)"
@@ -605,40 +728,16 @@ class OnnxRuntimeRunner:
         DataSourceError
             Missing or unknown input names, wrong rank, fixed dims or dtype kind.
         """
-        where = f"batch {index}"
-        names = [s.name for s in self.input_specs]
-        if not isinstance(batch, Mapping):
-            if len(self.input_specs) != 1:
-                raise DataSourceError(
-                    f"{where}: a bare array was given but the model has inputs {names}; "
-                    "give a dict {input_name: array}"
-                )
-            batch = {names[0]: batch}
-        missing = [n for n in names if n not in batch]
-        extra = [k for k in batch if k not in names]
-        if missing or extra:
-            raise DataSourceError(
-                f"{where}: the model's inputs are {names}, the batch has {list(batch)}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unknown {extra}" if extra else "")
-            )
-        feed = {s.name: s.check(batch[s.name], where=where) for s in self.input_specs}
-        sizes = {s.name: feed[s.name].shape[0] for s in self.input_specs if s.shape}
-        if len(set(sizes.values())) > 1:
-            raise DataSourceError(f"{where}: inputs disagree on the batch size: {sizes}")
-        return feed
+        return prepare_feed(self.input_specs, batch, index=index)
 
     # -- running ---------------------------------------------------------------------------
     def split(self, feed: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Split a feed along axis 0 when the model's batch size is fixed."""
-        fixed = [s.batch_dim for s in self.input_specs if s.batch_dim]
-        n = next((a.shape[0] for a in feed.values() if a.ndim), 0)
-        if not fixed or n <= fixed[0]:
-            yield feed
-            return
-        step = fixed[0]
-        for start in range(0, n, step):
-            yield {k: (v[start : start + step] if v.ndim else v) for k, v in feed.items()}
+        """Split a feed along the batch axes when the model's batch size is fixed."""
+        return split_feed(self.input_specs, feed)
+
+    def samples(self, feed: Mapping[str, np.ndarray]) -> int:
+        """Samples in a prepared feed (1 when no input is batched)."""
+        return feed_samples(self.input_specs, feed)
 
     def run(self, feed: Mapping[str, np.ndarray], *, index: int = 0) -> dict[str, np.ndarray]:
         """Run one prepared feed (see :meth:`prepare`); return ``{tensor: activation}``.

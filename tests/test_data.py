@@ -152,7 +152,7 @@ def test_rebatch_preserves_samples(sizes, batch_size, bare):
 
 
 def test_rebatch_errors():
-    with pytest.raises(DataSourceError, match="same leading"):
+    with pytest.raises(DataSourceError, match="same batch size.*--batch-axis NAME=none"):
         list(rebatch([{"x": np.ones((2, 1)), "y": np.ones((3, 1))}], 2))
     with pytest.raises(DataSourceError, match="mixes"):
         list(rebatch([np.ones((2, 1)), {"x": np.ones((2, 1))}], 2))

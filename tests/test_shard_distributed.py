@@ -219,16 +219,18 @@ def test_bad_arguments(data):
 
 @pytest.mark.slow
 def test_cli_workers_writes_the_one_process_cache(data, tmp_path, capsys):
+    folder = tmp_path / "data"  # one kind of data per folder: the caches go beside it
+    folder.mkdir()
     for i, b in enumerate(data):
-        np.save(tmp_path / f"batch{i}.npy", b["input"])
+        np.save(folder / f"batch{i}.npy", b["input"])
     model = str(lenet_model_path())
-    assert main(["calibrate", model, "--data", str(tmp_path), "-o", str(tmp_path / "one.cache"),
+    assert main(["calibrate", model, "--data", str(folder), "-o", str(tmp_path / "one.cache"),
                  "-q"]) == 0
-    assert main(["calibrate", model, "--data", str(tmp_path), "-o", str(tmp_path / "two.cache"),
+    assert main(["calibrate", model, "--data", str(folder), "-o", str(tmp_path / "two.cache"),
                  "--workers", "2", "-q"]) == 0
     assert (tmp_path / "two.cache").read_bytes() == (tmp_path / "one.cache").read_bytes()
     out = tmp_path / "never.cache"
-    assert main(["calibrate", model, "--data", str(tmp_path), "-o", str(out),
+    assert main(["calibrate", model, "--data", str(folder), "-o", str(out),
                  "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "1", "-q"]) == 2
     assert "no Dask scheduler answered" in capsys.readouterr().err
     assert not out.exists()

@@ -26,16 +26,20 @@ EXIT_BAD_INPUT = 2
 
 
 def _crosscheck(args: argparse.Namespace) -> int:
-    from kldiv.data import as_source
+    from kldiv._cli._data_args import (
+        batch_axes_from_args,
+        check_data_args,
+        model_batch_axes,
+        source_from_args,
+    )
 
     from . import _tensorrt
     from .crosschecking import crosscheck
 
     _tensorrt.require_implicit(_tensorrt.version())  # no TensorRT: exit 2 with the install hint
-    data = cast(
-        "Iterable[Mapping[str, Any]]",
-        as_source(args.data, batch_size=args.batch_size, input_name=args.input_name),
-    )
+    check_data_args(args)
+    axes = model_batch_axes(args.model, batch_axes_from_args(args))
+    data = cast("Iterable[Mapping[str, Any]]", source_from_args(args, batch_axes=axes))
     result = crosscheck(args.model, data, preset=args.preset, workspace=args.workspace)
     written = result.write(args.out_dir, force=args.force)
     print(result.to_text(max_rows=args.max_rows))
@@ -83,6 +87,7 @@ def _trt_version_text() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``kldiv-trt`` argument parser."""
     from kldiv import __version__
+    from kldiv._cli._data_args import add_data_options
     from kldiv.defaults import (
         DEFAULT_ALGORITHM,
         DEFAULT_PRECISION,
@@ -104,11 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crosscheck", help="TensorRT's entropy2 calibration vs kldiv's, same data")
     p.add_argument("model", help="ONNX model")
-    p.add_argument("--data", required=True, help="calibration data (folder or file kldiv reads)")
     p.add_argument("--out-dir", required=True, help="folder for the report and both caches")
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"kldiv preset (default: {DEFAULT_PRESET})")
-    p.add_argument("--batch-size", type=int, default=None, help="re-batch the data")
-    p.add_argument("--input-name", default=None, help="input fed by bare arrays")
+    add_data_options(p, data_help="calibration data, fed to both TensorRT and kldiv")
     p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
     p.add_argument("--max-rows", type=int, default=40, help="rows of the printed table")
     p.add_argument("--force", action="store_true", help="overwrite existing files")

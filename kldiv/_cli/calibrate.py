@@ -28,6 +28,7 @@ from ..defaults import (
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
 from ..thresholds import METHODS, check_method_options
+from ._data_args import add_data_options
 
 __all__ = [
     "add_table_options",
@@ -46,20 +47,6 @@ def _whole(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _count_of(option: str) -> Any:
-    def count(text: str) -> int:
-        from .._checks import check_count
-
-        try:
-            value = check_count(option.lstrip("-").replace("-", "_"), _whole(text), option=option)
-        except PresetError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        assert value is not None
-        return value
-
-    return count
 
 
 def _num_bins(text: str) -> int:
@@ -108,15 +95,6 @@ def quiet(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "quiet", False))
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
-        ) from None
-
-
 def _fraction(text: str) -> float:
     """A number in (0, 1] (the legacy calibrator's quantile and cutoff)."""
     try:
@@ -126,18 +104,6 @@ def _fraction(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
     return value
-
-
-def _size(text: str) -> int | tuple[int, int]:
-    try:
-        parts = [int(t) for t in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
 
 
 def _bytes(text: str) -> int | None:
@@ -203,12 +169,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("model", nargs="?", help="the .onnx model (not needed with --from-histograms)")
-    p.add_argument("--data", help="folder or file of .npy/.npz, images, or sampleINT8 batch files")
     p.add_argument("--out", "-o", required=True, help="the calibration cache to write")
-    p.add_argument("--batch-size", type=_count_of("--batch-size"), default=None,
-                   help="samples per batch, >= 1 (images per batch for image folders)")
-    p.add_argument("--max-batches", type=_count_of("--max-batches"), default=None,
-                   help="stop after N batches (N >= 1)")
     p.add_argument("--save-histograms", metavar="H.npz",
                    help="also save the histograms (recompute later with --from-histograms)")
     p.add_argument("--from-histograms", metavar="H.npz",
@@ -239,30 +200,9 @@ def register(subparsers: Any) -> None:
                                      f"{DEFAULT_SCHEDULER_TIMEOUT:g})")
     d.add_argument("--shards", type=int, metavar="K",
                    help="shards after the first batch (default: 2 per worker)")
-    g = p.add_argument_group("image preprocessing (image folders only)")
-    g.add_argument("--preprocess", metavar="FILE", help="JSON/TOML file with the keys below")
-    g.add_argument("--resize", type=_size, help="N (shorter side) or H,W")
-    g.add_argument("--crop", type=_size, help="center crop N or H,W")
-    g.add_argument("--color", choices=("RGB", "BGR", "L"), help="channel order (default RGB)")
-    g.add_argument("--scale", type=float, help="multiply pixels (0-255) by this first")
-    g.add_argument("--mean", type=_floats, help="subtract, per channel: 0.485,0.456,0.406")
-    g.add_argument("--std", type=_floats, help="then divide, per channel")
-    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="default NCHW")
+    add_data_options(p, data_help="calibration data")
     add_table_options(p)
     p.set_defaults(func=run)
-
-
-def _preprocess(args: argparse.Namespace) -> Any:
-    from ..data import Preprocess
-
-    keys = {"resize": args.resize, "center_crop": args.crop, "color": args.color,
-            "scale": args.scale, "mean": args.mean, "std": args.std, "layout": args.layout}
-    given = {k: v for k, v in keys.items() if v is not None}
-    if args.preprocess:
-        base = Preprocess.from_file(args.preprocess).to_dict()
-        base.update(given)
-        return Preprocess.from_dict(base)
-    return Preprocess.from_dict(given) if given else None
 
 
 def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
@@ -396,11 +336,13 @@ def format_summary(calibration: Any) -> str:
 
 def _calibrate_here(args: argparse.Namespace) -> Any:
     """One process: :func:`kldiv.pipeline.calibrate` with a progress bar."""
-    from ..data import as_source
     from ..pipeline import calibrate
+    from ._data_args import batch_axes_from_args, model_batch_axes, source_from_args
 
-    source = as_source(args.data, preprocess=_preprocess(args), batch_size=args.batch_size)
-    total = len(source) if hasattr(source, "__len__") else None  # type: ignore[arg-type]
+    declared = batch_axes_from_args(args)
+    source = source_from_args(args, batch_axes=model_batch_axes(args.model, declared),
+                              limit=False)
+    total = len(source) if hasattr(source, "__len__") else None
     if total is not None and args.max_batches is not None:
         total = min(total, args.max_batches)
     bar, on_batch = _progress(total, quiet(args))
@@ -409,6 +351,7 @@ def _calibrate_here(args: argparse.Namespace) -> Any:
             args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
             max_batches=args.max_batches, max_memory=args.max_memory,
             nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
+            batch_axes=declared,
             save_histograms=args.save_histograms, force=args.force, **table_kwargs(args),
         )
     finally:
@@ -422,7 +365,13 @@ def _calibrate_distributed(args: argparse.Namespace) -> Any:
     A progress bar runs over all shards.
     """
     from ..distributed import calibrate_distributed
+    from ._data_args import preprocess_from_args
 
+    if args.data_loader_script or args.batch_axis:
+        raise DataSourceError(
+            "--data-loader-script and --batch-axis run in one process; drop --workers/"
+            "--scheduler, or give --data"
+        )
     if args.workers is not None and args.scheduler is not None:
         raise DataSourceError("give --workers N or --scheduler ADDRESS, not both")
     if args.range_policy != "pow2":
@@ -443,7 +392,7 @@ def _calibrate_distributed(args: argparse.Namespace) -> Any:
             args.model, args.data, workers=args.workers, scheduler=args.scheduler,
             shards=args.shards, timeout=args.scheduler_timeout, num_bins=args.num_bins,
             batch_size=args.batch_size,
-            preprocess=_preprocess(args), max_batches=args.max_batches,
+            preprocess=preprocess_from_args(args), max_batches=args.max_batches,
             max_memory=args.max_memory,
             nonfinite="drop" if args.drop_nonfinite else "raise", on_progress=on_progress,
             save_histograms=args.save_histograms, force=args.force, **table_kwargs(args),
@@ -467,22 +416,31 @@ def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text, check_writable, same_file
     from ..cachefile import write_cache
     from ..pipeline import calibrate_histograms
+    from ._data_args import check_data_args
 
-    if args.from_histograms and (args.model or args.data):
-        given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data)) if v)
+    if args.from_histograms and (args.model or args.data or args.data_loader_script):
+        given = " and ".join(x for x, v in (("MODEL", args.model), ("--data", args.data),
+                                            ("--data-loader-script", args.data_loader_script))
+                             if v)
         verb = "were" if " and " in given else "was"
         raise DataSourceError(
             f"--from-histograms replaces running the model, but {given} {verb} given too; drop "
             f"{given} to recompute from {args.from_histograms}, or drop --from-histograms"
         )
-    if not args.from_histograms and (not args.model or not args.data):
+    if not args.from_histograms and (
+        not args.model or not (args.data or args.data_loader_script)
+    ):
         raise DataSourceError(
-            "give MODEL and --data PATH (or --from-histograms H.npz to skip the model)"
+            "give MODEL and --data PATH or --data-loader-script FILE.py (or --from-histograms "
+            "H.npz to skip the model)"
         )
+    check_data_args(args, required=False)
     check_table_options(args, None if args.from_histograms else args.num_bins)
     outputs = {"--out": args.out, "--save-histograms": args.save_histograms,
                "--provenance": args.provenance}
-    inputs = [args.model, args.data, args.from_histograms, args.preprocess]
+    script = (args.data_loader_script or "").rpartition(".py")
+    inputs = [args.model, args.data, args.from_histograms, args.preprocess,
+              script[0] + script[1] if script[1] else None]
     for what, path in outputs.items():
         if path is not None:
             check_writable(path, force=args.force, inputs=inputs, what=what)
