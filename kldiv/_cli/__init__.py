@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["subcommands", "verbosity_parent"]
+__all__ = ["algorithm_arg", "subcommands", "trt_version_arg", "verbosity_parent"]
 
 
 def verbosity_parent() -> argparse.ArgumentParser:
@@ -21,6 +21,27 @@ def verbosity_parent() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="errors only: no progress bar, no table, no warnings")
     return p
+
+
+def trt_version_arg(text: str) -> str:
+    """Argparse type of ``--trt-version``: a TensorRT version kldiv writes headers for."""
+    from ..cachefile import check_trt_version
+
+    try:
+        check_trt_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def algorithm_arg(text: str) -> str:
+    """Argparse type of ``--algorithm``: the name normalized as a cache header writes it."""
+    from ..cachefile import normalize_algorithm
+
+    try:
+        return normalize_algorithm(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Subcommands:

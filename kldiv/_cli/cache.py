@@ -15,7 +15,7 @@ from ..cachefile import header_for
 from ..defaults import DEFAULT_ALGORITHM, DEFAULT_TRT_VERSION
 from ..exports import FORMATS, format_table, read_table, write_table
 from ..scales import CacheHeader, CalibrationTable
-from . import subcommands
+from . import algorithm_arg, subcommands, trt_version_arg
 
 __all__ = ["register"]
 
@@ -43,10 +43,10 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--to", required=True, choices=[f for f in FORMATS if f != "ort-flatbuffers"],
                       help="output format ('ort' writes ONNX Runtime's three files into a folder)")
     conv.add_argument("-o", "--output", help="output file (folder for --to ort); default stdout")
-    conv.add_argument("--trt-version", type=_trt_version,
+    conv.add_argument("--trt-version", type=trt_version_arg,
                       help=f"TensorRT version for the header (--to trt), e.g. 8.6.1 "
                       f"(default: the input's, else {DEFAULT_TRT_VERSION})")
-    conv.add_argument("--algorithm", type=_algorithm,
+    conv.add_argument("--algorithm", type=algorithm_arg,
                       help="entropy2, entropy, minmax or legacy (--to trt; "
                       f"default: the input's, else {DEFAULT_ALGORITHM})")
     conv.add_argument("--colon-replacement", help="rename ':' in names (--to dynamic-range)")
@@ -74,23 +74,6 @@ def register(subparsers: Any) -> None:
     cmp_.set_defaults(func=_compare)
 
 
-def _trt_version(text: str) -> str:
-    from ..cachefile import check_trt_version
-
-    try:
-        check_trt_version(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _algorithm(text: str) -> str:
-    from ..cachefile import normalize_algorithm
-
-    try:
-        return normalize_algorithm(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_from(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from ..defaults import (
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
 from ..thresholds import METHODS, check_method_options
+from . import algorithm_arg, trt_version_arg
 from ._data_args import add_data_options
 
 __all__ = [
@@ -71,23 +72,6 @@ def _percentile(text: str) -> float:
     return value
 
 
-def _trt_version(text: str) -> str:
-    from ..cachefile import check_trt_version
-
-    try:
-        check_trt_version(text)
-    except KldivError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _algorithm(text: str) -> str:
-    from ..cachefile import normalize_algorithm
-
-    try:
-        return normalize_algorithm(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def quiet(args: argparse.Namespace) -> bool:
@@ -140,10 +124,10 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regression-cutoff", type=_fraction, default=None,
                    help=f"regression cutoff for --method legacy (default "
                         f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, type=_trt_version,
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, type=trt_version_arg,
                    help=f"TensorRT version whose cache header is written, 5.x to 10.x, or the "
                         f"header number a newer TensorRT writes (default {DEFAULT_TRT_VERSION})")
-    p.add_argument("--algorithm", default=None, type=_algorithm,
+    p.add_argument("--algorithm", default=None, type=algorithm_arg,
                    help="calibrator named in the header: entropy2, entropy, minmax or legacy "
                         "(default from --method: minmax for minmax, legacy for legacy, else "
                         "entropy2; required for percentile and mse, which no TensorRT "
