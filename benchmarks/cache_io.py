@@ -57,7 +57,7 @@ def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 what, paths = sys.argv[1], sys.argv[2:]
 if what != "baseline":
     from kldiv.cachefile import read_cache
-    from kldiv.compare import compare
+    from kldiv.comparison import compare
 before = rss()
 wall, cpu = time.perf_counter(), time.process_time()
 if what == "baseline":
