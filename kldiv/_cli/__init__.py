@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["algorithm_arg", "subcommands", "trt_version_arg", "verbosity_parent"]
+__all__ = [
+    "algorithm_arg",
+    "fraction_arg",
+    "nonnegative_arg",
+    "positive_arg",
+    "subcommands",
+    "trt_version_arg",
+    "verbosity_parent",
+    "whole_number_arg",
+]
 
 
 def verbosity_parent() -> argparse.ArgumentParser:
@@ -42,6 +51,44 @@ def algorithm_arg(text: str) -> str:
         return normalize_algorithm(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def whole_number_arg(text: str) -> int:
+    """Argparse type: an integer."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_arg(text: str) -> int:
+    """Argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def nonnegative_arg(text: str) -> int:
+    """Argparse type: an integer >= 0."""
+    value = whole_number_arg(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def fraction_arg(text: str) -> float:
+    """Argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
+    return value
 
 
 class _Subcommands:

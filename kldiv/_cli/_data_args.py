@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import whole_number_arg
+
 __all__ = [
     "add_data_options",
     "batch_axes_from_args",
@@ -42,16 +44,6 @@ def _size(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 def _count_of(option: str) -> Any:
     """An argparse type for ``--batch-size``/``--max-batches``.
 
@@ -61,10 +53,7 @@ def _count_of(option: str) -> Any:
         from .._checks import check_count
         from ..errors import PresetError
 
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        value = whole_number_arg(text)
         try:
             checked = check_count(option.lstrip("-").replace("-", "_"), value, option=option)
         except PresetError as exc:

@@ -15,7 +15,7 @@ from ..cachefile import header_for
 from ..defaults import DEFAULT_ALGORITHM, DEFAULT_TRT_VERSION
 from ..exports import FORMATS, format_table, read_table, write_table
 from ..scales import CacheHeader, CalibrationTable
-from . import algorithm_arg, subcommands, trt_version_arg
+from . import algorithm_arg, nonnegative_arg, subcommands, trt_version_arg
 
 __all__ = ["register"]
 
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--json", action="store_true", help="print the full report as JSON")
     cmp_.add_argument("--all", action="store_true",
                       help="list every tensor (default: only those not bit-identical)")
-    cmp_.add_argument("--max-rows", type=_rows, default=50, help="rows to print (default 50)")
+    cmp_.add_argument("--max-rows", type=nonnegative_arg, default=50, help="rows to print (default 50)")
     cmp_.set_defaults(func=_compare)
 
 
@@ -86,16 +86,6 @@ def _add_from(p: argparse.ArgumentParser) -> None:
 def _read(path: str, args: argparse.Namespace) -> CalibrationTable:
     return read_table(path, format=getattr(args, "from_format", "auto"),
                       allow_unknown_header=getattr(args, "allow_unknown_header", False))
-
-
-def _rows(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
 
 
 #: Flags of ``cache show``: usable oddities, then the scales TensorRT cannot use.

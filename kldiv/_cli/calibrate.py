@@ -28,7 +28,7 @@ from ..defaults import (
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
 from ..thresholds import METHODS, check_method_options
-from . import algorithm_arg, trt_version_arg
+from . import algorithm_arg, fraction_arg, trt_version_arg, whole_number_arg
 from ._data_args import add_data_options
 
 __all__ = [
@@ -43,18 +43,11 @@ __all__ = [
 ]
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
 def _num_bins(text: str) -> int:
     from .._checks import check_num_bins
 
     try:
-        return check_num_bins(_whole(text), option="--num-bins")
+        return check_num_bins(whole_number_arg(text), option="--num-bins")
     except KldivError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -72,22 +65,9 @@ def _percentile(text: str) -> float:
     return value
 
 
-
-
 def quiet(args: argparse.Namespace) -> bool:
     """Whether ``-q`` was given (to the command or before it)."""
     return bool(getattr(args, "quiet", False))
-
-
-def _fraction(text: str) -> float:
-    """A number in (0, 1] (the legacy calibrator's quantile and cutoff)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
-    return value
 
 
 def _bytes(text: str) -> int | None:
@@ -118,10 +98,10 @@ def add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=_percentile, default=None,
                    help="percentile for --method percentile, above 0 and at most 100 "
                         "(default kldiv.defaults.DEFAULT_PERCENTILE)")
-    p.add_argument("--quantile", type=_fraction, default=None,
+    p.add_argument("--quantile", type=fraction_arg, default=None,
                    help=f"quantile for --method legacy, in (0, 1] (default "
                         f"{DEFAULT_LEGACY_QUANTILE}, TensorRT's sampleINT8)")
-    p.add_argument("--regression-cutoff", type=_fraction, default=None,
+    p.add_argument("--regression-cutoff", type=fraction_arg, default=None,
                    help=f"regression cutoff for --method legacy (default "
                         f"{DEFAULT_LEGACY_CUTOFF}; below 1.0 is refused: its effect is unknown)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, type=trt_version_arg,

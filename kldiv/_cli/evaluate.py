@@ -11,19 +11,10 @@ from typing import Any
 import numpy as np
 
 from ..defaults import DEFAULT_QDQ_BIAS, DEFAULT_QDQ_WEIGHTS, DEFAULT_TOPK
-from ._data_args import _positive, add_data_options
+from . import fraction_arg, positive_arg
+from ._data_args import add_data_options
 
 __all__ = ["register", "run"]
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -84,14 +75,14 @@ def register(subparsers: Any) -> None:
         help="rank the quantized activations by the output error each causes alone (one run "
         "per tensor, the rest in float) and suggest an exclusion set",
     )
-    r.add_argument("--per-tensor-batches", type=_positive, default=None, metavar="N",
+    r.add_argument("--per-tensor-batches", type=positive_arg, default=None, metavar="N",
                    help="batches used for the ranking (held in memory; default: all)")
-    r.add_argument("--suggest-target", type=_fraction, default=0.8, metavar="F",
+    r.add_argument("--suggest-target", type=fraction_arg, default=0.8, metavar="F",
                    help="fraction of the loss the suggested exclusions should recover "
                    "(default 0.8)")
-    r.add_argument("--suggest-max", type=_positive, default=32, metavar="N",
+    r.add_argument("--suggest-max", type=positive_arg, default=32, metavar="N",
                    help="most tensors the suggestion may leave in float (default 32)")
-    r.add_argument("--rows", type=_positive, default=20, help="ranking rows shown (default 20)")
+    r.add_argument("--rows", type=positive_arg, default=20, help="ranking rows shown (default 20)")
     p.set_defaults(func=run)
 
 
