@@ -134,6 +134,14 @@ DEFAULT_SCHEDULER_TIMEOUT: Final[float] = 10.0
 #: benchmarks/bounded_memory.py.
 DEFAULT_MAX_MEMORY: Final[int] = 512 * 2**20
 
+# --- ranking tensors: kldiv.evaluate.rank_tensors / kldiv evaluate --per-tensor ---
+#: Fraction of the quantization loss the suggested exclusion set should recover.
+DEFAULT_SUGGEST_TARGET: Final[float] = 0.8
+#: Most tensors the suggested exclusion set may leave in float.
+DEFAULT_SUGGEST_MAX: Final[int] = 32
+#: Rows of the ranking shown as text.
+DEFAULT_RANKING_ROWS: Final[int] = 20
+
 # --- explaining scales: kldiv explain / kldiv report ---
 #: ``kldiv explain``: most option fields changed together when looking for the options that
 #: reproduce a given (TensorRT) threshold.

@@ -38,7 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from .defaults import DEFAULT_TOPK
+from .defaults import (
+    DEFAULT_RANKING_ROWS,
+    DEFAULT_SUGGEST_MAX,
+    DEFAULT_SUGGEST_TARGET,
+    DEFAULT_TOPK,
+)
 from .errors import DataSourceError, ModelError, QuantizationError
 
 __all__ = [
@@ -987,7 +992,7 @@ class TensorRanking:
             "runs": self.runs, "weights_switched": self.weights_switched,
         }
 
-    def to_text(self, max_rows: int = 20) -> str:
+    def to_text(self, max_rows: int = DEFAULT_RANKING_ROWS) -> str:
         """The ranking (worst first) and the suggestion."""
         has_agree = self.all_quantized.agreement is not None
         head = ("rank", "tensor", "SQNR dB", "rel L2", *(["top-1 agree"] if has_agree else []))
@@ -1029,8 +1034,8 @@ def rank_tensors(
     output: str | None = None,
     batch_axes: Any = None,
     max_batches: int | None = None,
-    target: float = 0.8,
-    max_suggest: int = 32,
+    target: float = DEFAULT_SUGGEST_TARGET,
+    max_suggest: int = DEFAULT_SUGGEST_MAX,
     on_step: StepCallback | None = None,
 ) -> TensorRanking:
     """Rank the quantized activations of a Q/DQ model by the output error each causes alone.

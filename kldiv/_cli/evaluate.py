@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ..defaults import DEFAULT_QDQ_BIAS, DEFAULT_QDQ_WEIGHTS, DEFAULT_TOPK
+from ..defaults import (
+    DEFAULT_QDQ_BIAS,
+    DEFAULT_QDQ_WEIGHTS,
+    DEFAULT_RANKING_ROWS,
+    DEFAULT_SUGGEST_MAX,
+    DEFAULT_SUGGEST_TARGET,
+    DEFAULT_TOPK,
+)
 from . import fraction_arg, positive_arg
 from ._data_args import add_data_options
 
@@ -77,12 +84,14 @@ def register(subparsers: Any) -> None:
     )
     r.add_argument("--per-tensor-batches", type=positive_arg, default=None, metavar="N",
                    help="batches used for the ranking (held in memory; default: all)")
-    r.add_argument("--suggest-target", type=fraction_arg, default=0.8, metavar="F",
-                   help="fraction of the loss the suggested exclusions should recover "
-                   "(default 0.8)")
-    r.add_argument("--suggest-max", type=positive_arg, default=32, metavar="N",
-                   help="most tensors the suggestion may leave in float (default 32)")
-    r.add_argument("--rows", type=positive_arg, default=20, help="ranking rows shown (default 20)")
+    r.add_argument("--suggest-target", type=fraction_arg, default=DEFAULT_SUGGEST_TARGET,
+                   metavar="F", help="fraction of the loss the suggested exclusions should "
+                   f"recover (default {DEFAULT_SUGGEST_TARGET})")
+    r.add_argument("--suggest-max", type=positive_arg, default=DEFAULT_SUGGEST_MAX, metavar="N",
+                   help="most tensors the suggestion may leave in float "
+                   f"(default {DEFAULT_SUGGEST_MAX})")
+    r.add_argument("--rows", type=positive_arg, default=DEFAULT_RANKING_ROWS,
+                   help=f"ranking rows shown (default {DEFAULT_RANKING_ROWS})")
     p.set_defaults(func=run)
 
 
