@@ -76,17 +76,28 @@ def _trt_version_text() -> str:
     """The installed TensorRT's version, or why there is none (no import of TensorRT here)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from .errors import INSTALL_HINT
+
     for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
         try:
             return version(dist)
         except PackageNotFoundError:
             continue
-    return 'not installed (pip install "kldiv[trt]")'
+    return f"not installed ({INSTALL_HINT})"
+
+
+class _VersionAction(argparse._VersionAction):
+    """``--version``, its text (package metadata look-ups) made only when it is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from kldiv import __version__
+
+        self.version = f"kldiv-trt {__version__} (TensorRT: {_trt_version_text()})"
+        super().__call__(parser, *args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kldiv-trt`` argument parser."""
-    from kldiv import __version__
     from kldiv._cli._data_args import add_data_options
     from kldiv.defaults import (
         DEFAULT_ALGORITHM,
@@ -100,10 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kldiv-trt", description="Feed kldiv's scales to TensorRT and cross-check them."
     )
-    parser.add_argument(
-        "--version", action="version",
-        version=f"kldiv-trt {__version__} (TensorRT: {_trt_version_text()})",
-    )
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
