@@ -133,10 +133,10 @@ def header_algorithm(method: str, algorithm: str | None) -> str:
     """The calibration algorithm a cache made with ``method`` names in its header.
 
     ``minmax`` results name ``MinMaxCalibration`` (``legacy`` the legacy calibrator's header)
-    and entropy results ``EntropyCalibration2`` unless told otherwise. TensorRT has no percentile or MSE calibrator, so for those the
-    caller must say which calibrator will read the cache (``algorithm="entropy2"`` for
-    ``IInt8EntropyCalibrator2``, ...): a header claiming an algorithm the numbers did not come
-    from is written only when asked for.
+    and entropy results ``EntropyCalibration2`` unless told otherwise. TensorRT has no
+    percentile or MSE calibrator, so for those the caller must say which calibrator will read
+    the cache (``algorithm="entropy2"`` for ``IInt8EntropyCalibrator2``, ...): a header
+    claiming an algorithm the numbers did not come from is written only when asked for.
 
     Raises
     ------

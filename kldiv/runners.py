@@ -199,7 +199,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-
 def calibration_tensor_names(
     model: onnx.ModelProto, *, include_constants: bool = False
 ) -> tuple[list[str], list[str], int]:

@@ -70,10 +70,9 @@ def register(subparsers: Any) -> None:
     cmp_.add_argument("--json", action="store_true", help="print the full report as JSON")
     cmp_.add_argument("--all", action="store_true",
                       help="list every tensor (default: only those not bit-identical)")
-    cmp_.add_argument("--max-rows", type=nonnegative_arg, default=50, help="rows to print (default 50)")
+    cmp_.add_argument("--max-rows", type=nonnegative_arg, default=50,
+                      help="rows to print (default 50)")
     cmp_.set_defaults(func=_compare)
-
-
 
 
 def _add_from(p: argparse.ArgumentParser) -> None:
