@@ -33,7 +33,9 @@ from .collect import HistogramCollector
 from .data import ImageFolder, NpyFolder, Preprocess, SampleInt8BatchFiles, as_source
 from .defaults import (
     DEFAULT_MAX_MEMORY,
+    DEFAULT_METHOD,
     DEFAULT_ORT_OPTIMIZATION,
+    DEFAULT_PRESET,
     DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_SHARDS_PER_WORKER,
     NUM_BINS,
@@ -483,12 +485,14 @@ def calibrate_distributed(
     kldiv.pipeline.Calibration
         As :func:`kldiv.calibrate` returns it.
     """
-    from .pipeline import calibrate_histograms
+    from .pipeline import calibrate_histograms, check_calibration
 
-    if save_histograms is not None:
-        from ._io import check_writable
-
-        check_writable(save_histograms, force=force)  # before any work
+    check_calibration(  # before the cluster starts
+        model, method=method or DEFAULT_METHOD, preset=preset or DEFAULT_PRESET,
+        options=options, num_bins=collect.get("num_bins", NUM_BINS), trt_version=trt_version,
+        algorithm=algorithm, batch_size=collect.get("batch_size"),
+        max_batches=collect.get("max_batches"), save_histograms=save_histograms, force=force,
+    )
     collector = collect_histograms_distributed(model, data, **collect)
     table_options: dict[str, Any] = {
         k: v for k, v in {"preset": preset, "method": method, "trt_version": trt_version}.items()

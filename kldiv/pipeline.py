@@ -752,6 +752,40 @@ def calibrate_histograms(
     return Calibration(table=table, results=results, histograms=collector, graph=facts)
 
 
+def check_calibration(
+    model: Any,
+    *,
+    method: str,
+    preset: str | EntropyOptions,
+    options: Mapping[str, Any] | None,
+    num_bins: int,
+    trt_version: str | None,
+    algorithm: str | None,
+    batch_size: int | None,
+    max_batches: int | None,
+    save_histograms: str | os.PathLike[str] | None,
+    force: bool,
+) -> None:
+    """Every check of a calibration's arguments, made before the model runs.
+
+    Raises
+    ------
+    KldivError
+        A bad count, bin number, method, preset, option or header choice, or a
+        ``save_histograms`` path that exists (without ``force``), is a folder, or is the model.
+    """
+    check_count("batch_size", batch_size)
+    check_count("max_batches", max_batches)
+    check_num_bins(num_bins)
+    check_options(method=method, preset=preset, options=options, num_bins=num_bins)
+    check_header_choice(trt_version, algorithm, method)
+    if save_histograms is not None:
+        from ._io import check_writable
+
+        inputs = [model] if isinstance(model, (str, os.PathLike)) else []
+        check_writable(save_histograms, force=force, inputs=inputs, what="save_histograms")
+
+
 def calibrate(
     model: Any,
     data: Any = None,
@@ -832,16 +866,11 @@ def calibrate(
             "calibrate() needs a model and calibration data; to re-threshold saved "
             "histograms use calibrate_histograms(H.npz)"
         )
-    check_count("batch_size", batch_size)
-    check_count("max_batches", max_batches)
-    check_num_bins(num_bins)
-    check_options(method=method, preset=preset, options=options, num_bins=num_bins)
-    check_header_choice(trt_version, algorithm, method)
-    if save_histograms is not None:
-        from ._io import check_writable
-
-        inputs = [model] if isinstance(model, (str, os.PathLike)) else []
-        check_writable(save_histograms, force=force, inputs=inputs, what="save_histograms")
+    check_calibration(
+        model, method=method, preset=preset, options=options, num_bins=num_bins,
+        trt_version=trt_version, algorithm=algorithm, batch_size=batch_size,
+        max_batches=max_batches, save_histograms=save_histograms, force=force,
+    )
     collector = collect_histograms(
         model, data, num_bins=num_bins, range_policy=range_policy, batch_size=batch_size,
         preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
