@@ -221,10 +221,8 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
 
         return count_at_least_device(arr, threshold)
     if arr.dtype.kind == "f":
-        t = arr.dtype.type(threshold)
-        if float(t) < threshold:
-            t = np.nextafter(t, arr.dtype.type(np.inf))
-        if np.isinf(t):
+        t = _float_threshold(arr.dtype, threshold)
+        if t is None:
             return 0
         it = np.nditer(  # type: ignore[call-overload]
             arr, flags=["external_loop", "buffered", "zerosize_ok"], op_flags=[["readonly"]],
@@ -237,6 +235,17 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
             n += int(np.count_nonzero((block <= -t) & (block > -inf)))
         return n
     return int(sum(np.count_nonzero(a >= threshold) for a in _reference_blocks(arr)))
+
+
+def _float_threshold(dtype: np.dtype[Any], threshold: float) -> np.floating[Any] | None:
+    """``threshold`` rounded *up* to the float type ``dtype`` (None when that overflows).
+
+    ``x >= t`` in that type is then exactly ``float64(x) >= threshold``.
+    """
+    t = dtype.type(threshold)
+    if float(t) < threshold:
+        t = np.nextafter(t, dtype.type(np.inf))
+    return None if np.isinf(t) else t
 
 
 def _as_array(values: ArrayLike) -> np.ndarray:
