@@ -424,10 +424,7 @@ def collect_histograms_distributed(
             }
             for pos, fut in again.items():
                 res, _ = _result(fut, f"shard {pos} (again)")
-                for name in reruns[pos]:
-                    results[pos].hists[name] = res.hists[name]
-                    results[pos].records[name] = res.records[name]
-                    results[pos].base[name] = res.base[name]
+                results[pos].replace_tensors(res, reruns[pos])
             merged, reruns = merge_shards(results, num_bins=num_bins, nonfinite=nonfinite)
             if reruns:  # pragma: no cover - one refill anchors every tensor
                 raise ClusterError(f"shards {sorted(reruns)} could not be merged exactly")
