@@ -224,13 +224,9 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
         t = _float_threshold(arr.dtype, threshold)
         if t is None:
             return 0
-        it = np.nditer(  # type: ignore[call-overload]
-            arr, flags=["external_loop", "buffered", "zerosize_ok"], op_flags=[["readonly"]],
-            order="K", buffersize=_REFERENCE_BLOCK,
-        )
         inf = arr.dtype.type(np.inf)
         n = 0
-        for block in it:
+        for block in _blocks(arr):
             n += int(np.count_nonzero((block >= t) & (block < inf)))
             n += int(np.count_nonzero((block <= -t) & (block > -inf)))
         return n
@@ -296,8 +292,8 @@ def _as_input(values: Any) -> Any:
     return _as_array(values)
 
 
-def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
-    """|x| as float64, a bounded block at a time (never a full-size temporary)."""
+def _blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """``arr``'s values, 1-D, a bounded block at a time, in memory order."""
     it = np.nditer(  # type: ignore[call-overload]
         arr,
         flags=["external_loop", "buffered", "zerosize_ok"],
@@ -305,7 +301,12 @@ def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
         order="K",
         buffersize=_REFERENCE_BLOCK,
     )
-    for block in it:
+    yield from it
+
+
+def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """|x| as float64, a bounded block at a time (never a full-size temporary)."""
+    for block in _blocks(arr):
         yield np.abs(block.astype(np.float64))
 
 
