@@ -159,11 +159,7 @@ class HistogramCollector:
 
         From :attr:`range_policy`: ``"pow2"``, ``"append"``, else ``"fixed"``.
         """
-        if self.range_policy == "pow2":
-            return "pow2"
-        if self.range_policy == "append":
-            return "append"
-        return "fixed"
+        return _growth_of(self.range_policy)
 
     # -- filling ---------------------------------------------------------------------------
     def observe(self, activations: Mapping[str, np.ndarray], *, batch: int | None = None) -> None:
@@ -412,7 +408,7 @@ class HistogramCollector:
         counts, amax, bins = a["counts"], a["amax"], a["num_bins"]
         hists: dict[str, ActivationHistogram] = {}
         policy = a["range_policy"]
-        growth = policy if policy in ("pow2", "append") else "fixed"  # as the collector's
+        growth = _growth_of(policy)
         for t, name in enumerate(names):
             row = counts[t]
             n = int(bins[t])
@@ -428,7 +424,7 @@ class HistogramCollector:
                 )
             try:
                 hists[name] = ActivationHistogram.from_counts(
-                    row[:n], float(amax[t]), growth=growth  # type: ignore[arg-type]
+                    row[:n], float(amax[t]), growth=growth
                 )
             except HistogramError as exc:
                 raise HistogramError(f"{p}: tensor {name!r}: {exc}") from None
@@ -558,6 +554,15 @@ def _as_host_or_device(values: Any) -> Any:
 
         return as_device_array(values)
     return np.asarray(values)
+
+
+def _growth_of(range_policy: str) -> GrowthPolicy:
+    """The histograms' growth under a range policy: ``"pow2"``, ``"append"``, else ``"fixed"``."""
+    if range_policy == "pow2":
+        return "pow2"
+    if range_policy == "append":
+        return "append"
+    return "fixed"
 
 
 def _fast_absmax(arr: Any) -> float:

@@ -243,13 +243,18 @@ def _cluster(
         cluster.close()
 
 
+def _cores_each(workers: int) -> int:
+    """The cores of the machine divided among ``workers`` local worker processes (>= 1)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def local_cluster_options(workers: int) -> dict[str, Any]:
     """``LocalCluster`` options of ``--workers N``.
 
     N processes of one task thread each, the machine's cores divided among them (the histogram
     kernels' threads too).
     """
-    share = str(max(1, (os.cpu_count() or 1) // workers))
+    share = str(_cores_each(workers))
     return {
         "n_workers": workers, "threads_per_worker": 1, "processes": True,
         "dashboard_address": ":0", "silence_logs": logging.ERROR,
@@ -377,7 +382,7 @@ def collect_histograms_distributed(
                 "file; save the data one batch per file, or run in one process"
             )
     if intra_op_num_threads is None and workers:
-        intra_op_num_threads = max(1, (os.cpu_count() or 1) // int(workers))
+        intra_op_num_threads = _cores_each(int(workers))
     opts = {
         "include_constants": include_constants,
         "graph_optimization_level": graph_optimization_level,
@@ -426,10 +431,7 @@ def collect_histograms_distributed(
             }
             for pos, fut in again.items():
                 res, _ = _result(fut, f"shard {pos} (again)")
-                for name in reruns[pos]:
-                    results[pos].hists[name] = res.hists[name]
-                    results[pos].records[name] = res.records[name]
-                    results[pos].base[name] = res.base[name]
+                results[pos].replace_tensors(res, reruns[pos])
             merged, reruns = merge_shards(results, num_bins=num_bins, nonfinite=nonfinite)
             if reruns:  # pragma: no cover - one refill anchors every tensor
                 raise ClusterError(f"shards {sorted(reruns)} could not be merged exactly")

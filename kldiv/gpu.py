@@ -50,6 +50,7 @@ import numpy as np
 
 from .defaults import NUM_BINS
 from .errors import HistogramError
+from .histogram import _check_amax, _check_num_bins, _float_threshold
 
 __all__ = [
     "FillResult",
@@ -331,16 +332,8 @@ def fill_counts(
         floats.
     """
     arr = as_device_array(values)
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
-        raise HistogramError(f"num_bins must be a positive integer, got {num_bins!r}")
-    amax = float(amax)
-    if not (np.isfinite(amax) and amax >= 0) or (
-        amax > 0 and amax / num_bins < np.finfo(np.float64).tiny
-    ):
-        raise HistogramError(
-            f"amax must be finite, >= 0 and split into normal float64 bins, got {amax!r}"
-        )
-    num_bins = int(num_bins)
+    num_bins = _check_num_bins(num_bins)
+    amax = _check_amax(amax, num_bins)
     return _launch(arr, amax, num_bins / amax if amax > 0 else 0.0, num_bins, clip)
 
 
@@ -359,10 +352,8 @@ def count_at_least(values: Any, threshold: float) -> int:
     """
     cp = _cupy()
     arr = as_device_array(values)
-    t = arr.dtype.type(threshold)
-    if float(t) < threshold:
-        t = np.nextafter(t, arr.dtype.type(np.inf))
-    if np.isinf(t):
+    t = _float_threshold(arr.dtype, threshold)
+    if t is None:
         return 0
     inf = arr.dtype.type(np.inf)
     n = cp.count_nonzero((arr >= t) & (arr < inf)) + cp.count_nonzero((arr <= -t) & (arr > -inf))

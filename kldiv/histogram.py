@@ -221,22 +221,27 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
 
         return count_at_least_device(arr, threshold)
     if arr.dtype.kind == "f":
-        t = arr.dtype.type(threshold)
-        if float(t) < threshold:
-            t = np.nextafter(t, arr.dtype.type(np.inf))
-        if np.isinf(t):
+        t = _float_threshold(arr.dtype, threshold)
+        if t is None:
             return 0
-        it = np.nditer(  # type: ignore[call-overload]
-            arr, flags=["external_loop", "buffered", "zerosize_ok"], op_flags=[["readonly"]],
-            order="K", buffersize=_REFERENCE_BLOCK,
-        )
         inf = arr.dtype.type(np.inf)
         n = 0
-        for block in it:
+        for block in _blocks(arr):
             n += int(np.count_nonzero((block >= t) & (block < inf)))
             n += int(np.count_nonzero((block <= -t) & (block > -inf)))
         return n
     return int(sum(np.count_nonzero(a >= threshold) for a in _reference_blocks(arr)))
+
+
+def _float_threshold(dtype: np.dtype[Any], threshold: float) -> np.floating[Any] | None:
+    """``threshold`` rounded *up* to the float type ``dtype`` (None when that overflows).
+
+    ``x >= t`` in that type is then exactly ``float64(x) >= threshold``.
+    """
+    t = dtype.type(threshold)
+    if float(t) < threshold:
+        t = np.nextafter(t, dtype.type(np.inf))
+    return None if np.isinf(t) else t
 
 
 def _as_array(values: ArrayLike) -> np.ndarray:
@@ -287,8 +292,8 @@ def _as_input(values: Any) -> Any:
     return _as_array(values)
 
 
-def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
-    """|x| as float64, a bounded block at a time (never a full-size temporary)."""
+def _blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """``arr``'s values, 1-D, a bounded block at a time, in memory order."""
     it = np.nditer(  # type: ignore[call-overload]
         arr,
         flags=["external_loop", "buffered", "zerosize_ok"],
@@ -296,7 +301,12 @@ def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
         order="K",
         buffersize=_REFERENCE_BLOCK,
     )
-    for block in it:
+    yield from it
+
+
+def _reference_blocks(arr: np.ndarray) -> Iterator[np.ndarray]:
+    """|x| as float64, a bounded block at a time (never a full-size temporary)."""
+    for block in _blocks(arr):
         yield np.abs(block.astype(np.float64))
 
 

@@ -91,6 +91,13 @@ class ShardResult:
         """``batches 4-7`` (for messages)."""
         return f"batches {self.first}-{max(self.first, self.stop - 1)}"
 
+    def replace_tensors(self, again: ShardResult, names: Iterable[str]) -> None:
+        """Take ``names``' histograms, records and bases from ``again`` (the shard filled anew)."""
+        for name in names:
+            self.hists[name] = again.hists[name]
+            self.records[name] = again.records[name]
+            self.base[name] = again.base[name]
+
 
 class ShardCollector(HistogramCollector):
     """A ``"pow2"`` :class:`~kldiv.collect.HistogramCollector` for one shard of the batches.
@@ -354,10 +361,7 @@ def collect_in_shards(
         for pos, extra in reruns.items():
             res = results[pos]
             again = run(batches[res.first : res.stop], {**base, **extra}, res.first)
-            for name in extra:
-                res.hists[name] = again.hists[name]
-                res.records[name] = again.records[name]
-                res.base[name] = again.base[name]
+            res.replace_tensors(again, extra)
         merged, reruns = merge_shards(results, num_bins=num_bins, nonfinite=nonfinite)
         assert not reruns, reruns
     return merged

@@ -26,10 +26,10 @@ below are decided once, here, and nowhere else:
     Indices are computed and clamped by the kernels themselves.
 
 Signatures
-    kldiv's kernels are decorated bare (``@jit``): each compiles on its first call, for the
-    types it is called with (the wrappers pass int64/float64 scalars and C-contiguous arrays
-    of fixed dtypes, so there is one specialization per input dtype), and only the kernels a
-    run uses are compiled. Explicit signatures (``jit("float64(int64)")``) would compile every
+    kldiv's kernels are decorated bare (``@jit``, the only form it takes): each compiles on
+    its first call, for the types it is called with (the wrappers pass int64/float64 scalars
+    and C-contiguous arrays of fixed dtypes, so there is one specialization per input dtype),
+    and only the kernels a run uses are compiled. Explicit signatures would compile every
     kernel of a module when it is imported: importing the threshold-search kernels and the
     first search took 9-10 s that way on a loaded 2-core machine (all three divergence
     curves compiled), against 4-5 s for the one curve a calibration uses (empty cache
@@ -52,7 +52,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -154,12 +154,11 @@ def _guard_cache(dispatcher: Any) -> None:
     cache.save_overload = guarded_save
 
 
-def _decorate(function: Callable[..., Any], options: dict[str, Any],
-              signatures: list[str] | None) -> Any:
+def _decorate(function: Callable[..., Any], options: dict[str, Any]) -> Any:
     """``numba.njit`` with its cache in kldiv's folder.
 
-    Numba's cache folder points at kldiv's while it decorates (and compiles the explicit
-    signatures), and the cache is guarded (:func:`_guard_cache`).
+    Numba's cache folder points at kldiv's while it decorates, and the cache is guarded
+    (:func:`_guard_cache`).
     """
     folder = _usable_cache_dir()
     if folder is None:
@@ -172,32 +171,24 @@ def _decorate(function: Callable[..., Any], options: dict[str, Any],
             dispatcher = numba.njit(**options)(function)
             if options["cache"]:
                 _guard_cache(dispatcher)
-            if signatures:  # as numba.njit(signatures) does: compile them, then no others
-                for signature in signatures:
-                    dispatcher.compile(signature)
-                dispatcher.disable_compile()
             return dispatcher
         finally:
             config.CACHE_DIR = saved
 
 
-def jit(signatures: str | Sequence[str] | Callable[..., Any] | None = None) -> Any:
+def jit(function: Callable[..., Any]) -> Any:
     """Compile a kernel with kldiv's JIT options (``numba.njit`` + :data:`JIT_OPTIONS`).
+
+    Used bare (``@jit``): the kernel compiles lazily, once per input types.
 
     Parameters
     ----------
-    signatures : str or sequence of str or callable, optional
-        Explicit Numba signature(s), compiled eagerly. May also be the function itself when
-        the decorator is used bare (``@jit``), which compiles lazily per input type.
+    function : callable
+        The kernel's Python source.
 
     Returns
     -------
     callable
-        A decorator, or the compiled dispatcher when used bare.
+        The Numba dispatcher.
     """
-    options = dict(JIT_OPTIONS)
-    if callable(signatures):  # used as @jit without parentheses
-        return _decorate(signatures, options, None)
-    sigs = None if signatures is None else (
-        [signatures] if isinstance(signatures, str) else list(signatures))
-    return lambda function: _decorate(function, options, sigs)
+    return _decorate(function, dict(JIT_OPTIONS))
