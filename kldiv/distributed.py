@@ -38,6 +38,7 @@ from .defaults import (
     DEFAULT_PRESET,
     DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_SHARDS_PER_WORKER,
+    DEFAULT_TRT_VERSION,
     NUM_BINS,
 )
 from .errors import ClusterError, DataSourceError, ModelError, PresetError
@@ -491,7 +492,8 @@ def calibrate_distributed(
 
     check_calibration(  # before the cluster starts
         model, method=method or DEFAULT_METHOD, preset=preset or DEFAULT_PRESET,
-        options=options, num_bins=collect.get("num_bins", NUM_BINS), trt_version=trt_version,
+        options=options, num_bins=collect.get("num_bins", NUM_BINS),
+        trt_version=trt_version or DEFAULT_TRT_VERSION,
         algorithm=algorithm, batch_size=collect.get("batch_size"),
         max_batches=collect.get("max_batches"), save_histograms=save_histograms, force=force,
     )

@@ -759,7 +759,7 @@ def check_calibration(
     preset: str | EntropyOptions,
     options: Mapping[str, Any] | None,
     num_bins: int,
-    trt_version: str | None,
+    trt_version: str,
     algorithm: str | None,
     batch_size: int | None,
     max_batches: int | None,
