@@ -50,17 +50,13 @@ import numpy as np
 
 from .defaults import DEFAULT_EXPLAIN_MAX_CHANGES, DEFAULT_PRESET, EXPLAIN_MATCH_BINS
 from .entropy import (
-    BAND_ATOL,
-    BAND_RTOL,
     PRESETS,
     EntropyOptions,
-    apply_zero_policy,
     candidate_bins,
-    distributions,
     divergence_curve,
     histogram_counts,
     kernel_divergence_curve,
-    kl_divergence,
+    pick_kernel_minimum,
     pick_minimum,
     resolve_options,
     search_threshold,
@@ -397,19 +393,9 @@ class _Searcher:
         return cands[keep], div[keep]
 
     def _pick(self, cands: np.ndarray, div: np.ndarray, opts: EntropyOptions) -> int:
-        if self.kernels is None or np.isnan(div).any():
+        if self.kernels is None:
             return pick_minimum(div, opts)
-        best = float(div.min())
-        if not math.isfinite(best):
-            return pick_minimum(div, opts)
-        band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
-        if band.size == 1:
-            return int(band[0])
-        hist = apply_zero_policy(self.counts, opts)
-        exact = np.array(
-            [kl_divergence(*distributions(hist, int(cands[j]), opts), opts) for j in band]
-        )
-        return int(band[pick_minimum(exact, opts)])
+        return pick_kernel_minimum(self.counts, cands, div, opts)
 
     def run(self, opts: EntropyOptions) -> tuple[int | None, float]:
         """``(bin, threshold)`` of the search under ``opts``."""
