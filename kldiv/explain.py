@@ -712,8 +712,8 @@ class Explanation:
         -------
         matplotlib.figure.Figure
         """
-        from ._io import atomic_write_bytes, check_writable
-        from .plots import _pyplot
+        from ._io import check_writable
+        from .plots import _pyplot, _save_png
 
         if path is not None:
             check_writable(path, force=force)
@@ -770,12 +770,7 @@ class Explanation:
         ax.set_ylabel("probability (log)")
         ax.set_title(f"P against Q at the chosen candidate i = {r.bin_index}", fontsize=10)
         if path is not None:
-            import io
-
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            atomic_write_bytes(Path(path), buf.getvalue(), force=force)
-            plt.close(fig)
+            _save_png(fig, path, dpi=110, force=force)
         return fig
 
 
