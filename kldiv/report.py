@@ -261,7 +261,7 @@ def build_report(
         for p, r in searches.items():
             row["presets"][p] = {
                 "bin": r.bin_index, "amax": r.amax, "hex": r.scale_hex,
-                "kl": _kl_at(r, r.bin_index), "clip": clipped_fraction(counts, R, r.amax),
+                "kl": _kl_at(r, r.bin_index), "clip": r.clipped_fraction,
             }
         if searches:
             bins = [r.amax / width for r in searches.values()]
