@@ -731,7 +731,7 @@ def resolve_exclusions(model: Any, exclude: Iterable[str]) -> set[str]:
         return set()
     from .qdq import resolve_exclusions as resolve
 
-    return set(resolve(_proto(model), items))
+    return resolve(model, items)
 
 
 def _proto(model: Any) -> Any:
