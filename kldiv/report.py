@@ -95,10 +95,13 @@ def _finite(x: float | None) -> float | None:
 
 
 def _kl_at(r: ThresholdResult | None, i: int | None) -> float | None:
-    if r is None or i is None or r.candidates.size == 0:
+    """``r.divergence_at(i)`` when finite; ``None`` without a result or candidate ``i``."""
+    if r is None or i is None:
         return None
-    pos = np.flatnonzero(r.candidates == i)
-    return _finite(float(r.divergence[pos[0]])) if pos.size else None
+    try:
+        return _finite(r.divergence_at(i))
+    except ValueError:  # not a candidate of the search
+        return None
 
 
 def _nonempty_in_window(counts: np.ndarray, r: ThresholdResult) -> int:
