@@ -865,7 +865,7 @@ def explain_scale(
         opts = resolve_options(preset)
         placed = place_value(counts, amax, value, label=value_label, options=opts)
         out.value = placed
-        if placed.bin_index is not None and placed.bin_index in set(result.candidates.tolist()):
+        if placed.bin_index is not None and np.any(result.candidates == placed.bin_index):
             out.kl_at_value = result.divergence_at(placed.bin_index)
         if float(np.float32(value)) == 0.0:
             out.notes.append(f"{value_label} holds 0 for this tensor: TensorRT writes 0 for a "

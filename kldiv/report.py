@@ -294,7 +294,7 @@ def build_report(
                     else:
                         row["tags"].append(f"≠ {_short(label)}")
                         if second is None and placed.bin_index is not None and base is not None \
-                                and placed.bin_index in set(base.candidates.tolist()):
+                                and bool(np.any(base.candidates == placed.bin_index)):
                             second = (label, placed.bin_index)
             if table.bits(name) == scale_to_bits(final.scale):
                 cov["bit_identical"] += 1
