@@ -416,7 +416,7 @@ class _Columns(Sequence[TensorComparison]):
 
 
 def _ulps_array(bits_a: np.ndarray, bits_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_ulps` on arrays: (distance, defined) with ``defined`` False for Inf/NaN."""
+    """Signed float32 ulps from a to b: ``(distance, defined)``, undefined at Inf/NaN."""
     def ordered(bits: np.ndarray) -> np.ndarray:
         b = bits.astype(np.int64)
         return np.where(b & 0x80000000, -(b & 0x7FFFFFFF), b)
@@ -428,7 +428,7 @@ def _ulps_array(bits_a: np.ndarray, bits_b: np.ndarray) -> tuple[np.ndarray, np.
 def _classify_array(bits_a: np.ndarray, bits_b: np.ndarray, a: np.ndarray, b: np.ndarray,
                     ulps: np.ndarray, ulps_ok: np.ndarray, ulp_tolerance: int,
                     rtol: float) -> np.ndarray:
-    """:func:`_classify` on arrays: the index in :data:`AGREEMENT_CLASSES`, first that applies."""
+    """Each pair's agreement class (the first that applies), as its AGREEMENT_CLASSES index."""
     code = {c: i for i, c in enumerate(AGREEMENT_CLASSES)}
     out = np.full(a.shape, code["different"], dtype=np.int64)
     with np.errstate(all="ignore"):

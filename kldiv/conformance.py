@@ -29,7 +29,7 @@ import numpy as np
 
 from .defaults import DEFAULT_PRESET
 from .errors import DataSourceError
-from .scales import CalibrationTable, bits_to_scale, scale_to_amax
+from .scales import CalibrationTable, bits_to_scale, scale_to_amax, scale_to_bits
 
 __all__ = [
     "CaseReport",
@@ -218,10 +218,6 @@ def _ulps(a_bits: int, b_bits: int) -> int:
     return abs(int(a_bits) - int(b_bits))
 
 
-def _f32_bits(x: float) -> int:
-    return int(np.array(x, dtype=np.float32).view(np.uint32))
-
-
 def _reason(ulps: int, bins_apart: int | None, implied_range: float, range_: float) -> str:
     if ulps == 0:
         return "bit-identical"
@@ -229,7 +225,7 @@ def _reason(ulps: int, bins_apart: int | None, implied_range: float, range_: flo
         return "no bin (not a searched threshold)"
     if bins_apart != 0:
         return f"a different bin ({bins_apart:+d})"
-    r_ulps = _ulps(_f32_bits(implied_range), _f32_bits(range_))
+    r_ulps = _ulps(scale_to_bits(implied_range), scale_to_bits(range_))
     return (
         f"same bin; the range differs: TensorRT's value implies R = {implied_range:.9g}, "
         f"{r_ulps} float32 ulps from kldiv's"
@@ -320,7 +316,7 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
             t_trt * hist.num_bins / (kbin + offset) if kbin is not None and kbin + offset > 0
             else math.nan
         )
-        ulps = _ulps(trt_bits, int(np.array(r.scale, dtype=np.float32).view(np.uint32)))
+        ulps = _ulps(trt_bits, scale_to_bits(r.scale))
         off = rule_off.get(hist_name)
         entries.append(EntryReport(
             tensor=name,

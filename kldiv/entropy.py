@@ -667,19 +667,30 @@ def kernel_search(
     rule is applied to those.
     """
     candidates, div = kernel_divergence_curve(counts, opts, kernels)
+    return candidates, div, pick_kernel_minimum(counts, candidates, div, opts)
+
+
+def pick_kernel_minimum(
+    counts: np.ndarray, candidates: np.ndarray, div: np.ndarray, opts: EntropyOptions
+) -> int:
+    """Position of the minimum of a kernel curve, as :func:`pick_minimum` picks it.
+
+    :func:`pick_minimum` decides on the reference curve; candidates within a small band above the kernel minimum are re-evaluated with the
+    reference (bit-identical values) and the tie rule is applied to those.
+    """
     if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
-        return candidates, div, pick_minimum(div, opts)
+        return pick_minimum(div, opts)
     best = float(div.min())
     if not math.isfinite(best):  # every candidate infinite: decided by the tie rule alone
-        return candidates, div, pick_minimum(div, opts)
+        return pick_minimum(div, opts)
     band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
     if band.size == 1:
-        return candidates, div, int(band[0])
+        return int(band[0])
     hist = apply_zero_policy(counts, opts)
     exact = np.array(
         [kl_divergence(*distributions(hist, int(candidates[k]), opts), opts) for k in band]
     )
-    return candidates, div, int(band[pick_minimum(exact, opts)])
+    return int(band[pick_minimum(exact, opts)])
 
 
 def search_threshold(

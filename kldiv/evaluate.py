@@ -721,11 +721,9 @@ def evaluate(
 def resolve_exclusions(model: Any, exclude: Iterable[str]) -> set[str]:
     """Turn ``--exclude`` items (tensor names, node names, op types) into tensor names.
 
-    The names are those :func:`kldiv.qdq.to_qdq_onnx` leaves in float.
-
-    Uses :func:`kldiv.qdq.resolve_exclusions` where that exists. Otherwise: a tensor name is
-    itself; a node name is the node (its inputs are not quantized for it) and its outputs; an
-    op type is every node of that type, as for a node name.
+    The names are those :func:`kldiv.qdq.to_qdq_onnx` leaves in float, as
+    :func:`kldiv.qdq.resolve_exclusions` gives them; an empty ``exclude`` gives an empty set
+    without loading the model.
 
     Raises
     ------
@@ -736,42 +734,9 @@ def resolve_exclusions(model: Any, exclude: Iterable[str]) -> set[str]:
     items = [str(e) for e in exclude]
     if not items:
         return set()
-    try:
-        from . import qdq
+    from .qdq import resolve_exclusions as resolve
 
-        resolver = getattr(qdq, "resolve_exclusions", None)
-    except ImportError:  # pragma: no cover - kldiv.qdq always imports
-        resolver = None
-    proto = _proto(model)
-    if resolver is not None:
-        return set(resolver(proto, items))
-    g = proto.graph
-    tensors = {i.name for i in g.input} | {o for n in g.node for o in n.output if o}
-    by_name = {n.name: n for n in g.node if n.name}
-    by_type: dict[str, list[Any]] = {}
-    for n in g.node:
-        by_type.setdefault(n.op_type, []).append(n)
-    out: set[str] = set()
-    for item in items:
-        nodes: list[Any] = []
-        if item in tensors:
-            out.add(item)
-        if item in by_name:
-            nodes.append(by_name[item])
-        if item in by_type:
-            nodes.extend(by_type[item])
-        if item not in tensors and not nodes:
-            close = difflib.get_close_matches(item, [*tensors, *by_name, *by_type], n=3)
-            raise QuantizationError(
-                f"--exclude {item!r} is not a tensor, node or op type of the model"
-                + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-                + " (tensor names are listed by `kldiv cache show` on its cache)"
-            )
-        for node in nodes:
-            if node.name:
-                out.add(node.name)
-            out.update(o for o in node.output if o)
-    return out
+    return resolve(model, items)
 
 
 def _proto(model: Any) -> Any:

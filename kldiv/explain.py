@@ -50,17 +50,13 @@ import numpy as np
 
 from .defaults import DEFAULT_EXPLAIN_MAX_CHANGES, DEFAULT_PRESET, EXPLAIN_MATCH_BINS
 from .entropy import (
-    BAND_ATOL,
-    BAND_RTOL,
     PRESETS,
     EntropyOptions,
-    apply_zero_policy,
     candidate_bins,
-    distributions,
     divergence_curve,
     histogram_counts,
     kernel_divergence_curve,
-    kl_divergence,
+    pick_kernel_minimum,
     pick_minimum,
     resolve_options,
     search_threshold,
@@ -397,19 +393,9 @@ class _Searcher:
         return cands[keep], div[keep]
 
     def _pick(self, cands: np.ndarray, div: np.ndarray, opts: EntropyOptions) -> int:
-        if self.kernels is None or np.isnan(div).any():
+        if self.kernels is None:
             return pick_minimum(div, opts)
-        best = float(div.min())
-        if not math.isfinite(best):
-            return pick_minimum(div, opts)
-        band = np.flatnonzero(div <= best + BAND_ATOL + opts.tie_tolerance + BAND_RTOL * abs(best))
-        if band.size == 1:
-            return int(band[0])
-        hist = apply_zero_policy(self.counts, opts)
-        exact = np.array(
-            [kl_divergence(*distributions(hist, int(cands[j]), opts), opts) for j in band]
-        )
-        return int(band[pick_minimum(exact, opts)])
+        return pick_kernel_minimum(self.counts, cands, div, opts)
 
     def run(self, opts: EntropyOptions) -> tuple[int | None, float]:
         """``(bin, threshold)`` of the search under ``opts``."""
@@ -726,8 +712,8 @@ class Explanation:
         -------
         matplotlib.figure.Figure
         """
-        from ._io import atomic_write_bytes, check_writable
-        from .plots import _pyplot
+        from ._io import check_writable
+        from .plots import _pyplot, _save_png
 
         if path is not None:
             check_writable(path, force=force)
@@ -784,12 +770,7 @@ class Explanation:
         ax.set_ylabel("probability (log)")
         ax.set_title(f"P against Q at the chosen candidate i = {r.bin_index}", fontsize=10)
         if path is not None:
-            import io
-
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            atomic_write_bytes(Path(path), buf.getvalue(), force=force)
-            plt.close(fig)
+            _save_png(fig, path, dpi=110, force=force)
         return fig
 
 
@@ -884,7 +865,7 @@ def explain_scale(
         opts = resolve_options(preset)
         placed = place_value(counts, amax, value, label=value_label, options=opts)
         out.value = placed
-        if placed.bin_index is not None and placed.bin_index in set(result.candidates.tolist()):
+        if placed.bin_index is not None and np.any(result.candidates == placed.bin_index):
             out.kl_at_value = result.divergence_at(placed.bin_index)
         if float(np.float32(value)) == 0.0:
             out.notes.append(f"{value_label} holds 0 for this tensor: TensorRT writes 0 for a "

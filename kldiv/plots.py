@@ -101,10 +101,17 @@ def plot_comparison(
     if ts:
         ax.legend(loc="best", fontsize=8)
     if path is not None:
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        atomic_write_bytes(Path(path), buf.getvalue(), force=force)
-        plt.close(fig)
+        _save_png(fig, path, dpi=120, force=force)
     return fig
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int, force: bool) -> None:
+    """Write ``fig`` to ``path`` as a PNG (atomically; overwriting only with ``force``); close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(Path(path), buf.getvalue(), force=force)
+    plt.close(fig)

@@ -728,7 +728,7 @@ def to_qdq_onnx(
         too little of this one), with a logged warning.
     check : bool, optional
         Run :func:`check_table` (default). ``False`` skips it silently, for callers that
-        checked the table once and now export many variants of it (one tensor at a time ...).
+        have checked the table once and export many variants of it (one tensor at a time ...).
 
     Returns
     -------

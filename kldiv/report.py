@@ -95,10 +95,13 @@ def _finite(x: float | None) -> float | None:
 
 
 def _kl_at(r: ThresholdResult | None, i: int | None) -> float | None:
-    if r is None or i is None or r.candidates.size == 0:
+    """``r.divergence_at(i)`` when finite; ``None`` without a result or candidate ``i``."""
+    if r is None or i is None:
         return None
-    pos = np.flatnonzero(r.candidates == i)
-    return _finite(float(r.divergence[pos[0]])) if pos.size else None
+    try:
+        return _finite(r.divergence_at(i))
+    except ValueError:  # not a candidate of the search
+        return None
 
 
 def _nonempty_in_window(counts: np.ndarray, r: ThresholdResult) -> int:
@@ -261,7 +264,7 @@ def build_report(
         for p, r in searches.items():
             row["presets"][p] = {
                 "bin": r.bin_index, "amax": r.amax, "hex": r.scale_hex,
-                "kl": _kl_at(r, r.bin_index), "clip": clipped_fraction(counts, R, r.amax),
+                "kl": _kl_at(r, r.bin_index), "clip": r.clipped_fraction,
             }
         if searches:
             bins = [r.amax / width for r in searches.values()]
@@ -291,7 +294,7 @@ def build_report(
                     else:
                         row["tags"].append(f"≠ {_short(label)}")
                         if second is None and placed.bin_index is not None and base is not None \
-                                and placed.bin_index in set(base.candidates.tolist()):
+                                and bool(np.any(base.candidates == placed.bin_index)):
                             second = (label, placed.bin_index)
             if table.bits(name) == scale_to_bits(final.scale):
                 cov["bit_identical"] += 1
