@@ -206,8 +206,7 @@ def load_tables(
             raise CacheFormatError("no such file", path=str(p),
                                    hint="check the path of --cache / --table")
         table = read_cache(p) if trt_cache else read_table(p)
-        common = [n for n in table if n in known]
-        if not common:
+        if not any(n in known for n in table):
             raise CacheFormatError(
                 f"no tensor in common with the histograms ({len(table)} entries, e.g. "
                 f"{', '.join(map(repr, list(table)[:3]))}; the histograms hold "

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
+from kldiv._cli import nonnegative_arg
 from kldiv.errors import KldivError
 
 __all__ = ["build_parser", "main"]
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"kldiv preset (default: {DEFAULT_PRESET})")
     add_data_options(p, data_help="calibration data, fed to both TensorRT and kldiv")
     p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE, help="bytes")
-    p.add_argument("--max-rows", type=int, default=40, help="rows of the printed table")
+    p.add_argument("--max-rows", type=nonnegative_arg, default=40, help="rows of the printed table")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=_crosscheck)
 
