@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from ._bins import _check_amax, _check_num_bins, _float_threshold
 from .defaults import NUM_BINS
 from .errors import HistogramError
-from .histogram import _check_amax, _check_num_bins, _float_threshold
 
 __all__ = [
     "FillResult",

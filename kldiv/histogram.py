@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _kernels
+from ._bins import _check_amax, _check_num_bins, _float_threshold
 from .defaults import NUM_BINS
 from .errors import HistogramError, HistogramRangeError, NonFiniteError
 
@@ -87,32 +88,6 @@ def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise HistogramError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-
-def _check_num_bins(num_bins: Any) -> int:
-    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
-        raise HistogramError(
-            f"num_bins must be a positive integer, got {num_bins!r}; TensorRT uses {NUM_BINS}"
-        )
-    return int(num_bins)
-
-
-def _check_amax(amax: Any, num_bins: int) -> float:
-    try:
-        value = float(amax)
-    except (TypeError, ValueError):
-        raise HistogramError(f"amax must be a number, got {amax!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise HistogramError(
-            f"amax must be finite and >= 0, got {value!r}; pass the largest |x| to cover "
-            "(or use growth='pow2'/'append' to find it from the data)"
-        )
-    if value > 0 and value / num_bins < np.finfo(np.float64).tiny:
-        raise HistogramError(
-            f"amax={value!r} is too small to split into {num_bins} float64 bins; "
-            "rescale the data (e.g. multiply by 2**100) or use fewer bins"
-        )
-    return value
 
 
 def bin_edges(amax: float, num_bins: int = NUM_BINS) -> np.ndarray:
@@ -231,17 +206,6 @@ def count_at_least(values: ArrayLike, threshold: float) -> int:
             n += int(np.count_nonzero((block <= -t) & (block > -inf)))
         return n
     return int(sum(np.count_nonzero(a >= threshold) for a in _reference_blocks(arr)))
-
-
-def _float_threshold(dtype: np.dtype[Any], threshold: float) -> np.floating[Any] | None:
-    """``threshold`` rounded *up* to the float type ``dtype`` (None when that overflows).
-
-    ``x >= t`` in that type is then exactly ``float64(x) >= threshold``.
-    """
-    t = dtype.type(threshold)
-    if float(t) < threshold:
-        t = np.nextafter(t, dtype.type(np.inf))
-    return None if np.isinf(t) else t
 
 
 def _as_array(values: ArrayLike) -> np.ndarray:
