@@ -608,8 +608,9 @@ def _require_nonempty(counts: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 # The fast path: the same curve from the kernels, the same minimum
 # --------------------------------------------------------------------------------------------
-#: Kernel values within ``BAND_ATOL + BAND_RTOL * |min|`` of the kernel minimum are re-checked
-#: with the reference (far above the kernel's error, measured ~1e-14 absolute).
+#: Kernel values within ``BAND_ATOL + BAND_RTOL * |min|`` (plus the tie tolerance) of the kernel
+#: minimum are decided on exact reference values (far above the kernel's error, measured ~1e-14
+#: absolute; see :func:`pick_kernel_minimum`).
 BAND_ATOL = 1e-10
 BAND_RTOL = 1e-9
 
@@ -645,7 +646,9 @@ def kernel_divergence_curve(
             h, candidates, signed, opts.num_levels, grouping, float(opts.smoothing_eps),
             min_nonempty,
         )
-    if opts.empty_q == "nan":  # candidates whose kept bins are all empty
+    if opts.empty_q == "nan" and opts.smoothing == "none":
+        # candidates whose kept bins are all empty; with smoothing the reference finds such a
+        # Q impossible to smooth and gives inf, as the smoothed kernel does
         csum = np.concatenate(([0], np.cumsum(h)))
         z = h.size // 2
         lo, hi = (z - candidates, z + candidates + 1) if signed else (0 * candidates, candidates)
@@ -662,9 +665,9 @@ def kernel_search(
 
     The minimum is chosen exactly as :func:`pick_minimum` chooses it on the reference curve.
 
-    The kernel curve agrees with the reference to ~1e-13; candidates within a small band above
-    the kernel minimum are re-evaluated with the reference (bit-identical values) and the tie
-    rule is applied to those.
+    The kernel curve agrees with the reference to ~1e-13; the exact reference values of the
+    candidates within a small band above the kernel minimum decide, as
+    :func:`pick_kernel_minimum` explains.
     """
     candidates, div = kernel_divergence_curve(counts, opts, kernels)
     return candidates, div, pick_kernel_minimum(counts, candidates, div, opts)
@@ -675,8 +678,62 @@ def pick_kernel_minimum(
 ) -> int:
     """Position of the minimum of a kernel curve, as :func:`pick_minimum` picks it.
 
-    :func:`pick_minimum` decides on the reference curve; candidates within a small band above the kernel minimum are re-evaluated with the
-    reference (bit-identical values) and the tie rule is applied to those.
+    :func:`pick_minimum` decides on the reference curve (:func:`divergence_curve`); this
+    function returns the same position from the kernel curve ``div`` and the exact reference
+    values of a few candidates.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        The histogram's counts (before :func:`apply_zero_policy`).
+    candidates : numpy.ndarray
+        The candidates ``i`` of ``div``, in increasing order.
+    div : numpy.ndarray
+        The kernels' divergence of each candidate (:func:`kernel_divergence_curve`).
+    opts : EntropyOptions
+        The options.
+
+    Returns
+    -------
+    int
+        The position in ``candidates`` that :func:`pick_minimum` picks on the reference
+        values of the same candidates.
+
+    Notes
+    -----
+    *NaN or no finite value.* The kernels give NaN (``empty_q='nan'``) and ``inf`` exactly
+    where the reference does (structural conditions on the counts, no rounding), so the
+    curve itself decides.
+
+    *The band.* Let ``d`` bound the kernel's error, ``|div - ref| <= d`` for every
+    candidate (measured ~1e-14; the band assumes ``2 d <= BAND_ATOL + BAND_RTOL * |b|``).
+    With ``b = min(div)`` the reference minimum ``R`` lies in ``[b - d, b + d]``, and a
+    candidate with ``div > b + 2 d + tie_tolerance`` has ``ref > R + tie_tolerance``: it is
+    neither the minimum nor tied with it, for either tie rule and for ``tie_tolerance = 0``
+    too (bit-equal minima). Every candidate the rule can pick lies in the band
+    ``div <= b + BAND_ATOL + BAND_RTOL * |b| + tie_tolerance``, and :func:`pick_minimum`
+    applied to the band's exact reference values picks what it picks on the whole curve.
+
+    *Exact values without the reference loop.* On sparse histograms most of the band is a
+    plateau of divergence 0 (hundreds of candidates whose ``Q`` reproduces ``P``), and the
+    reference costs tens of microseconds a candidate. A band candidate's reference value is
+    known without running it when (:func:`_reproduces_p`):
+
+    1. no outliers: every non-empty bin lies in its window, so ``P`` is the kept bins
+       unchanged (the clipped mass added is ``0.0``);
+    2. within each group of the merge, the non-empty bins hold equal counts ``h``: the group
+       total is ``n h``, an exact float64 sum (whole numbers, total at most ``2**52``), and
+       ``q = n h / n = h`` exactly, so ``Q`` equals ``P`` bin for bin (``empty='histogram'``
+       and ``empty='p'`` name the same bins when nothing is clipped);
+    3. no smoothing, and at least ``min_nonempty_bins`` non-empty bins (not degenerate).
+
+    Then :func:`kl_divergence` normalizes two identical arrays by the same sum (the same
+    NumPy reduction of the same values), every ratio ``p / q`` is ``x / x = 1.0`` exactly,
+    ``log(1.0) = 0.0`` (a correctly rounded or faithful logarithm returns an exactly
+    representable result exactly), each product and their sum are ``0.0``: the reference
+    value is ``0.0 / log(log_base)``, bit for bit. The other band candidates run the
+    reference itself. No value is approximated, so the pick is exact for every tie rule and
+    tolerance, including ``tie_tolerance = 0`` where bit-equality decides.
     """
     if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
         return pick_minimum(div, opts)
@@ -687,10 +744,74 @@ def pick_kernel_minimum(
     if band.size == 1:
         return int(band[0])
     hist = apply_zero_policy(counts, opts)
-    exact = np.array(
-        [kl_divergence(*distributions(hist, int(candidates[k]), opts), opts) for k in band]
-    )
+    zero = _reproduces_p(hist, candidates[band], opts)
+    exact = np.empty(band.size, dtype=np.float64)
+    exact[zero] = 0.0 / math.log(opts.log_base)  # kl_divergence's value, sign of zero included
+    for k in np.flatnonzero(~zero):
+        exact[k] = kl_divergence(*distributions(hist, int(candidates[band[k]]), opts), opts)
     return int(band[pick_minimum(exact, opts)])
+
+
+#: Largest (candidates x neighbouring bin pairs) block :func:`_reproduces_p` builds at once.
+_CHECK_BLOCK = 1 << 16
+
+
+def _reproduces_p(hist: np.ndarray, cands: np.ndarray, opts: EntropyOptions) -> np.ndarray:
+    """Mask of the candidates whose ``Q`` equals ``P`` bin for bin in the reference.
+
+    The conditions and why the reference then gives exactly ``0.0`` are in
+    :func:`pick_kernel_minimum`'s notes. A ``False`` only means "run the reference".
+
+    Parameters
+    ----------
+    hist : numpy.ndarray
+        The histogram after :func:`apply_zero_policy` (float64 whole numbers).
+    cands : numpy.ndarray
+        Candidates ``i`` to check.
+    opts : EntropyOptions
+        The options.
+    """
+    nonempty = np.flatnonzero(hist)
+    if (
+        opts.smoothing != "none"
+        or cands.size == 0
+        or nonempty.size == 0
+        or nonempty.size < opts.min_nonempty_bins
+        or not float(hist.sum()) <= 2.0**52  # every group total then an exact float64 sum
+    ):
+        return np.zeros(cands.size, dtype=bool)
+    cands = np.asarray(cands, dtype=np.int64)
+    if opts.domain == "signed":
+        z = hist.size // 2
+        lo, hi = z - cands, z + cands + 1
+    else:
+        lo, hi = np.zeros_like(cands), cands
+    length = hi - lo
+    levels = opts.num_levels
+    # 1. nothing clipped: every non-empty bin inside the window
+    ok: np.ndarray = (lo <= nonempty[0]) & (nonempty[-1] < hi)
+    if opts.grouping == "floor":
+        ok &= length >= levels  # group_index's width is at least 1
+    # 2. groups are runs of consecutive bins, so a group's non-empty bins hold equal counts
+    # iff no two neighbouring non-empty bins with different counts share a group
+    values = hist[nonempty]
+    differ = np.flatnonzero(values[1:] != values[:-1])
+    left, right = nonempty[differ], nonempty[differ + 1]
+    todo = np.flatnonzero(ok)
+    step = max(1, _CHECK_BLOCK // max(1, differ.size))
+    for s in range(0, todo.size if differ.size else 0, step):
+        rows = todo[s : s + step]
+        j_left = left[None, :] - lo[rows, None]  # positions inside the window
+        j_right = right[None, :] - lo[rows, None]
+        n = length[rows, None]
+        if opts.grouping == "proportional":  # as group_index computes them
+            g_left, g_right = j_left * levels // n, j_right * levels // n
+        else:
+            width = n // levels
+            g_left = np.minimum(j_left // width, levels - 1)
+            g_right = np.minimum(j_right // width, levels - 1)
+        ok[rows] = ~(g_left == g_right).any(axis=1)
+    return ok
 
 
 def search_threshold(

@@ -21,9 +21,11 @@ window holds at least one but fewer than ``min_nonempty`` non-empty bins is dege
 The minimum is chosen as the reference chooses it: the kernel curve agrees with the reference
 to ~1e-13, so only candidates whose kernel value lies within a small band above the kernel
 minimum can be the reference's minimum. If the band holds one candidate it is the answer;
-otherwise those few are re-evaluated with the reference code itself (bit-identical values) and
-the tie rule applied to them (:func:`kldiv.entropy.search_threshold`, which prepares these
-kernels' arguments from its options and calls them through :func:`kldiv._kernels.resolve`).
+otherwise the tie rule is applied to the band's exact reference values: 0.0 where ``Q``
+provably equals ``P`` bin for bin, the reference code itself elsewhere
+(:func:`kldiv.entropy.pick_kernel_minimum`; :func:`kldiv.entropy.search_threshold` prepares
+these kernels' arguments from its options and calls them through
+:func:`kldiv._kernels.resolve`).
 """
 
 from __future__ import annotations
