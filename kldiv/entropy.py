@@ -680,7 +680,7 @@ def pick_kernel_minimum(
 
     :func:`pick_minimum` decides on the reference curve (:func:`divergence_curve`); this
     function returns the same position from the kernel curve ``div`` and the exact reference
-    values of a few candidates.
+    values of the candidates that can decide.
 
     Parameters
     ----------
@@ -715,25 +715,40 @@ def pick_kernel_minimum(
     applied to the band's exact reference values picks what it picks on the whole curve.
 
     *Exact values without the reference loop.* On sparse histograms most of the band is a
-    plateau of divergence 0 (hundreds of candidates whose ``Q`` reproduces ``P``), and the
-    reference costs tens of microseconds a candidate. A band candidate's reference value is
-    known without running it when (:func:`_reproduces_p`):
+    plateau (hundreds of candidates of divergence 0, or of one same positive value), and the
+    reference costs tens of microseconds a candidate. :func:`_value_classes` finds band
+    candidates whose reference value is known without running it, or equal to another's,
+    among those where
 
-    1. no outliers: every non-empty bin lies in its window, so ``P`` is the kept bins
-       unchanged (the clipped mass added is ``0.0``);
-    2. within each group of the merge, the non-empty bins hold equal counts ``h``: the group
-       total is ``n h``, an exact float64 sum (whole numbers, total at most ``2**52``), and
-       ``q = n h / n = h`` exactly, so ``Q`` equals ``P`` bin for bin (``empty='histogram'``
-       and ``empty='p'`` name the same bins when nothing is clipped);
-    3. no smoothing, and at least ``min_nonempty_bins`` non-empty bins (not degenerate).
+    1. nothing is clipped: every non-empty bin lies in the window, so ``P`` is the kept bins
+       unchanged (the clipped mass added is ``0.0``), its support is the histogram's
+       non-empty bins, and ``empty='histogram'`` and ``empty='p'`` name the same bins;
+    2. there is no smoothing, the window is not degenerate, and the histogram's total is at
+       most ``2**52``, so every group total (a float64 sum of whole numbers) is exact.
 
-    Then :func:`kl_divergence` normalizes two identical arrays by the same sum (the same
-    NumPy reduction of the same values), every ratio ``p / q`` is ``x / x = 1.0`` exactly,
-    ``log(1.0) = 0.0`` (a correctly rounded or faithful logarithm returns an exactly
-    representable result exactly), each product and their sum are ``0.0``: the reference
-    value is ``0.0 / log(log_base)``, bit for bit. The other band candidates run the
-    reference itself. No value is approximated, so the pick is exact for every tie rule and
-    tolerance, including ``tie_tolerance = 0`` where bit-equality decides.
+    Then each non-empty bin gets ``q = g / n``, its group's total over the group's non-empty
+    bins (exact integers, computed here in integer arithmetic).
+
+    - ``Q`` equals ``P`` bin for bin when every group's non-empty bins hold equal counts
+      (``g = n h``: the division ``n h / n`` is exact). :func:`kl_divergence` then normalizes
+      two identical arrays by the same sum (one NumPy reduction of the same values), every
+      ratio ``p / q`` is ``x / x = 1.0`` exactly, ``log(1.0) = 0.0`` (a correctly rounded or
+      faithful logarithm returns an exactly representable result exactly), and each product
+      and their sum are ``0.0``: the value is ``0.0 / log(log_base)``, bit for bit, without a
+      reference call.
+    - Otherwise, when every ``g / n`` is a dyadic fraction (the odd part of ``n`` divides
+      ``g``) and the total ``S`` times the largest power of two dividing an ``n`` is at most
+      ``2**53``, every ``q`` is exact in float64, every partial sum of ``Q`` is exact whatever
+      NumPy's summation order, and ``sum(Q)`` is ``S``, as is ``sum(P)``. The reference's
+      floating-point work then depends only on the sequence of ``q`` over the non-empty bins:
+      the same normalizations, and the same ``log`` and sum over the same compressed arrays.
+      Candidates with the same sequence get bit-identical values, and the reference runs once
+      per sequence (classes are formed for histograms of at most ``_CLASS_MAX_NONEMPTY``
+      non-empty bins, where finding them costs less than the reference calls they save).
+
+    The other band candidates run the reference itself. No value is approximated, so the pick
+    is exact for every tie rule and tolerance, including ``tie_tolerance = 0`` where
+    bit-equality decides.
     """
     if np.isnan(div).any():  # structural NaNs win as in np.argmin; no rounding involved
         return pick_minimum(div, opts)
@@ -744,33 +759,65 @@ def pick_kernel_minimum(
     if band.size == 1:
         return int(band[0])
     hist = apply_zero_policy(counts, opts)
-    zero = _reproduces_p(hist, candidates[band], opts)
+    label = _value_classes(hist, candidates[band], opts)
     exact = np.empty(band.size, dtype=np.float64)
-    exact[zero] = 0.0 / math.log(opts.log_base)  # kl_divergence's value, sign of zero included
-    for k in np.flatnonzero(~zero):
-        exact[k] = kl_divergence(*distributions(hist, int(candidates[band[k]]), opts), opts)
+    exact[label == 0] = 0.0 / math.log(opts.log_base)  # kl_divergence's value, sign of zero too
+    of_class: dict[int, float] = {}
+    for k in np.flatnonzero(label != 0):
+        c = int(label[k])
+        if c not in of_class:
+            value = kl_divergence(*distributions(hist, int(candidates[band[k]]), opts), opts)
+            if c < 0:
+                exact[k] = value
+                continue
+            of_class[c] = value
+        exact[k] = of_class[c]
     return int(band[pick_minimum(exact, opts)])
 
 
-#: Largest (candidates x neighbouring bin pairs) block :func:`_reproduces_p` builds at once.
+#: Largest (candidates x non-empty bins) block :func:`_value_classes` builds at once.
 _CHECK_BLOCK = 1 << 16
+#: :func:`_value_classes` forms classes of equal ``q`` sequences up to this many non-empty bins.
+_CLASS_MAX_NONEMPTY = 512
 
 
-def _reproduces_p(hist: np.ndarray, cands: np.ndarray, opts: EntropyOptions) -> np.ndarray:
-    """Mask of the candidates whose ``Q`` equals ``P`` bin for bin in the reference.
+def _group_of(bins: np.ndarray, lo: np.ndarray, length: np.ndarray, opts: EntropyOptions
+              ) -> np.ndarray:
+    """Group of each of ``bins`` (columns) in each window ``[lo, lo + length)`` (rows).
 
-    The conditions and why the reference then gives exactly ``0.0`` are in
-    :func:`pick_kernel_minimum`'s notes. A ``False`` only means "run the reference".
+    The same integer arithmetic as :func:`group_index`; ``bins`` must lie in every window.
+    """
+    j = bins[None, :] - lo[:, None]
+    n = length[:, None]
+    group: np.ndarray
+    if opts.grouping == "proportional":
+        group = j * opts.num_levels // n
+    else:
+        group = np.minimum(j // (n // opts.num_levels), opts.num_levels - 1)
+    return group
+
+
+def _value_classes(hist: np.ndarray, cands: np.ndarray, opts: EntropyOptions) -> np.ndarray:
+    """Which candidates share a reference value, without running the reference.
 
     Parameters
     ----------
     hist : numpy.ndarray
         The histogram after :func:`apply_zero_policy` (float64 whole numbers).
     cands : numpy.ndarray
-        Candidates ``i`` to check.
+        Candidates ``i``.
     opts : EntropyOptions
         The options.
+
+    Returns
+    -------
+    numpy.ndarray
+        One int64 label a candidate: ``0`` where ``Q`` equals ``P`` bin for bin (the reference
+        gives ``0.0 / log(log_base)``), ``k >= 1`` for classes whose members have bit-identical
+        reference values, ``-1`` where nothing is known. :func:`pick_kernel_minimum`'s notes
+        give the conditions and the argument.
     """
+    label = np.full(cands.size, -1, dtype=np.int64)
     nonempty = np.flatnonzero(hist)
     if (
         opts.smoothing != "none"
@@ -779,7 +826,7 @@ def _reproduces_p(hist: np.ndarray, cands: np.ndarray, opts: EntropyOptions) -> 
         or nonempty.size < opts.min_nonempty_bins
         or not float(hist.sum()) <= 2.0**52  # every group total then an exact float64 sum
     ):
-        return np.zeros(cands.size, dtype=bool)
+        return label
     cands = np.asarray(cands, dtype=np.int64)
     if opts.domain == "signed":
         z = hist.size // 2
@@ -788,30 +835,58 @@ def _reproduces_p(hist: np.ndarray, cands: np.ndarray, opts: EntropyOptions) -> 
         lo, hi = np.zeros_like(cands), cands
     length = hi - lo
     levels = opts.num_levels
-    # 1. nothing clipped: every non-empty bin inside the window
-    ok: np.ndarray = (lo <= nonempty[0]) & (nonempty[-1] < hi)
+    # nothing clipped: every non-empty bin inside the window
+    inside = (lo <= nonempty[0]) & (nonempty[-1] < hi)
     if opts.grouping == "floor":
-        ok &= length >= levels  # group_index's width is at least 1
-    # 2. groups are runs of consecutive bins, so a group's non-empty bins hold equal counts
-    # iff no two neighbouring non-empty bins with different counts share a group
-    values = hist[nonempty]
-    differ = np.flatnonzero(values[1:] != values[:-1])
-    left, right = nonempty[differ], nonempty[differ + 1]
-    todo = np.flatnonzero(ok)
+        inside &= length >= levels  # group_index's width is at least 1
+    h = hist[nonempty]  # float64 whole numbers, exact
+    # Q = P iff no two neighbouring non-empty bins with different counts share a group
+    differ = np.flatnonzero(h[1:] != h[:-1])
+    todo = np.flatnonzero(inside)
     step = max(1, _CHECK_BLOCK // max(1, differ.size))
-    for s in range(0, todo.size if differ.size else 0, step):
+    for s in range(0, todo.size, step):
         rows = todo[s : s + step]
-        j_left = left[None, :] - lo[rows, None]  # positions inside the window
-        j_right = right[None, :] - lo[rows, None]
-        n = length[rows, None]
-        if opts.grouping == "proportional":  # as group_index computes them
-            g_left, g_right = j_left * levels // n, j_right * levels // n
-        else:
-            width = n // levels
-            g_left = np.minimum(j_left // width, levels - 1)
-            g_right = np.minimum(j_right // width, levels - 1)
-        ok[rows] = ~(g_left == g_right).any(axis=1)
-    return ok
+        apart = ~(
+            _group_of(nonempty[differ], lo[rows], length[rows], opts)
+            == _group_of(nonempty[differ + 1], lo[rows], length[rows], opts)
+        ).any(axis=1)
+        label[rows[apart]] = 0
+    # the others: classes of equal q sequences (tens of operations a bin: worth it against
+    # the reference's ~35 us a candidate on sparse histograms only)
+    todo = np.flatnonzero(inside & (label != 0))
+    m = nonempty.size
+    if m > _CLASS_MAX_NONEMPTY:
+        return label
+    csum = np.concatenate(([0], np.cumsum(h.astype(np.int64))))
+    total = int(csum[-1])
+    pos = np.arange(m)
+    edge = np.ones((1, 1), dtype=bool)
+    classes: dict[bytes, int] = {}
+    step = max(1, _CHECK_BLOCK // m)
+    for s in range(0, todo.size, step):
+        rows = todo[s : s + step]
+        group = _group_of(nonempty, lo[rows], length[rows], opts)
+        # a group's non-empty bins are a run of consecutive non-empty bins: its first and last
+        new = group[:, 1:] != group[:, :-1]
+        ends = np.repeat(edge, rows.size, axis=0)
+        first = np.maximum.accumulate(np.where(np.hstack([ends, new]), pos, 0), axis=1)
+        last = np.where(np.hstack([new, ends]), pos, m - 1)[:, ::-1]
+        last = np.minimum.accumulate(last, axis=1)[:, ::-1]
+        g = csum[last + 1] - csum[first]  # group total (exact)
+        n = last - first + 1  # the group's non-empty bins
+        two = n & -n  # largest power of two dividing n
+        dyadic = (g % (n // two) == 0).all(axis=1) & (two.max(axis=1) <= 2**53 // total)
+        rest = np.flatnonzero(dyadic)
+        g, n = g[rest], n[rest]
+        q = g / n  # exact: dyadic, below 2**53
+        # one class per distinct sequence of q; neighbouring candidates mostly share one, so
+        # only the first row of each run of equal rows is looked up
+        run = np.ones(rest.size, dtype=bool)
+        run[1:] = (q[1:] != q[:-1]).any(axis=1)
+        starts = np.flatnonzero(run)
+        ids = [classes.setdefault(q[r].tobytes(), len(classes) + 1) for r in starts]
+        label[rows[rest]] = np.repeat(ids, np.diff(np.append(starts, rest.size)))
+    return label
 
 
 def search_threshold(
