@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     from kldiv import _kernels
-    from kldiv._kernels.wrappers import threads as kernel_threads
+    from kldiv._kernels import threads as kernel_threads
 
     threads = kernel_threads()
     numba = _kernels.load("numba")

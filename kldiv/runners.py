@@ -823,13 +823,35 @@ class OnnxRuntimeRunner:
                 self._plans.clear()
             assert self.max_memory is not None
             sizes = self.activation_sizes(feed)
-            if sizes is not None and _feed_bytes(feed) + sum(sizes.values()) <= self.max_memory:
-                plan = _Plan(None, sizes, sized_by_session=True)  # onnx is not needed
+            held = None if sizes is None else _feed_bytes(feed) + sum(sizes.values())
+            if sizes is not None and held is not None and held <= self.max_memory:
+                plan = _Plan(None, sizes, held, sized_by_session=True)  # onnx is not needed
             else:
                 plan = _make_plan(self._model_proto(), feed, self._outputs, self.max_memory,
                                   self._opts, self._providers, self.label)
             self._plans[key] = plan
         return plan
+
+    def fits_twice(self, feed: Mapping[str, np.ndarray]) -> bool:
+        """Whether two runs of ``feed`` may be alive at once under :attr:`max_memory`.
+
+        Always without a budget; under one, when the whole batch runs at once and twice its
+        feed and activations fit (the next batch's run overlapping this one's fills).
+
+        Parameters
+        ----------
+        feed : mapping of str to numpy.ndarray
+            A prepared feed (see :meth:`prepare`).
+
+        Returns
+        -------
+        bool
+            ``True`` when a second batch like this one fits beside it.
+        """
+        if self.max_memory is None:
+            return True
+        plan = self._plan_for(feed)
+        return plan.stages is None and 2 * plan.held <= self.max_memory
 
     def _model_proto(self) -> Any:
         """The model as onnx's ``ModelProto``, for the stage planner (parsed once)."""
@@ -936,6 +958,7 @@ class _Stage:
 class _Plan:
     stages: list[_Stage] | None  # None: the whole model at once fits
     sizes: dict[str, int]
+    held: int  # bytes of one batch's feed and exposed activations (estimated)
     sized_by_session: bool = False  # from onnxruntime's output shapes, not onnx's inference
 
 
@@ -996,7 +1019,7 @@ def _make_plan(
 
     total = feed_bytes + sum(size(n) for n in exposed)
     if total <= budget:
-        return _Plan(None, sizes)
+        return _Plan(None, sizes, total)
     if any(_graph_attrs(node) for node in g.node):
         raise ModelError(
             f"{label}: the model has If/Loop/Scan nodes, which cannot be cut into stages; "
@@ -1080,7 +1103,7 @@ def _make_plan(
                              frozenset(later), release))
     log.info("%s: activations of %.0f MiB per batch, run in %d stages under max_memory %.0f "
              "MiB", label, total / 2**20, len(stages), budget / 2**20)
-    return _Plan(stages, sizes)
+    return _Plan(stages, sizes, total)
 
 
 def _fmt_bytes(n: float) -> str:
