@@ -871,11 +871,11 @@ class OnnxRuntimeRunner:
     def _shapes_known(self) -> bool:
         """Whether every exposed tensor's size follows from the inputs' dims alone."""
         named = {d for dims in self._input_dims.values() for d in dims if isinstance(d, str)}
-        return all(
+        return all(n in self._output_shapes for n in self._outputs) and all(
             isinstance(d, int) and d >= 0 or isinstance(d, str) and d in named
             for n in self._outputs
-            for d in self._output_shapes.get(n, (None,))[0]
-        ) and all(n in self._output_shapes for n in self._outputs)
+            for d in self._output_shapes[n][0]
+        )
 
     def activation_sizes(self, feed: Mapping[str, np.ndarray]) -> dict[str, int] | None:
         """Bytes of each exposed tensor for this feed, from onnxruntime's output shapes.
