@@ -315,3 +315,46 @@ def test_a_batch_larger_than_its_sizes_said_moves_to_stages(tmp_path: Path, capl
     assert staged.names == whole.names
     for n in whole.names:
         np.testing.assert_array_equal(staged[n].counts, whole[n].counts)
+
+
+@pytest.mark.parametrize("name", [*SYNTHETIC, "real"])
+def test_input_shapes_read_without_onnx_match_onnx(tmp_path: Path, name: str):
+    """``kldiv calibrate`` finds the inputs' batch axes from the file's graph inputs read by
+    the wire reader: the same shapes (numbers, named dims, unknown dims) as onnx's.
+    """
+    from kldiv._cli._data_args import _inputs_without_onnx, model_batch_axes
+
+    if name == "real":
+        paths = _real_models()
+    else:
+        paths = [tmp_path / f"{name}.onnx"]
+        onnx.save(SYNTHETIC[name](), str(paths[0]))
+    for path in paths:
+        proto = onnx.load(str(path), load_external_data=False)
+        inits = {t.name for t in proto.graph.initializer}
+        expected = {
+            vi.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in vi.type.tensor_type.shape.dim)
+            for vi in proto.graph.input if vi.name not in inits
+        }
+        assert _inputs_without_onnx(path) == expected, path
+        assert model_batch_axes(path) == model_batch_axes(proto), path
+
+
+def test_the_calibrate_command_does_not_import_onnx(tmp_path: Path):
+    """``kldiv calibrate`` of a model file, default budget: neither onnx nor ml_dtypes."""
+    code = (
+        "import sys\n"
+        "from kldiv.cli import main\n"
+        "from kldiv.examples import lenet_model_path\n"
+        "from pathlib import Path\n"
+        "data = Path(lenet_model_path()).parent / 'digits_calibration.npz'\n"
+        f"rc = main(['calibrate', str(lenet_model_path()), '--data', str(data), '--out', "
+        f"{str(tmp_path / 'x.cache')!r}, '--max-batches', '2', '-q'])\n"
+        "print(rc, sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "x.cache").is_file()
