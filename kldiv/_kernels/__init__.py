@@ -39,7 +39,8 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,7 @@ __all__ = [
     "reset",
     "resolve",
     "threads",
+    "using",
     "warm_up_in_background",
 ]
 
@@ -267,3 +269,32 @@ def warm_up_in_background() -> threading.Thread | None:
     thread.start()
     return thread
 
+
+
+@contextmanager
+def using(name: str) -> Iterator[None]:
+    """Run a block with ``KLDIV_KERNELS=name``, resolved afresh; restore the previous choice.
+
+    For tests and benchmarks that compare implementations inside one process.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODES`.
+
+    Yields
+    ------
+    None
+        While the block runs, :func:`resolve` answers for ``name``.
+    """
+    saved = os.environ.get(KERNELS_ENV)
+    os.environ[KERNELS_ENV] = name
+    reset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(KERNELS_ENV, None)
+        else:
+            os.environ[KERNELS_ENV] = saved
+        reset()
