@@ -26,32 +26,14 @@ The best of ``--repeat`` runs is reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
 from kldiv.defaults import NUM_BINS, NUM_QUANT_LEVELS
 from kldiv.histogram import ActivationHistogram, absmax
-
-
-@contextlib.contextmanager
-def _implementation(name: str) -> Iterator[None]:
-    """``KLDIV_KERNELS=name`` for the block (the one knob), restored afterwards."""
-    from kldiv import _kernels
-
-    saved = os.environ.get(_kernels.KERNELS_ENV)
-    os.environ[_kernels.KERNELS_ENV] = name
-    _kernels.reset()
-    try:
-        yield
-    finally:
-        os.environ.pop(_kernels.KERNELS_ENV)
-        if saved is not None:
-            os.environ[_kernels.KERNELS_ENV] = saved
-        _kernels.reset()
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -122,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     from kldiv import _kernels
-    from kldiv._kernels.wrappers import threads as kernel_threads
+    from kldiv._kernels import threads as kernel_threads
 
     threads = kernel_threads()
     numba = _kernels.load("numba")
@@ -141,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return ActivationHistogram(amax, NUM_BINS).fill(x)
 
         def reference(x: np.ndarray = x, amax: float = amax) -> object:
-            with _implementation("numpy"):
+            with _kernels.using("numpy"):
                 return ActivationHistogram(amax, NUM_BINS).fill(x)
 
         def baseline(x: np.ndarray = x, amax: float = amax) -> object:

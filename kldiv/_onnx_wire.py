@@ -288,13 +288,18 @@ class Node:
 
 
 class ValueInfo:
-    """A ``ValueInfoProto``: its name and, for tensors, the element type (0: unknown)."""
+    """A ``ValueInfoProto``: name, and for tensors the element type and shape.
 
-    __slots__ = ("elem_type", "name")
+    ``elem_type`` 0 is unknown; ``dims`` is ``None`` without a shape, else each dim an int,
+    a ``dim_param`` name, or ``None``.
+    """
+
+    __slots__ = ("dims", "elem_type", "name")
 
     def __init__(self, buf: bytes, span: tuple[int, int]) -> None:
         self.name = ""
         self.elem_type = 0
+        self.dims: tuple[int | str | None, ...] | None = None
         for field, wire, v in _fields(buf, *span):
             if field == 1:
                 self.name = _str(buf, v)
@@ -304,6 +309,19 @@ class ValueInfo:
                         for f3, w3, v3 in _fields(buf, *v2):
                             if f3 == 1 and w3 == 0:
                                 self.elem_type = v3
+                            elif f3 == 2 and w3 == 2:  # TensorShapeProto
+                                self.dims = tuple(_dim(buf, v4) for f4, w4, v4
+                                                  in _fields(buf, *v3) if f4 == 1 and w4 == 2)
+
+
+def _dim(buf: bytes, span: tuple[int, int]) -> int | str | None:
+    """A ``TensorShapeProto.Dimension``: its ``dim_value``, its ``dim_param``, or ``None``."""
+    for field, wire, v in _fields(buf, *span):
+        if field == 1 and wire == 0:
+            return _signed64(v)
+        if field == 2 and wire == 2:
+            return _str(buf, v) or None
+    return None
 
 
 class _SparseValues:

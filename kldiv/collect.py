@@ -14,7 +14,9 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +183,53 @@ class HistogramCollector:
 
         Notes
         -----
-        Tensors are filled in the batch's order; the first failing tensor raises, and the
-        collector then holds a partial batch: start over.
+        The tensors of a batch are filled on :func:`kldiv._kernels.threads` threads at once
+        (each histogram by one thread, so every count is that of a one-thread fill); new
+        tensors join :attr:`names` in the batch's order. The error raised is that of the
+        first failing tensor in the batch's order; the collector then holds a partial batch:
+        start over.
         """
         index = self.batches if batch is None else batch
-        for name, values in activations.items():
-            self._observe_one(name, values, index)
+        items = list(activations.items())
+        workers = _fill_pool()
+        if workers is None or len(items) < 2 or any(_is_device_array(v) for _, v in items):
+            for name, values in items:
+                self._observe_one(name, values, index)
+        else:
+            self._observe_in_threads(items, index, workers)
         self.batches += 1
+
+    def _observe_in_threads(
+        self, items: list[tuple[str, Any]], index: int, pool: ThreadPoolExecutor
+    ) -> None:
+        """:meth:`_observe_one` of each item; this thread and the pool's take turns by item."""
+        tables: list[dict[str, Any]] = [self._hists, self._absmax, self.dropped]
+        before = [set(t) for t in tables]
+        failures: dict[int, BaseException] = {}
+        taken = iter(range(len(items)))
+        lock = threading.Lock()
+
+        def drain() -> None:
+            while not failures:
+                with lock:
+                    k = next(taken, None)
+                if k is None:
+                    return
+                try:
+                    self._observe_one(items[k][0], items[k][1], index)
+                except BaseException as exc:  # noqa: BLE001 - raised below, in batch order
+                    failures[k] = exc
+
+        helpers = [pool.submit(drain) for _ in range(_kernels_threads() - 1)]
+        drain()
+        for helper in helpers:
+            helper.result()
+        for table, old in zip(tables, before):  # new tensors in the batch's order
+            if len(table) > len(old):
+                fresh = {n: table.pop(n) for n, _ in items if n in table and n not in old}
+                table.update(fresh)
+        if failures:
+            raise failures[min(failures)]
 
     def _observe_one(self, name: str, values: Any, index: int) -> float | None:
         """Fill one tensor of a batch; return the batch's largest finite ``|x|``.
@@ -541,6 +583,26 @@ def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
             raise bad(f"meta is not JSON ({exc.msg})") from None
     out["meta"] = meta if isinstance(meta, dict) else {}
     return out
+
+
+_POOL: list[ThreadPoolExecutor | None] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _kernels_threads() -> int:
+    from . import _kernels
+
+    return _kernels.threads()
+
+
+def _fill_pool() -> ThreadPoolExecutor | None:
+    """Threads that fill tensors beside the calling one (``None`` on one CPU)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            n = _kernels_threads() - 1
+            _POOL.append(ThreadPoolExecutor(n, thread_name_prefix="kldiv-fill") if n > 0
+                         else None)
+        return _POOL[0]
 
 
 def _as_host_or_device(values: Any) -> Any:

@@ -100,11 +100,10 @@ COMPARE_RTOL: Final[float] = 0.01
 #: the fastest
 #: (benchmarks/calibrate_e2e.py).
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
-#: Run the model on the next batch while the current batch's histograms fill (one more
-#: batch of activations held; same counts). Off: on 2 cores the model and the fills each keep
-#: both busy, and the overlap measured 0.76-1.32x the time for 1.2-1.7x the peak memory
-#: (benchmarks/calibrate_e2e.py, kldiv-overlap vs kldiv; docs/performance.md).
-DEFAULT_OVERLAP: Final[bool] = False
+#: Run the model on the next batch while the current batch's histograms fill, whenever two
+#: batches of activations fit the memory budget (same counts, same errors in the same order;
+#: benchmarks/calibrate_e2e.py, kldiv vs kldiv-serial; docs/performance.md).
+DEFAULT_OVERLAP: Final[bool] = True
 #: TensorRT builder workspace (memory-pool limit, bytes) when none is named (trt_backend).
 DEFAULT_WORKSPACE: Final[int] = 1 << 30
 #: Engine precision trt_backend builds when none is named (and no cache/table is given).

@@ -192,12 +192,10 @@ def collect_histograms(
         (:func:`kldiv.data.infer_batch_axes`). Re-batching touches batched inputs only.
     overlap : bool, default DEFAULT_OVERLAP
         Run the model on the next batch (in a thread; onnxruntime releases the GIL) while
-        this batch's histograms fill. Holds at most two batches of activations instead of
-        one; the fills happen in the same order on the calling thread, so every count and
-        every error (with its batch) is the same as without. It pays only where the model
-        run leaves cores idle: on 2 cores it measured 0.76-1.32x the time for 1.2-1.7x the
-        peak memory (docs/performance.md). Only without a memory budget
-        (``max_memory=None``): a budget is never exceeded by a second batch.
+        this batch's histograms fill, whenever two batches of activations fit ``max_memory``
+        (always without a budget); batches that would not, run in turn. The fills happen in
+        the same order on the calling thread, so every count and every error (with its batch)
+        is the same as without (docs/performance.md).
     max_memory : int or None, default DEFAULT_MAX_MEMORY
         Bytes of activations held at once; a batch whose activations exceed it runs in
         stages (see :class:`~kldiv.runners.OnnxRuntimeRunner`); same histograms. ``None``:
@@ -228,7 +226,10 @@ def collect_histograms(
     check_num_bins(num_bins)
     check_count("batch_size", batch_size)
     check_count("max_batches", max_batches)
+    from . import _kernels
     from .runners import OnnxRuntimeRunner
+
+    _kernels.warm_up_in_background()  # while the session is made and the first batch runs
 
     runner = OnnxRuntimeRunner(
         model,
@@ -326,7 +327,9 @@ def _activations(
     With ``overlap``, the run of the next piece starts in a worker thread before the current
     one is handed out, so the caller's fills overlap the model. The caller must drop what it
     was handed before taking the next item: then at most two runs' activations are alive (the
-    one handed out, the one in progress). An error reading or checking the next batch is
+    one handed out, the one in progress). A piece whose activations would not fit the
+    runner's memory budget twice (``runner.fits_twice``) runs in turn, after the pending one
+    is handed out. An error reading or checking the next batch is
     raised only after the current one is handed out, and a run's error when its result is
     taken: the order in which errors surface is that of running everything in turn.
     """
@@ -342,18 +345,18 @@ def _activations(
             for k, chunk in enumerate(chunks):
                 yield index, chunk, samples if k == len(chunks) - 1 else None
 
-    if overlap and getattr(runner, "max_memory", None) is not None:
-        log.info("overlap=True is ignored under max_memory=%s: a second batch of activations "
-                 "would not be bounded by it (pass max_memory=None)", runner.max_memory)
-        overlap = False
+    def serial(index: int, chunk: dict[str, np.ndarray], samples: int | None) -> Iterator[
+            tuple[int, dict[str, np.ndarray] | None, int | None]]:
+        for acts in runner.run_parts(chunk, index=index):  # one dict, or one per stage
+            yield index, acts, None
+            del acts
+        if samples is not None:
+            yield index, None, samples  # the batch is complete: progress only
+
+    fits_twice = getattr(runner, "fits_twice", None)
     if not overlap:
         for index, chunk, samples in runs():
-            parts = runner.run_parts(chunk, index=index)
-            for acts in parts:  # one dict, or one per stage under a memory budget
-                yield index, acts, None
-                del acts
-            if samples is not None:
-                yield index, None, samples  # the batch is complete: progress only
+            yield from serial(index, chunk, samples)
         return
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -369,9 +372,9 @@ def _activations(
                 index = -1
             except BaseException as exc:  # raised after the pending run is handed out
                 failure, index = exc, -1
-            if index >= 0:
+            submitted: Future[dict[str, np.ndarray]] | None = None
+            if index >= 0 and (fits_twice is None or fits_twice(chunk)):
                 submitted = pool.submit(runner.run, chunk, index=index)
-                del chunk
             if pending is not None:
                 p_index, future, p_samples = pending
                 pending = None
@@ -383,8 +386,11 @@ def _activations(
                 raise failure
             if index < 0:
                 return
-            pending = (index, submitted, samples)
-            del submitted
+            if submitted is None:  # two batches would not fit the memory budget: in turn
+                yield from serial(index, chunk, samples)
+            else:
+                pending = (index, submitted, samples)
+            del submitted, chunk
     finally:
         if pending is not None:  # the caller stopped early: let the run finish, drop it
             pending[1].cancel()

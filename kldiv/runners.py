@@ -590,9 +590,6 @@ class OnnxRuntimeRunner:
         # A model file is read without onnx when the wire reader handles it (importing onnx
         # costs more than the rest of the set-up); anything else goes through onnx.
         read = _read_without_onnx(model, include_constants)
-        loader: Future[Any] | None = None
-        if read is not None and budget is not None:
-            loader = _load_in_thread(read[3])
         if read is not None:
             proto, self.label, self.model_sha256, data, facts = read
         else:
@@ -677,10 +674,20 @@ class OnnxRuntimeRunner:
         if read is not None:
             self._take_types_from_session()
         self.max_memory = budget
-        # the stage planner reads onnx's ModelProto: a file read without onnx is parsed by
-        # onnx in a thread started before the session was created (the import overlaps it)
+        #: Exposed tensor -> (shape with named dims, bytes per element), from onnxruntime.
+        self._output_shapes = {
+            o.name: (tuple(o.shape or ()), _ort_item_size(o.type))
+            for o in self.session.get_outputs()
+        }
+        self._input_dims = {i.name: tuple(i.shape or ()) for i in self.session.get_inputs()}
+        # The stage planner reads onnx's ModelProto. A file read without onnx is parsed by onnx
+        # only when a batch may not fit: at once (in a thread) when onnxruntime's shapes cannot
+        # size every tensor, else on the first batch that exceeds the budget.
+        self._source = model
         self._proto = proto if budget is not None and read is None else None
-        self._proto_loader = loader
+        self._proto_loader: Future[Any] | None = None
+        if budget is not None and read is not None and not self._shapes_known():
+            self._proto_loader = _load_in_thread(read[3])
         self._opts = opts
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._plans: dict[tuple[Any, ...], _Plan] = {}
@@ -772,7 +779,18 @@ class OnnxRuntimeRunner:
             return
         plan = self._plan_for(feed)
         if plan.stages is None:
-            yield self.run(feed, index=index)
+            acts = self.run(feed, index=index)
+            held = sum(int(a.nbytes) for a in acts.values())
+            if held > self.max_memory and plan.sized_by_session:
+                # the sizes were wrong (a shape onnxruntime declared is not what it computed):
+                # later batches of this shape run in stages planned by onnx
+                log.warning("%s: batch %d held %s of activations, above max_memory %s; the "
+                            "next batches of its shape run in stages", self.label, index,
+                            _fmt_bytes(held), _fmt_bytes(self.max_memory))
+                self._plans[_feed_key(feed)] = _make_plan(
+                    self._model_proto(), feed, self._outputs, self.max_memory, self._opts,
+                    self._providers, self.label)
+            yield acts
             return
         env: dict[str, Any] = dict(feed)
         first = {n: feed[n] for n in self.tensor_names if n in self._input_floats}
@@ -798,19 +816,105 @@ class OnnxRuntimeRunner:
             acts.clear()
 
     def _plan_for(self, feed: Mapping[str, np.ndarray]) -> _Plan:
-        key = tuple((n, feed[n].shape, feed[n].dtype.str) for n in sorted(feed))
+        key = _feed_key(feed)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= 4:
                 self._plans.clear()
-            if self._proto is None and self._proto_loader is not None:
-                self._proto = self._proto_loader.result()
-                self._proto_loader = None
-            assert self._proto is not None and self.max_memory is not None
-            plan = _make_plan(self._proto, feed, self._outputs, self.max_memory, self._opts,
-                              self._providers, self.label)
+            assert self.max_memory is not None
+            sizes = self.activation_sizes(feed)
+            held = None if sizes is None else _feed_bytes(feed) + sum(sizes.values())
+            if sizes is not None and held is not None and held <= self.max_memory:
+                plan = _Plan(None, sizes, held, sized_by_session=True)  # onnx is not needed
+            else:
+                plan = _make_plan(self._model_proto(), feed, self._outputs, self.max_memory,
+                                  self._opts, self._providers, self.label)
             self._plans[key] = plan
         return plan
+
+    def fits_twice(self, feed: Mapping[str, np.ndarray]) -> bool:
+        """Whether two runs of ``feed`` may be alive at once under :attr:`max_memory`.
+
+        Always without a budget; under one, when the whole batch runs at once and twice its
+        feed and activations fit (the next batch's run overlapping this one's fills).
+
+        Parameters
+        ----------
+        feed : mapping of str to numpy.ndarray
+            A prepared feed (see :meth:`prepare`).
+
+        Returns
+        -------
+        bool
+            ``True`` when a second batch like this one fits beside it.
+        """
+        if self.max_memory is None:
+            return True
+        plan = self._plan_for(feed)
+        return plan.stages is None and 2 * plan.held <= self.max_memory
+
+    def _model_proto(self) -> Any:
+        """The model as onnx's ``ModelProto``, for the stage planner (parsed once)."""
+        if self._proto is None and self._proto_loader is not None:
+            self._proto = self._proto_loader.result()
+            self._proto_loader = None
+        if self._proto is None:
+            proto, _, sha = load_model(self._source)
+            if sha != self.model_sha256:
+                raise ModelError(
+                    f"{self.label}: the model file changed while it was calibrated; "
+                    "calibrate again"
+                )
+            self._proto = proto
+        return self._proto
+
+    def _shapes_known(self) -> bool:
+        """Whether every exposed tensor's size follows from the inputs' dims alone."""
+        named = {d for dims in self._input_dims.values() for d in dims if isinstance(d, str)}
+        return all(n in self._output_shapes for n in self._outputs) and all(
+            isinstance(d, int) and d >= 0 or isinstance(d, str) and d in named
+            for n in self._outputs
+            for d in self._output_shapes[n][0]
+        )
+
+    def activation_sizes(self, feed: Mapping[str, np.ndarray]) -> dict[str, int] | None:
+        """Bytes of each exposed tensor for this feed, from onnxruntime's output shapes.
+
+        A dim is a number or one of the inputs' named dims (``'N'``), read from the feed.
+        ``None`` when a dim is anything else (unknown, computed, named by no input) or when
+        one name stands for two sizes in the feed: then only a run or onnx's shape inference
+        can tell.
+
+        Parameters
+        ----------
+        feed : mapping of str to numpy.ndarray
+            A prepared feed (see :meth:`prepare`).
+
+        Returns
+        -------
+        dict of str to int, or None
+            ``{tensor: bytes}`` for every tensor :meth:`run` fetches from the session.
+        """
+        bound: dict[str, int] = {}
+        for name, dims in self._input_dims.items():
+            if name not in feed:
+                continue
+            for d, n in zip(dims, feed[name].shape):
+                if isinstance(d, str) and bound.setdefault(d, int(n)) != int(n):
+                    return None
+        sizes: dict[str, int] = {}
+        for name in self._outputs:
+            dims, item = self._output_shapes.get(name, ((None,), 0))
+            count = 1
+            for d in dims:
+                if isinstance(d, int) and d >= 0:
+                    count *= d
+                elif isinstance(d, str) and d in bound:
+                    count *= bound[d]
+                else:
+                    return None
+            sizes[name] = count * item
+        return sizes
 
     def _drop_non_float(self, acts: dict[str, np.ndarray]) -> None:
         """Drop unknown-typed outputs that turned out not to be floating (first batch only)."""
@@ -854,6 +958,8 @@ class _Stage:
 class _Plan:
     stages: list[_Stage] | None  # None: the whole model at once fits
     sizes: dict[str, int]
+    held: int  # bytes of one batch's feed and exposed activations (estimated)
+    sized_by_session: bool = False  # from onnxruntime's output shapes, not onnx's inference
 
 
 _ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
@@ -906,14 +1012,14 @@ def _make_plan(
     exposed_set = set(exposed)
     known = [sizes[n] for n in exposed if n in sizes]
     unknown_size = max(known) if known else 0
-    feed_bytes = sum(int(a.nbytes) for a in feed.values())
+    feed_bytes = _feed_bytes(feed)
 
     def size(name: str) -> int:
         return sizes.get(name, unknown_size)
 
     total = feed_bytes + sum(size(n) for n in exposed)
     if total <= budget:
-        return _Plan(None, sizes)
+        return _Plan(None, sizes, total)
     if any(_graph_attrs(node) for node in g.node):
         raise ModelError(
             f"{label}: the model has If/Loop/Scan nodes, which cannot be cut into stages; "
@@ -997,7 +1103,7 @@ def _make_plan(
                              frozenset(later), release))
     log.info("%s: activations of %.0f MiB per batch, run in %d stages under max_memory %.0f "
              "MiB", label, total / 2**20, len(stages), budget / 2**20)
-    return _Plan(stages, sizes)
+    return _Plan(stages, sizes, total)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -1034,6 +1140,23 @@ def _stage_cost(g: Any, lo: int, hi: int, sizes: Mapping[str, int], size: Any,
         if j < lo and last_use.get(t, -1) >= hi and t not in seen:
             cost += size(t)
     return cost
+
+
+def _feed_key(feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    """Names, shapes and dtypes of a feed: what a plan depends on."""
+    return tuple((n, feed[n].shape, feed[n].dtype.str) for n in sorted(feed))
+
+
+def _feed_bytes(feed: Mapping[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in feed.values())
+
+
+def _ort_item_size(ort_type: str) -> int:
+    """Bytes per element of an onnxruntime tensor type (8 for types numpy lacks)."""
+    try:
+        return int(np.dtype(_ort_type_to_numpy(ort_type)).itemsize)
+    except ModelError:
+        return 8
 
 
 def _ort_type_to_numpy(ort_type: str) -> Any:

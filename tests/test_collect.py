@@ -144,3 +144,56 @@ def test_load_errors_name_the_file(tmp_path):
         HistogramCollector.load(tmp_path / "other.npz")
     with pytest.raises(HistogramError, match="observe"):
         HistogramCollector().save(tmp_path / "empty.npz")
+
+
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kldiv.collect as collect_module
+
+    monkeypatch.setattr(collect_module, "_fill_pool", lambda: None)
+
+
+@pytest.mark.parametrize("policy", ["pow2", "append"])
+def test_threaded_batch_fill_equals_one_thread(policy: str, monkeypatch: pytest.MonkeyPatch):
+    """A batch's tensors fill on several threads: every histogram, absmax and the names'
+    order (the batch's) are those of filling them one after another on one thread.
+    """
+    import kldiv.collect as collect_module
+
+    if collect_module._fill_pool() is None:
+        pytest.skip("one CPU: batches fill on the calling thread only")
+    rng = np.random.default_rng(5)
+    sizes = [17, 1 << 18, 5, 1 << 16, 3000, 1 << 20, 1, 40_000] * 3
+    batches = [{f"t{k}_{n}": (rng.standard_normal(n) * (1 + b + k % 3)).astype(np.float32)
+                for k, n in enumerate(sizes)} for b in range(3)]
+    threaded = HistogramCollector(256, policy)
+    for b in batches:
+        threaded.observe(b)
+    _one_thread(monkeypatch)
+    serial = HistogramCollector(256, policy)
+    for b in batches:
+        serial.observe(b)
+    assert threaded.names == serial.names == list(batches[0])
+    for name in serial.names:
+        assert threaded[name] == serial[name], name
+        assert threaded.absmax(name) == serial.absmax(name), name
+
+
+def test_threaded_batch_fill_raises_the_first_failing_tensor_in_batch_order():
+    """Two tensors hold NaN: the error names the earlier one in the batch, whichever thread
+    met its NaN first (the later one is small, so it is usually met first).
+    """
+    import kldiv.collect as collect_module
+
+    if collect_module._fill_pool() is None:
+        pytest.skip("one CPU: batches fill on the calling thread only")
+    big = np.ones(1 << 21, np.float32)
+    big[-1] = np.nan
+    small = np.array([np.nan, 1.0], np.float32)
+    batch = {"a": np.ones(4, np.float32), "big": big, "small": small}
+    for _ in range(5):
+        with pytest.raises(NonFiniteError, match="'big', batch 0"):
+            HistogramCollector(64).observe(batch)
+    dropped = HistogramCollector(64, nonfinite="drop")
+    dropped.observe(batch)
+    assert list(dropped.dropped) == ["a", "big", "small"]
+    assert dropped.dropped == {"a": 0, "big": 1, "small": 1}

@@ -204,15 +204,17 @@ def test_files_onnx_must_read_take_the_onnx_path(tmp_path: Path):
                                   OnnxRuntimeRunner(proto).run({"x": x})["conv"])
 
 
-def test_calibrating_a_model_file_does_not_import_onnx(tmp_path: Path):
-    """The point of the wire reader: a calibration of a file without a memory budget never
-    imports onnx (the budget's stage planner needs onnx's shape inference; see below).
+@pytest.mark.parametrize("max_memory", [None, "default"])
+def test_calibrating_a_model_file_does_not_import_onnx(tmp_path: Path, max_memory: str | None):
+    """The point of the wire reader: a calibration of a file never imports onnx, with or
+    without the memory budget when the batch fits it (sized from onnxruntime's own shapes).
     """
+    budget = "" if max_memory == "default" else ", max_memory=None"
     code = (
         "import sys, numpy as np, kldiv\n"
         "from kldiv.examples import lenet_model_path, lenet_calibration_data\n"
-        "t = kldiv.calibrate(lenet_model_path(), lenet_calibration_data(), max_batches=2,\n"
-        "                    max_memory=None).table\n"
+        "t = kldiv.calibrate(lenet_model_path(), lenet_calibration_data(), max_batches=2"
+        f"{budget}).table\n"
         "assert len(t) > 5, len(t)\n"
         "print(sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n"
     )
@@ -222,16 +224,137 @@ def test_calibrating_a_model_file_does_not_import_onnx(tmp_path: Path):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_a_memory_budget_parses_the_file_with_onnx_in_the_background(tmp_path: Path):
-    """Under max_memory the stage planner gets onnx's proto, parsed in a thread started before
-    the session (tests/test_bounded_memory.py checks staged runs of a model file against whole
-    ones).
+def _chain(reshape: bool = False) -> onnx.ModelProto:
+    """x [N, 64] -> Relu -> Mul 2 -> Relu (-> Reshape [-1, 4]: a dim no input names)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r1"]),
+             helper.make_node("Mul", ["r1", "two"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    out = "y"
+    if reshape:
+        nodes.append(helper.make_node("Reshape", ["y", "shape"], ["z"]))
+        nodes.append(helper.make_node("Sigmoid", ["z"], ["s"]))
+        inits.append(numpy_helper.from_array(np.array([-1, 4], np.int64), "shape"))
+        out = "s"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+
+
+def _feeds(n: int = 3, batch: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{"x": rng.standard_normal((batch, 64)).astype(np.float32)} for _ in range(n)]
+
+
+def test_a_budget_sizes_batches_from_onnxruntime_shapes(tmp_path: Path):
+    """Dims that are numbers or an input's named dim give every tensor's bytes for a feed:
+    a batch that fits runs whole without onnx's proto; one that does not is planned by onnx
+    (parsed from the file then) and runs in stages with the same activations.
     """
-    path = tmp_path / "aliases.onnx"
-    onnx.save(tva._model(), str(path))
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain(), str(path))
     runner = OnnxRuntimeRunner(path, max_memory=1 << 20)
-    assert runner._proto is None and runner._proto_loader is not None
-    feed = runner.prepare(tva._batches()[0])
-    assert runner._plan_for(feed).stages is None  # fits: planned from onnx's shapes
+    assert runner._proto is None and runner._proto_loader is None
+    feed = runner.prepare(_feeds()[0])
+    sizes = runner.activation_sizes(feed)
+    acts = runner.run(feed)
+    assert sizes == {n: int(acts[n].nbytes) for n in sizes} and set(sizes) == {"r1", "m", "y"}
+    plan = runner._plan_for(feed)
+    assert plan.stages is None and plan.sized_by_session and runner._proto is None
+
+    tight = OnnxRuntimeRunner(path, max_memory=2 * 4 * 64 * 4)  # the feed and one tensor
+    parts = [dict(p) for p in tight.run_parts(tight.prepare(feed))]  # emptied when handed on
+    assert len(parts) > 1 and isinstance(tight._proto, onnx.ModelProto)
+    assert not tight._plan_for(feed).sized_by_session
+    for n, arr in acts.items():
+        got = [p[n] for p in parts if n in p]
+        assert len(got) == 1, n
+        np.testing.assert_array_equal(got[0], arr)
+
+
+def test_unknown_dims_parse_the_file_with_onnx_in_the_background(tmp_path: Path):
+    """A dim onnxruntime cannot name from the inputs (after a Reshape to -1) leaves the
+    sizes to onnx's shape inference: the file is parsed by onnx in a thread at once.
+    """
+    path = tmp_path / "reshape.onnx"
+    onnx.save(_chain(reshape=True), str(path))
+    runner = OnnxRuntimeRunner(path, max_memory=1 << 20)
+    assert runner._proto_loader is not None
+    feed = runner.prepare(_feeds()[0])
+    assert runner.activation_sizes(feed) is None
+    plan = runner._plan_for(feed)
+    assert plan.stages is None and not plan.sized_by_session
     assert isinstance(runner._proto, onnx.ModelProto)
     assert OnnxRuntimeRunner(path)._proto_loader is None  # no budget: onnx is not needed
+
+
+def test_a_batch_larger_than_its_sizes_said_moves_to_stages(tmp_path: Path, caplog):
+    """Should a batch hold more than the sizes from onnxruntime said (a declared shape that is
+    wrong), it is still handed out whole, with a warning, and its shape runs in stages from
+    then on: the same histograms as a run without a budget.
+    """
+    from kldiv.collect import HistogramCollector
+
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain(), str(path))
+    budget = 4 * 64 * 4 * 3 + 64  # the feed and two of the three tensors of a batch of 4
+    runner = OnnxRuntimeRunner(path, max_memory=budget)
+    runner._output_shapes["m"] = ((1,), 4)  # understated: the batch seems to fit
+    staged, whole = HistogramCollector(), HistogramCollector()
+    with caplog.at_level("WARNING", logger="kldiv"):
+        for k, feed in enumerate(_feeds()):
+            parts = [dict(p) for p in runner.run_parts(runner.prepare(feed), index=k)]
+            assert (len(parts) == 1) == (k == 0)
+            for p in parts:
+                staged.observe(p, batch=k)
+    assert "above max_memory" in caplog.text
+    free = OnnxRuntimeRunner(path)
+    for k, feed in enumerate(_feeds()):
+        whole.observe(free.run(free.prepare(feed)), batch=k)
+    assert staged.names == whole.names
+    for n in whole.names:
+        np.testing.assert_array_equal(staged[n].counts, whole[n].counts)
+
+
+@pytest.mark.parametrize("name", [*SYNTHETIC, "real"])
+def test_input_shapes_read_without_onnx_match_onnx(tmp_path: Path, name: str):
+    """``kldiv calibrate`` finds the inputs' batch axes from the file's graph inputs read by
+    the wire reader: the same shapes (numbers, named dims, unknown dims) as onnx's.
+    """
+    from kldiv._cli._data_args import _inputs_without_onnx, model_batch_axes
+
+    if name == "real":
+        paths = _real_models()
+    else:
+        paths = [tmp_path / f"{name}.onnx"]
+        onnx.save(SYNTHETIC[name](), str(paths[0]))
+    for path in paths:
+        proto = onnx.load(str(path), load_external_data=False)
+        inits = {t.name for t in proto.graph.initializer}
+        expected = {
+            vi.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in vi.type.tensor_type.shape.dim)
+            for vi in proto.graph.input if vi.name not in inits
+        }
+        assert _inputs_without_onnx(path) == expected, path
+        assert model_batch_axes(path) == model_batch_axes(proto), path
+
+
+def test_the_calibrate_command_does_not_import_onnx(tmp_path: Path):
+    """``kldiv calibrate`` of a model file, default budget: neither onnx nor ml_dtypes."""
+    code = (
+        "import sys\n"
+        "from kldiv.cli import main\n"
+        "from kldiv.examples import lenet_model_path\n"
+        "from pathlib import Path\n"
+        "data = Path(lenet_model_path()).parent / 'digits_calibration.npz'\n"
+        f"rc = main(['calibrate', str(lenet_model_path()), '--data', str(data), '--out', "
+        f"{str(tmp_path / 'x.cache')!r}, '--max-batches', '2', '-q'])\n"
+        "print(rc, sorted(m for m in ('onnx', 'ml_dtypes') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "x.cache").is_file()

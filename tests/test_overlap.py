@@ -153,14 +153,45 @@ def test_stopping_early_leaves_no_thread() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("kldiv-model-run")]
 
 
-def test_overlap_is_not_used_under_a_memory_budget(caplog: pytest.LogCaptureFixture) -> None:
-    """A budget bounds one batch of activations: overlap (two batches) is then ignored, with a
-    log line, and the run is the serial one.
-    """
-    import logging
+class _ThreadRecordingRunner:
+    """Wraps a real runner; records which thread ran each batch."""
 
-    data = lenet_calibration_data(batch_size=8)[:3]
-    with caplog.at_level(logging.INFO, logger="kldiv.pipeline"):
-        got = collect_histograms(lenet_model_path(), data, overlap=True, max_memory=1 << 30)
-    assert "overlap=True is ignored under max_memory" in caplog.text
-    _same(got, collect_histograms(lenet_model_path(), data, max_memory=None))
+    def __init__(self, runner: Any) -> None:
+        self.inner = runner
+        self.threads: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def run(self, feed: dict[str, np.ndarray], *, index: int = 0) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.run(feed, index=index)
+
+    def run_parts(self, feed: dict[str, np.ndarray], *, index: int = 0) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.inner.run_parts(feed, index=index)
+
+
+@pytest.mark.parametrize("room,overlapped", [(4.0, True), (1.5, False)])
+def test_overlap_under_a_budget_only_where_two_batches_fit(room: float, overlapped: bool) -> None:
+    """Under a memory budget the next batch runs ahead only when two batches' activations fit
+    it; otherwise every batch runs in turn on the calling thread. The counts are those of the
+    serial run either way.
+    """
+    from kldiv.runners import OnnxRuntimeRunner
+
+    data = lenet_calibration_data(batch_size=8)[:4]
+    probe = OnnxRuntimeRunner(lenet_model_path(), fetch_aliases=False)
+    feed = probe.prepare(data[0])
+    sizes = probe.activation_sizes(feed)
+    assert sizes is not None
+    one = sum(sizes.values()) + sum(a.nbytes for a in feed.values())
+    runner = _ThreadRecordingRunner(OnnxRuntimeRunner(
+        lenet_model_path(), fetch_aliases=False, max_memory=int(one * room)))
+    assert runner.fits_twice(feed) is overlapped
+    for _, acts, _ in _activations(runner, data, None, None, True):
+        del acts
+    ahead = [t.startswith("kldiv-model-run") for t in runner.threads]
+    assert ahead == [overlapped] * len(data)
+    budgeted = collect_histograms(lenet_model_path(), data, max_memory=int(one * room))
+    _same(budgeted, collect_histograms(lenet_model_path(), data, overlap=False, max_memory=None))

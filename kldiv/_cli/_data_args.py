@@ -190,6 +190,28 @@ def source_from_args(
     return take_batches(source, args.max_batches) if limit else source
 
 
+def _inputs_without_onnx(model: Any) -> dict[str, tuple[int | str | None, ...]] | None:
+    """The graph inputs' shapes of a binary model file, read by :mod:`kldiv._onnx_wire`.
+
+    ``None`` for anything that reader does not handle (onnx then reads it, with its errors).
+    """
+    import os
+    from pathlib import Path
+
+    from .. import _onnx_wire as wire
+
+    if not isinstance(model, (str, os.PathLike)) or Path(model).suffix.lower() != ".onnx":
+        return None
+    try:
+        graph = wire.read_model(Path(model).read_bytes()).graph
+    except (OSError, wire.WireFormatError):
+        return None
+    if not graph.input and not graph.node:
+        return None
+    inits = {t.name for t in graph.initializer}
+    return {vi.name: vi.dims or () for vi in graph.input if vi.name not in inits}
+
+
 def model_batch_axes(model: Any, declared: Any = None) -> dict[str, int | None]:
     """Each input's batch axis for an ONNX model file.
 
@@ -205,10 +227,13 @@ def model_batch_axes(model: Any, declared: Any = None) -> dict[str, int | None]:
     """
     import os
 
-    import onnx
-
     from ..data import infer_batch_axes
     from ..errors import ModelError
+
+    wire = _inputs_without_onnx(model)
+    if wire is not None:
+        return infer_batch_axes(wire, declared)
+    import onnx
 
     if isinstance(model, onnx.ModelProto):
         proto = model

@@ -39,11 +39,13 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CACHE_DIR_ENV, cache_dir
+from ._threads import threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -61,6 +63,9 @@ __all__ = [
     "mode",
     "reset",
     "resolve",
+    "threads",
+    "using",
+    "warm_up_in_background",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,3 +235,66 @@ def reset() -> None:
     global _CHOSEN
     with _LOCK:
         _CHOSEN = _UNSET
+
+
+def warm_up_in_background() -> threading.Thread | None:
+    """Load the kernels and the float32 fill's machine code in a daemon thread.
+
+    Loading (importing Numba, reading the cached machine code) costs a few tenths of a second
+    of CPU; started before a calibration creates its session, it runs while the model runs
+    (onnxruntime releases the GIL) instead of before the first fill. The first fill waits for
+    it (Numba's compiler lock). Errors are left to the fill that meets them.
+
+    Returns
+    -------
+    threading.Thread or None
+        The started thread; ``None`` when the kernels are already resolved.
+    """
+    if _CHOSEN is not _UNSET:
+        return None
+
+    def work() -> None:
+        try:
+            kernels = resolve()
+            if kernels is not None:
+                import numpy as np
+
+                x = np.zeros(8, np.float32)
+                kernels.absmax(x)
+                kernels.fill_counts(x, 1.0, 8, False)
+        except Exception as exc:  # noqa: BLE001 - the caller's own fill raises it again
+            log.debug("kernel warm-up failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="kldiv-kernel-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+
+@contextmanager
+def using(name: str) -> Iterator[None]:
+    """Run a block with ``KLDIV_KERNELS=name``, resolved afresh; restore the previous choice.
+
+    For tests and benchmarks that compare implementations inside one process.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODES`.
+
+    Yields
+    ------
+    None
+        While the block runs, :func:`resolve` answers for ``name``.
+    """
+    saved = os.environ.get(KERNELS_ENV)
+    os.environ[KERNELS_ENV] = name
+    reset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(KERNELS_ENV, None)
+        else:
+            os.environ[KERNELS_ENV] = saved
+        reset()

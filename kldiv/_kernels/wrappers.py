@@ -18,16 +18,15 @@ Threads
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from . import entropy, fill
+from ._threads import threads
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -64,21 +63,6 @@ NO_TABLE_I = np.zeros(1, np.uint32)
 curve_abs_proportional = entropy._curve_abs_proportional
 curve_closed_form = entropy._curve_closed_form
 curve_smoothed = entropy._curve_smoothed
-
-
-@lru_cache(maxsize=1)
-def threads() -> int:
-    """The number of chunks a large input is cut into.
-
-    ``NUMBA_NUM_THREADS``, else the CPUs this process may use (read once per process).
-    """
-    named = os.environ.get("NUMBA_NUM_THREADS")
-    if named:
-        return max(1, int(named))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 _POOL: ThreadPoolExecutor | None = None
