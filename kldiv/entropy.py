@@ -653,8 +653,8 @@ def kernel_divergence_curve(
         z = h.size // 2
         lo, hi = (z - candidates, z + candidates + 1) if signed else (0 * candidates, candidates)
         div = np.where(csum[hi] - csum[lo] == 0, np.nan, div)
-    if opts.log_base != math.e:
-        div = div / math.log(opts.log_base)
+    if opts.log_base != math.e:  # the reference's inf stays +inf whatever the base
+        div = np.where(np.isinf(div), div, div / math.log(opts.log_base))
     return candidates, div
 
 

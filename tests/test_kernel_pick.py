@@ -208,14 +208,15 @@ def test_smoothing_and_clipping_are_never_known_in_advance() -> None:
     empty=st.sampled_from(["histogram", "p"]),
     stride=st.integers(1, 3),
     min_nonempty=st.integers(1, 3),
+    log_base=st.sampled_from([math.e, 2.0, 0.5]),
 )
 def test_pick_is_the_reference_pick_sparse_abs(
     counts: np.ndarray, preset: str, ties: str, tol: float, empty_q: str, zeros: str,
-    grouping: str, empty: str, stride: int, min_nonempty: int,
+    grouping: str, empty: str, stride: int, min_nonempty: int, log_base: float,
 ) -> None:
     opts = E.PRESETS[preset].replace(
         ties=ties, tie_tolerance=tol, empty_q=empty_q, zeros=zeros, grouping=grouping,
-        empty=empty, stride=stride, min_nonempty_bins=min_nonempty,
+        empty=empty, stride=stride, min_nonempty_bins=min_nonempty, log_base=log_base,
     )
     _check_pick(counts, opts)
 
@@ -370,6 +371,21 @@ def test_rounding_below_zero_wins_at_tolerance_zero() -> None:
         _check_pick(counts, opts)
         assert int(cand[E.pick_minimum(ref, opts)]) != _naive_pick(counts, opts)
         _check_pick(counts, opts.replace(tie_tolerance=1e-12))
+
+
+def test_infinite_candidates_stay_infinite_in_any_base() -> None:
+    """The reference's inf (an empty or degenerate window) is +inf for a base below 1 too."""
+    counts = np.zeros(147, dtype=np.int64)
+    counts[128] = 1  # candidate 128 keeps no count: inf; the others hold the one bin: KL 0
+    for base in (0.5, 2.0):
+        opts = E.PRESETS["tensorrt"].replace(
+            ties="first", tie_tolerance=0.0, zeros="keep", min_nonempty_bins=1, log_base=base
+        )
+        _, ref = E.divergence_curve(counts, opts)
+        assert BUILD is not None
+        _, div = E.kernel_divergence_curve(counts, opts, BUILD)
+        assert ref[0] == div[0] == np.inf
+        _check_pick(counts, opts)
 
 
 # ------------------------------------------------------------------ NaN and smoothing
