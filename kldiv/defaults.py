@@ -100,10 +100,12 @@ COMPARE_RTOL: Final[float] = 0.01
 #: the fastest
 #: (benchmarks/calibrate_e2e.py).
 DEFAULT_ORT_OPTIMIZATION: Final[str] = "all"
-#: Run the model on the next batch while the current batch's histograms fill, whenever two
-#: batches of activations fit the memory budget (same counts, same errors in the same order;
-#: benchmarks/calibrate_e2e.py, kldiv vs kldiv-serial; docs/performance.md).
-DEFAULT_OVERLAP: Final[bool] = True
+#: Run the model on the next batch while the current batch's histograms fill, where two
+#: batches of activations fit the memory budget (same counts, same errors in the same order).
+#: Off: on 2 cores the serial run, whose fills use both cores (a batch's tensors on two
+#: threads), was as fast or faster, with one batch less held (benchmarks/calibrate_e2e.py,
+#: kldiv vs kldiv-overlap; docs/performance.md).
+DEFAULT_OVERLAP: Final[bool] = False
 #: TensorRT builder workspace (memory-pool limit, bytes) when none is named (trt_backend).
 DEFAULT_WORKSPACE: Final[int] = 1 << 30
 #: Engine precision trt_backend builds when none is named (and no cache/table is given).

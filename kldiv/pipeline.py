@@ -226,10 +226,7 @@ def collect_histograms(
     check_num_bins(num_bins)
     check_count("batch_size", batch_size)
     check_count("max_batches", max_batches)
-    from . import _kernels
     from .runners import OnnxRuntimeRunner
-
-    _kernels.warm_up_in_background()  # while the session is made and the first batch runs
 
     runner = OnnxRuntimeRunner(
         model,

@@ -65,7 +65,6 @@ __all__ = [
     "resolve",
     "threads",
     "using",
-    "warm_up_in_background",
 ]
 
 log = logging.getLogger(__name__)
@@ -235,40 +234,6 @@ def reset() -> None:
     global _CHOSEN
     with _LOCK:
         _CHOSEN = _UNSET
-
-
-def warm_up_in_background() -> threading.Thread | None:
-    """Load the kernels and the float32 fill's machine code in a daemon thread.
-
-    Loading (importing Numba, reading the cached machine code) costs a few tenths of a second
-    of CPU; started before a calibration creates its session, it runs while the model runs
-    (onnxruntime releases the GIL) instead of before the first fill. The first fill waits for
-    it (Numba's compiler lock). Errors are left to the fill that meets them.
-
-    Returns
-    -------
-    threading.Thread or None
-        The started thread; ``None`` when the kernels are already resolved.
-    """
-    if _CHOSEN is not _UNSET:
-        return None
-
-    def work() -> None:
-        try:
-            kernels = resolve()
-            if kernels is not None:
-                import numpy as np
-
-                x = np.zeros(8, np.float32)
-                kernels.absmax(x)
-                kernels.fill_counts(x, 1.0, 8, False)
-        except Exception as exc:  # noqa: BLE001 - the caller's own fill raises it again
-            log.debug("kernel warm-up failed: %s", exc)
-
-    thread = threading.Thread(target=work, name="kldiv-kernel-warm-up", daemon=True)
-    thread.start()
-    return thread
-
 
 
 @contextmanager
