@@ -202,25 +202,46 @@ class HistogramCollector:
     def _observe_in_threads(
         self, items: list[tuple[str, Any]], index: int, pool: ThreadPoolExecutor
     ) -> None:
-        """:meth:`_observe_one` of each item; this thread and the pool's take turns by item."""
+        """:meth:`_observe_one` of each item, on this thread and the pool's.
+
+        Largest first: a tensor with more than a thread's share of the batch fills alone,
+        its input split over all threads; the others are taken in turn by the threads, each
+        filled whole on one (no chunks on top of the threads). After a failure no tensor
+        later in the batch is started; the error raised is the earliest in batch order.
+        """
+        from . import _kernels
+
         tables: list[dict[str, Any]] = [self._hists, self._absmax, self.dropped]
         before = [set(t) for t in tables]
         failures: dict[int, BaseException] = {}
-        taken = iter(range(len(items)))
+        sizes = [int(getattr(v, "size", 0)) for _, v in items]
+        n_threads = _kernels.threads()
+        share = sum(sizes) / n_threads
+        order = sorted(range(len(items)), key=lambda k: -sizes[k])
+        big = [k for k in order if sizes[k] > share]
+        taken = iter([k for k in order if sizes[k] <= share])
         lock = threading.Lock()
 
-        def drain() -> None:
-            while not failures:
-                with lock:
-                    k = next(taken, None)
-                if k is None:
-                    return
-                try:
-                    self._observe_one(items[k][0], items[k][1], index)
-                except BaseException as exc:  # noqa: BLE001 - raised below, in batch order
-                    failures[k] = exc
+        def fill(k: int) -> None:
+            if failures and k > min(failures):
+                return
+            try:
+                self._observe_one(items[k][0], items[k][1], index)
+            except BaseException as exc:  # noqa: BLE001 - raised below, in batch order
+                failures[k] = exc
 
-        helpers = [pool.submit(drain) for _ in range(_kernels_threads() - 1)]
+        def drain() -> None:
+            with _kernels.one_thread():
+                while True:
+                    with lock:
+                        k = next(taken, None)
+                    if k is None:
+                        return
+                    fill(k)
+
+        for k in big:
+            fill(k)
+        helpers = [pool.submit(drain) for _ in range(n_threads - 1)]
         drain()
         for helper in helpers:
             helper.result()
@@ -589,17 +610,13 @@ _POOL: list[ThreadPoolExecutor | None] = []
 _POOL_LOCK = threading.Lock()
 
 
-def _kernels_threads() -> int:
-    from . import _kernels
-
-    return _kernels.threads()
-
-
 def _fill_pool() -> ThreadPoolExecutor | None:
     """Threads that fill tensors beside the calling one (``None`` on one CPU)."""
     with _POOL_LOCK:
         if not _POOL:
-            n = _kernels_threads() - 1
+            from . import _kernels
+
+            n = _kernels.threads() - 1
             _POOL.append(ThreadPoolExecutor(n, thread_name_prefix="kldiv-fill") if n > 0
                          else None)
         return _POOL[0]

@@ -197,3 +197,20 @@ def test_threaded_batch_fill_raises_the_first_failing_tensor_in_batch_order():
     dropped.observe(batch)
     assert list(dropped.dropped) == ["a", "big", "small"]
     assert dropped.dropped == {"a": 0, "big": 1, "small": 1}
+
+
+def test_threaded_fill_names_the_earliest_tensor_even_when_filled_last():
+    """Tensors are filled largest first; the error still names the earliest failing tensor in
+    the batch's order (here the smallest, filled last).
+    """
+    import kldiv.collect as collect_module
+
+    if collect_module._fill_pool() is None:
+        pytest.skip("one CPU: batches fill on the calling thread only")
+    rng = np.random.default_rng(2)
+    batch = {f"t{k}": rng.standard_normal(1000 * (k + 1)).astype(np.float32) for k in range(8)}
+    batch["t0"][3] = np.nan
+    batch["t7"][5] = np.inf
+    for _ in range(5):
+        with pytest.raises(NonFiniteError, match="'t0', batch 0"):
+            HistogramCollector(64).observe(batch)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CACHE_DIR_ENV, cache_dir
-from ._threads import threads
+from ._threads import one_thread, threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "cache_dir",
     "load",
     "mode",
+    "one_thread",
     "reset",
     "resolve",
     "threads",

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
-__all__ = ["threads"]
+__all__ = ["one_thread", "split_allowed", "threads"]
+
+_ONE_THREAD: ContextVar[bool] = ContextVar("kldiv_fill_one_thread", default=False)
 
 
 @lru_cache(maxsize=1)
@@ -26,3 +31,27 @@ def threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Within the block, on this thread, a fill never splits its input into chunks.
+
+    For callers that already fill several tensors at once on :func:`threads` threads:
+    chunks on top of them would run more threads than cores.
+
+    Yields
+    ------
+    None
+        While the block runs, :func:`split_allowed` is ``False`` on this thread.
+    """
+    token = _ONE_THREAD.set(True)
+    try:
+        yield
+    finally:
+        _ONE_THREAD.reset(token)
+
+
+def split_allowed() -> bool:
+    """Whether a fill on this thread may split a large input into chunks on threads."""
+    return not _ONE_THREAD.get()

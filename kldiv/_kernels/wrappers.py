@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import entropy, fill
-from ._threads import threads
+from ._threads import split_allowed, threads
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -83,7 +83,7 @@ def _in_chunks(
 ) -> list[tuple[Any, ...]]:
     """``run(*chunk_of_each_array, *rest)`` over :func:`threads` slices (one when small)."""
     n = arrays[0].size
-    n_chunks = 1 if n < SERIAL_BELOW else threads()
+    n_chunks = 1 if n < SERIAL_BELOW or not split_allowed() else threads()
     if n_chunks == 1:
         return [run(*arrays, *rest)]
     step = -(-n // n_chunks)
