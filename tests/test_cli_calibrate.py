@@ -152,3 +152,22 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, case, message)
     assert len(err.strip().splitlines()) == 1
     assert not out.exists() and not hist.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_overlap_flag_gives_the_same_cache(tmp_path):
+    """``--overlap`` (the next batch's model run beside this one's fills) writes the same cache
+    as ``--no-overlap``, byte for byte.
+    """
+    from pathlib import Path
+
+    from kldiv.cli import main
+    from kldiv.examples import lenet_model_path
+
+    data = Path(lenet_model_path()).parent / "digits_calibration.npz"
+    outs = []
+    for flag in ("--overlap", "--no-overlap"):
+        out = tmp_path / f"{flag}.cache"
+        assert main(["calibrate", str(lenet_model_path()), "--data", str(data), "--out",
+                     str(out), "--max-batches", "4", "-q", flag]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

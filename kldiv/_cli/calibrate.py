@@ -19,6 +19,7 @@ from ..defaults import (
     DEFAULT_LEGACY_QUANTILE,
     DEFAULT_MAX_MEMORY,
     DEFAULT_METHOD,
+    DEFAULT_OVERLAP,
     DEFAULT_PRESET,
     DEFAULT_RANGE_POLICY,
     DEFAULT_SCHEDULER_TIMEOUT,
@@ -152,6 +153,10 @@ def register(subparsers: Any) -> None:
                    help="activations held at once, e.g. 512M, 2G, or 'none' (default "
                         f"{DEFAULT_MAX_MEMORY // 2**20}M); above it the model runs in stages, "
                         "with the same histograms")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=DEFAULT_OVERLAP,
+                   help="run the model on the next batch while this one's histograms fill, "
+                        "where two batches fit --max-memory (pays on machines whose cores the "
+                        "model run leaves idle; same histograms)")
     d = p.add_argument_group("distributed (Dask; pip install 'kldiv[dist]')")
     d.add_argument("--workers", type=int, metavar="N",
                    help="shard the data over N worker processes on this machine (a Dask "
@@ -313,7 +318,7 @@ def _calibrate_here(args: argparse.Namespace) -> Any:
     try:
         return calibrate(
             args.model, source, num_bins=args.num_bins, range_policy=args.range_policy,
-            max_batches=args.max_batches, max_memory=args.max_memory,
+            max_batches=args.max_batches, max_memory=args.max_memory, overlap=args.overlap,
             nonfinite="drop" if args.drop_nonfinite else "raise", on_batch=on_batch,
             batch_axes=declared,
             save_histograms=args.save_histograms, force=args.force, **table_kwargs(args),
