@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_percentile
 from .defaults import (
     CLIP_WARN_FRACTION,
     DEFAULT_LEGACY_CUTOFF,
@@ -119,10 +120,10 @@ def percentile_threshold(
     The bin ``m`` where the cumulative fraction first reaches ``percentile / 100`` is found
     (ModelOpt's ``searchsorted`` rule); ``edge='upper'`` returns its upper edge ``(m + 1) * w``
     (every counted value is covered), ``edge='lower'`` its lower edge ``m * w`` (ModelOpt's
-    ``_compute_amax_percentile``).
+    ``_compute_amax_percentile``). ``percentile`` lies in ``(0, 100]``
+    (:func:`kldiv._checks.check_percentile` says why 0 is refused).
     """
-    if not (0.0 <= percentile <= 100.0):
-        raise PresetError(f"percentile={percentile!r} must lie in [0, 100], e.g. 99.99")
+    check_percentile(percentile)
     if edge not in ("upper", "lower"):
         raise PresetError(f"edge={edge!r} must be 'upper' or 'lower'")
     counts, amax = _nonempty(hist)

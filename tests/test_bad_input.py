@@ -101,7 +101,7 @@ BAD_OPTIONS = [
     (["--max-batches", "0"], "--max-batches must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--method", "percentile", "--percentile", "0", "--algorithm", "entropy2"],
-     "not above 0 and at most 100"),
+     "--percentile=0.0 must be above 0 and at most 100"),
     (["--percentile", "99"], "--percentile applies to --method percentile only"),
     (["--method", "percentile"], "no TensorRT calibrator computes percentile thresholds"),
     (["--method", "mse"], "no TensorRT calibrator computes mse thresholds"),

@@ -58,3 +58,46 @@ def test_entropy_dispatch_and_errors() -> None:
         choose_threshold(h, "percentile", pct=99)
     with pytest.raises(ValueError):
         choose_threshold(h, "percentile", percentile=101)
+
+
+def _cli_percentile(value: float, capsys: pytest.CaptureFixture[str]) -> str | None:
+    """``kldiv calibrate --percentile VALUE``'s parse: None if accepted, else its error."""
+    from kldiv.cli import build_parser
+
+    argv = ["calibrate", "m.onnx", "--data", "d", "--out", "x.cache", "--method", "percentile",
+            "--percentile", repr(value), "--algorithm", "entropy2"]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        return capsys.readouterr().err
+    assert args.percentile == value
+    return None
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(0.0, False), (100.0, True), (-1.0, False), (100.5, False), (1e-6, True), (99.99, True)],
+)
+def test_percentile_range_is_one_rule(
+    value: float, accepted: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``percentile_threshold``, ``check_options`` and the CLI accept and refuse alike."""
+    from kldiv._checks import check_options
+    from kldiv.thresholds import percentile_threshold
+
+    rule = "must be above 0 and at most 100"
+    if accepted:
+        r = percentile_threshold(_hist(), percentile=value)
+        assert 0 < r.amax <= _hist().amax
+        check_options(method="percentile", preset="tensorrt",
+                      options={"percentile": value}, num_bins=None)
+        assert _cli_percentile(value, capsys) is None
+        return
+    with pytest.raises(PresetError, match=rule):
+        percentile_threshold(_hist(), percentile=value)
+    with pytest.raises(PresetError, match=rule):
+        check_options(method="percentile", preset="tensorrt",
+                      options={"percentile": value}, num_bins=None)
+    err = _cli_percentile(value, capsys)
+    assert err is not None and f"--percentile={value!r} {rule}" in err
+

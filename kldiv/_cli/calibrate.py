@@ -54,16 +54,16 @@ def _num_bins(text: str) -> int:
 
 
 def _percentile(text: str) -> float:
+    from .._checks import check_percentile
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number such as 99.99, got {text!r}") from None
-    if not 0.0 < value <= 100.0:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not above 0 and at most 100; the percentile is the share of |x| values "
-            "the threshold covers, e.g. 99.99"
-        )
-    return value
+    try:
+        return check_percentile(value, option="--percentile")
+    except KldivError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def quiet(args: argparse.Namespace) -> bool:
