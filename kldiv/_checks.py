@@ -21,6 +21,7 @@ __all__ = [
     "check_num_bins",
     "check_options",
     "check_percentile",
+    "check_preset_bins",
     "header_algorithm",
 ]
 
@@ -114,37 +115,60 @@ def check_options(
 
     Run before collecting: an entropy preset that needs more (or an odd number of) bins than
     ``num_bins`` fails here, not after the model ran. ``num_bins=None`` skips the bin check
-    (histograms loaded from a file are checked when searched).
+    (histograms loaded from a file: :func:`check_preset_bins` once they are read).
 
     Raises
     ------
     PresetError, HistogramError
         Naming the option and what to change.
     """
-    from .entropy import candidate_bins, preset_name, resolve_options
+    from .entropy import resolve_options
     from .graph import GraphRules
-    from .thresholds import METHODS, check_method_options
+    from .thresholds import check_method_options
 
-    if method not in METHODS:
-        raise PresetError(f"unknown threshold method {method!r}; choose one of "
-                          f"{', '.join(METHODS)}")
     opts = dict(options or {})
-    if method == "entropy":  # the graph rules are fields of the entropy options
+    # the graph rules are fields of the entropy options, and options of their own elsewhere
+    rules = {} if method == "entropy" else {
+        key: opts.pop(key) for key in GraphRules.names() if key in opts
+    }
+    check_method_options(method, opts)  # the method's name, its options' names and values
+    if method == "entropy":
         resolved = resolve_options(preset, **opts)
         if num_bins is not None:
-            try:
-                candidate_bins(num_bins, resolved)
-            except (HistogramError, PresetError) as exc:
-                name = preset_name(preset) or "options"
-                raise type(exc)(f"preset {name!r} with {num_bins} bins: {exc}") from None
+            _check_bins(preset, resolved, num_bins)
         return
-    for key in GraphRules.names():
-        value = opts.pop(key, None)
+    for key, value in rules.items():
         if value is not None and not isinstance(value, bool):
             raise PresetError(f"option {key}={value!r} must be True or False")
-    check_method_options(method, opts)  # names, and the legacy calibrator's values
-    if method == "percentile" and "percentile" in opts:
-        check_percentile(opts["percentile"])
+
+
+def _check_bins(preset: Any, resolved: Any, num_bins: int) -> None:
+    from .entropy import candidate_bins, preset_name
+
+    try:
+        candidate_bins(num_bins, resolved)
+    except (HistogramError, PresetError) as exc:
+        name = preset_name(preset) or "options"
+        raise type(exc)(f"preset {name!r} with {num_bins} bins: {exc}") from None
+
+
+def check_preset_bins(
+    *, method: str, preset: Any, options: Mapping[str, Any] | None, num_bins: int
+) -> None:
+    """An entropy preset's search fits histograms of ``num_bins`` bins (other methods: any).
+
+    The part of :func:`check_options` that needs the histograms, for histograms read from a
+    file after :func:`check_options` checked the rest.
+
+    Raises
+    ------
+    PresetError, HistogramError
+        Naming the preset and the bin count.
+    """
+    from .entropy import resolve_options
+
+    if method == "entropy":
+        _check_bins(preset, resolve_options(preset, **dict(options or {})), num_bins)
 
 
 def header_algorithm(method: str, algorithm: str | None) -> str:

@@ -488,7 +488,7 @@ def calibrate_distributed(
     kldiv.pipeline.Calibration
         As :func:`kldiv.calibrate` returns it.
     """
-    from .pipeline import calibrate_histograms, check_calibration
+    from .pipeline import _calibrate_collected, check_calibration
 
     check_calibration(  # before the cluster starts
         model, method=method or DEFAULT_METHOD, preset=preset or DEFAULT_PRESET,
@@ -502,7 +502,7 @@ def calibrate_distributed(
         k: v for k, v in {"preset": preset, "method": method, "trt_version": trt_version}.items()
         if v is not None
     }
-    result = calibrate_histograms(
+    result = _calibrate_collected(  # checked above
         collector, graph=collector.graph, options=options, algorithm=algorithm,
         **table_options,
     )

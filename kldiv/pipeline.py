@@ -35,6 +35,7 @@ from ._checks import (
     check_header_choice,
     check_num_bins,
     check_options,
+    check_preset_bins,
     header_algorithm,
 )
 from .collect import HistogramCollector
@@ -475,9 +476,24 @@ def choose_thresholds(
     -------
     dict of str to ThresholdResult
     """
-    if method not in METHODS:
-        raise PresetError(f"unknown method {method!r}; choose one of {METHODS}")
     check_options(method=method, preset=preset, options=options, num_bins=None)
+    return _choose_thresholds(
+        collector, graph, preset=preset, method=method, activation_bounds=activation_bounds,
+        pooling_inherits=pooling_inherits, options=options,
+    )
+
+
+def _choose_thresholds(
+    collector: HistogramCollector,
+    graph: GraphFacts | None,
+    *,
+    preset: str | EntropyOptions,
+    method: str,
+    options: Mapping[str, Any],
+    activation_bounds: bool | None = None,
+    pooling_inherits: bool | None = None,
+) -> dict[str, ThresholdResult]:
+    """:func:`choose_thresholds` of a method and options :func:`check_options` passed."""
     rules, options = _rules_and_options(
         method, preset, options,
         {"activation_bounds": activation_bounds, "pooling_inherits": pooling_inherits},
@@ -557,7 +573,7 @@ def _threshold_of(
         return _thresholds.minmax_threshold(hist, absmax=collector.absmax(name), **options)
     if method == "entropy":
         return search_threshold(hist, preset, **options)
-    return _thresholds.choose_threshold(hist, method, **options)
+    return _thresholds._choose_checked(hist, method, options)
 
 
 def build_table(
@@ -718,12 +734,39 @@ def calibrate_histograms(
     >>> kldiv.write_cache(result, "modelopt.cache")                  # doctest: +SKIP
     """
     check_header_choice(trt_version, algorithm, method)
-    check_options(method=method, preset=preset, options=options, num_bins=None)
+    given = histograms if isinstance(histograms, HistogramCollector) else None
+    # a file is checked before it is read, and against its bins once read
+    check_options(method=method, preset=preset, options=options,
+                  num_bins=None if given is None else given.num_bins)
     collector = _load_histograms(histograms)
-    check_options(method=method, preset=preset, options=options, num_bins=collector.num_bins)
+    if given is None:
+        check_preset_bins(method=method, preset=preset, options=options,
+                          num_bins=collector.num_bins)
+    return _calibrate_collected(
+        collector, graph=graph, preset=preset, method=method, options=options,
+        trt_version=trt_version, algorithm=algorithm,
+        source=None if given is not None else str(histograms),
+    )
+
+
+def _calibrate_collected(
+    collector: HistogramCollector,
+    *,
+    graph: GraphFacts | None = None,
+    preset: str | EntropyOptions = DEFAULT_PRESET,
+    method: str = DEFAULT_METHOD,
+    options: Mapping[str, Any] | None = None,
+    trt_version: str = DEFAULT_TRT_VERSION,
+    algorithm: str | None = None,
+    source: str | None = None,
+) -> Calibration:
+    """:func:`calibrate_histograms` of a collector, with options :func:`check_options` passed.
+
+    ``source``: the file the histograms were read from, for the provenance.
+    """
     facts = collector.graph if graph is None else graph
-    results = choose_thresholds(
-        collector, facts, preset=preset, method=method, **dict(options or {})
+    results = _choose_thresholds(
+        collector, facts, preset=preset, method=method, options=dict(options or {})
     )
     clipping = _thresholds.clipping_outliers(results)  # logs a warning naming them
     searched = [r for r in results.values() if r.method not in RULE_METHODS]
@@ -747,8 +790,8 @@ def calibrate_histograms(
         "kldiv_version": _kldiv_version(),
         "tensors": len(results),
     }
-    if not isinstance(histograms, HistogramCollector):
-        provenance["histograms"] = str(histograms)
+    if source is not None:
+        provenance["histograms"] = source
     table = build_table(
         results, trt_version=trt_version, algorithm=algorithm, provenance=_jsonable(provenance)
     )
@@ -879,7 +922,7 @@ def calibrate(
         preprocess=preprocess, max_batches=max_batches, nonfinite=nonfinite,
         on_batch=on_batch, max_memory=max_memory, overlap=overlap, batch_axes=batch_axes,
     )
-    result = calibrate_histograms(
+    result = _calibrate_collected(
         collector, graph=collector.graph, preset=preset, method=method, options=options,
         trt_version=trt_version, algorithm=algorithm,
     )

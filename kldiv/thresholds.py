@@ -285,7 +285,8 @@ def check_method_options(method: str, options: Mapping[str, Any]) -> None:
     Raises
     ------
     PresetError
-        An unknown method or option name, or a legacy quantile / cutoff that cannot be used.
+        An unknown method or option name, a percentile outside ``(0, 100]``, or a legacy
+        quantile / cutoff that cannot be used.
     """
     if method not in METHODS:
         raise PresetError(
@@ -294,6 +295,8 @@ def check_method_options(method: str, options: Mapping[str, Any]) -> None:
     if method == "entropy":
         return
     _check_options(method, dict(options), _OPTIONS[method])
+    if method == "percentile" and "percentile" in options:
+        check_percentile(options["percentile"])
     if method == "legacy":
         check_legacy_options(
             options.get("quantile", DEFAULT_LEGACY_QUANTILE),
@@ -359,12 +362,12 @@ def choose_threshold(hist: Any, method: str = DEFAULT_METHOD, **options: Any) ->
     HistogramError
         Invalid or empty histogram.
     """
-    if method not in METHODS:
-        raise PresetError(
-            f"unknown threshold method {method!r}; choose one of {', '.join(METHODS)}"
-        )
-    if method != "entropy":
-        _check_options(method, options, _OPTIONS[method])
+    check_method_options(method, options)
+    return _choose_checked(hist, method, options)
+
+
+def _choose_checked(hist: Any, method: str, options: Mapping[str, Any]) -> ThresholdResult:
+    """:func:`choose_threshold` of a method and options :func:`check_method_options` passed."""
     result: ThresholdResult = METHODS[method](hist, **options)
     if not math.isfinite(result.amax):  # pragma: no cover - guarded by histogram_counts
         raise HistogramError(f"method {method!r} produced a non-finite threshold")

@@ -225,3 +225,41 @@ def test_graph_facts_are_read_only_and_travel_between_processes(collected):
         facts.scale_sources["pool1"] = "conv1"  # type: ignore[index]
     again = pickle.loads(pickle.dumps(facts))  # Dask and process pools pickle them
     assert again == facts and again.scale_sources["pool1"] == "relu1"
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_options_are_checked_once_per_calibration(
+    tmp_path, lenet_batches, monkeypatch, method
+):
+    """calibrate() checks the method and its options once, before the model runs.
+
+    calibrate_histograms checks a file's options before reading it, and its bins once read.
+    """
+    import kldiv.pipeline
+    import kldiv.thresholds
+
+    calls: dict[str, int] = {}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def spy(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    counted(kldiv.pipeline, "check_options")
+    counted(kldiv.pipeline, "check_preset_bins")
+    counted(kldiv.thresholds, "check_method_options")  # imported where it is called
+    kwargs = {"method": method, "algorithm": "entropy2",
+              "options": {"percentile": 99.9} if method == "percentile" else None}
+    path = tmp_path / "h.npz"
+    one = calibrate(lenet_model_path(), lenet_batches[:2], save_histograms=path, **kwargs)
+    assert calls == {"check_options": 1, "check_method_options": 1}
+    calls.clear()
+    assert calibrate_histograms(one.histograms, **kwargs).table == one.table
+    assert calls == {"check_options": 1, "check_method_options": 1}
+    calls.clear()
+    assert calibrate_histograms(path, **kwargs).table == one.table
+    assert calls == {"check_options": 1, "check_method_options": 1, "check_preset_bins": 1}

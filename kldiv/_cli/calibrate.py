@@ -28,7 +28,7 @@ from ..defaults import (
 )
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
-from ..thresholds import METHODS, check_method_options
+from ..thresholds import METHODS
 from . import algorithm_arg, fraction_arg, trt_version_arg, whole_number_arg
 from ._data_args import add_data_options
 
@@ -192,9 +192,10 @@ def _progress(total: int | None, quiet: bool) -> tuple[Any, Any]:
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The threshold method's options from ``--percentile/--quantile/...``, checked.
+    """The threshold method's options from ``--percentile/--quantile/...``.
 
-    Raises :class:`~kldiv.errors.PresetError` before any model runs.
+    Raises :class:`~kldiv.errors.PresetError` for a flag of another method; the values are
+    checked by :func:`check_table_options`, before any model runs.
     """
     options: dict[str, Any] = {}
     if args.percentile is not None and args.method != "percentile":
@@ -212,7 +213,6 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         raise PresetError(f"{flags} apply to --method legacy only")
     if args.method == "legacy":
         options.update(given)
-    check_method_options(args.method, options)
     return options
 
 
