@@ -258,13 +258,9 @@ def legacy_threshold(
     )
 
 
-def _entropy(hist: Any, **options: Any) -> ThresholdResult:
-    return search_threshold(hist, **options)
-
-
 #: method name -> function(hist, **options) -> ThresholdResult
 METHODS: dict[str, Callable[..., ThresholdResult]] = {
-    "entropy": _entropy,
+    "entropy": search_threshold,
     "minmax": minmax_threshold,
     "percentile": percentile_threshold,
     "mse": mse_threshold,

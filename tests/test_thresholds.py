@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kldiv.entropy import search_threshold
 from kldiv.errors import PresetError
 from kldiv.histogram import ActivationHistogram
 from kldiv.scales import amax_to_scale
-from kldiv.thresholds import choose_threshold
+from kldiv.thresholds import METHODS, choose_threshold
 
 
 def _hist() -> ActivationHistogram:
@@ -52,6 +53,11 @@ def test_entropy_dispatch_and_errors() -> None:
     h = _hist()
     assert choose_threshold(h).method == "entropy"
     assert choose_threshold(h, preset="modelopt").preset == "modelopt"
+    assert METHODS["entropy"] is search_threshold  # the entropy method is the search itself
+    for kwargs in ({}, {"preset": "modelopt"}, {"preset": "gtc2017", "stride": 3}):
+        ours, direct = choose_threshold(h, "entropy", **kwargs), search_threshold(h, **kwargs)
+        assert (ours.amax, ours.bin_index, ours.preset) == (
+            direct.amax, direct.bin_index, direct.preset)
     with pytest.raises(PresetError, match="choose one of"):
         choose_threshold(h, "kl")
     with pytest.raises(PresetError, match="valid options"):
