@@ -153,7 +153,8 @@ def _table_from_pairs(
 def usable_only(table: CalibrationTable, fmt: str) -> CalibrationTable:
     """``table`` without the scales TensorRT cannot use (NaN, -Inf, negative).
 
-    A warning names them; ``table`` itself is returned when there are none.
+    A warning names them; ``table`` itself is returned when there are none, else
+    :meth:`CalibrationTable.without` them (``provenance["excluded"]`` lists them).
 
     The amax formats (dynamic range, NVDLA and ONNX Runtime tables) would carry such a scale as
     a bare ``NaN`` (not JSON) or as ``lowest > highest``; their writers leave it out, and the
@@ -167,12 +168,7 @@ def usable_only(table: CalibrationTable, fmt: str) -> CalibrationTable:
         "%d scale(s) TensorRT cannot use are left out of the %s output: %s%s", len(bad), fmt,
         names, ", ..." if len(bad) > 5 else "",
     )
-    kept = CalibrationTable(header=table.header, provenance=table.provenance)
-    bits = table.bits_array()
-    for name, b in zip(table, bits.tolist()):
-        if name not in bad:
-            kept.set_bits(name, b)
-    return kept
+    return table.without(bad)
 
 
 def to_dynamic_range_text(table: CalibrationTable, *, colon_replacement: str | None = None) -> str:

@@ -40,7 +40,7 @@ from kldiv.errors import (
     PresetError,
 )
 from kldiv.examples import lenet_calibration_data, lenet_model_path
-from kldiv.exports import read_table, to_dynamic_range_text, to_ort_json
+from kldiv.exports import read_table, to_dynamic_range_text, to_ort_json, usable_only
 from kldiv.pipeline import calibrate, calibrate_histograms, collect_histograms
 from kldiv.scales import CalibrationTable, PackedNames, amax_to_scale
 
@@ -498,6 +498,20 @@ def test_unusable_scales_flagged_and_left_out(
                          check=False)
     assert run.returncode == 0 and "3 scale(s) TensorRT cannot use" in run.stderr
     assert parse_cache(run.stdout) == odd_table
+
+
+def test_usable_only_is_the_table_without_the_unusable(
+    odd_table: CalibrationTable, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = ["nan", "minus_inf", "negative"]
+    with caplog.at_level(logging.WARNING):
+        kept = usable_only(odd_table, "dynamic-range")
+    assert "3 scale(s) TensorRT cannot use are left out of the dynamic-range output" in caplog.text
+    assert kept == odd_table.without(bad) and list(kept) == ["good", "plus_inf", "zero"]
+    assert kept.bits_array().tolist() == [0x3C010A14, 0x7F800000, 0]
+    assert kept.header is odd_table.header and kept.provenance["excluded"] == bad
+    assert "excluded" not in odd_table.provenance and len(odd_table) == 6
+    assert usable_only(kept, "dynamic-range") is kept
 
 
 def test_compare_worst_is_the_real_worst(odd_table: CalibrationTable) -> None:
