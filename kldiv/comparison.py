@@ -425,6 +425,15 @@ def _ulps_array(bits_a: np.ndarray, bits_b: np.ndarray) -> tuple[np.ndarray, np.
     return ordered(bits_b) - ordered(bits_a), ok
 
 
+def ulps_between(bits_a: int, bits_b: int) -> int | None:
+    """Signed float32 ulps from one bit pattern to another (:func:`_ulps_array` of one pair).
+
+    ``None`` when either is Inf or NaN (no distance), ``0`` only for equal values.
+    """
+    d, ok = _ulps_array(np.array([bits_a], dtype=np.uint32), np.array([bits_b], dtype=np.uint32))
+    return int(d[0]) if bool(ok[0]) else None
+
+
 def _classify_array(bits_a: np.ndarray, bits_b: np.ndarray, a: np.ndarray, b: np.ndarray,
                     ulps: np.ndarray, ulps_ok: np.ndarray, ulp_tolerance: int,
                     rtol: float) -> np.ndarray:

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from .comparison import ulps_between
 from .defaults import DEFAULT_PRESET
 from .errors import DataSourceError
-from .scales import CalibrationTable, bits_to_scale, scale_to_amax, scale_to_bits
+from .scales import CalibrationTable, bits_to_scale, scale_to_bits
 
 __all__ = [
     "CaseReport",
@@ -97,11 +98,13 @@ class EntryReport:
         The bin kldiv chose (``i`` of the entropy search, edge ``k`` of the legacy rule).
     trt_bin : float
         The bin TensorRT's value implies under kldiv's range: ``T / (R / num_bins) - offset``
-        with ``T = scale * 127`` and ``offset`` 0.5 (entropy) or 0 (legacy).
+        with ``T = scale * divisor`` (127) and ``offset`` 0.5 (entropy) or 0 (legacy); the
+        position :func:`kldiv.explain.place_value` gives.
     bins_apart : int or None
         ``round(trt_bin) - kldiv_bin``.
-    ulps_apart : int
-        Float32 ulps between the two scales.
+    ulps_apart : int or None
+        Float32 ulps between the two scales (:func:`kldiv.comparison.ulps_between`, as
+        ``kldiv compare`` counts them); None when one is Inf or NaN.
     reason : str
         Why any ulps remain.
     source : str or None
@@ -117,7 +120,7 @@ class EntryReport:
     kldiv_bin: int | None
     trt_bin: float
     bins_apart: int | None
-    ulps_apart: int
+    ulps_apart: int | None
     reason: str
     source: str | None = None
     bin_rule_off: int | None = None
@@ -160,7 +163,7 @@ class CaseReport:
     @property
     def max_ulps(self) -> int:
         """The largest distance in float32 ulps."""
-        return max((e.ulps_apart for e in self.entries), default=0)
+        return max((e.ulps_apart for e in self.entries if e.ulps_apart is not None), default=0)
 
     @property
     def rule_changes(self) -> list[str]:
@@ -184,7 +187,7 @@ class CaseReport:
                 "-" if e.kldiv_bin is None else str(e.kldiv_bin),
                 f"{e.trt_bin:.4f}",
                 "-" if e.bins_apart is None else f"{e.bins_apart:+d}",
-                str(e.ulps_apart),
+                "-" if e.ulps_apart is None else str(e.ulps_apart),
                 e.reason,
             ))
         width = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
@@ -213,14 +216,18 @@ class CaseReport:
         return "\n".join([f"== {self.case.name}: {Path(self.case.cache).name}", *lines, *foot])
 
 
-def _ulps(a_bits: int, b_bits: int) -> int:
-    """Float32 ulps between two non-negative float32 bit patterns."""
-    return abs(int(a_bits) - int(b_bits))
+def _ulps(a_bits: int, b_bits: int) -> int | None:
+    d = ulps_between(a_bits, b_bits)
+    return None if d is None else abs(d)
 
 
-def _reason(ulps: int, bins_apart: int | None, implied_range: float, range_: float) -> str:
+def _reason(
+    ulps: int | None, bins_apart: int | None, implied_range: float, range_: float
+) -> str:
     if ulps == 0:
         return "bit-identical"
+    if ulps is None:
+        return "a scale is Inf or NaN"
     if bins_apart is None:
         return "no bin (not a searched threshold)"
     if bins_apart != 0:
@@ -228,7 +235,7 @@ def _reason(ulps: int, bins_apart: int | None, implied_range: float, range_: flo
     r_ulps = _ulps(scale_to_bits(implied_range), scale_to_bits(range_))
     return (
         f"same bin; the range differs: TensorRT's value implies R = {implied_range:.9g}, "
-        f"{r_ulps} float32 ulps from kldiv's"
+        f"{'an undefined number of' if r_ulps is None else r_ulps} float32 ulps from kldiv's"
     )
 
 
@@ -261,6 +268,8 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
         listed), or the model or cache cannot be read.
     """
     from .cachefile import read_cache
+    from .entropy import resolve_options
+    from .explain import place_value
     from .pipeline import choose_thresholds, collect_histograms
     from .runners import calibration_tensor_names, load_model
 
@@ -288,14 +297,11 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
             collector, preset=case.preset, method="entropy",
             **{**options, "min_nonempty_bins": 1},
         )
-    offset = 0.0
+    opts = None  # the rule that made the scales: divisor and offset (legacy: 127, 0)
     if case.method == "entropy":
-        from .entropy import resolve_options
-
         fields = set(resolve_options(case.preset).as_dict())
-        offset = resolve_options(
-            case.preset, **{k: v for k, v in options.items() if k in fields}
-        ).threshold_offset
+        opts = resolve_options(case.preset, **{k: v for k, v in options.items() if k in fields})
+    offset = 0.0 if opts is None else opts.threshold_offset
     entries = []
     for name in cache:
         r = results[name]
@@ -306,10 +312,10 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
             source = hist_name
         searched = results[hist_name]
         hist = collector[hist_name]
-        width = hist.amax / hist.num_bins
         trt_bits = cache.bits(name)
-        t_trt = scale_to_amax(bits_to_scale(trt_bits))
-        trt_bin = t_trt / width - offset if width > 0 else math.nan
+        placed = place_value(hist.counts, hist.amax, bits_to_scale(trt_bits), options=opts)
+        t_trt = placed.amax
+        trt_bin = placed.position - offset
         kbin = searched.bin_index
         bins_apart = None if kbin is None or math.isnan(trt_bin) else round(trt_bin) - kbin
         implied_range = (
@@ -332,10 +338,8 @@ def run_case(case: ConformanceCase, *, collector: Any = None) -> CaseReport:
             bin_rule_off=None if off is None else off.bin_index,
         ))
     not_in_cache = tuple(n for n in collector.names if n not in cache)
+    # value aliases already carry their source's scale (the alias rule of choose_thresholds)
     table = CalibrationTable((n, r.scale) for n, r in results.items())
-    for alias, src in collector.graph.value_aliases.items():
-        if alias in table and src in table:
-            table[alias] = table[src]
     return CaseReport(case, tuple(entries), not_in_cache, table)
 
 

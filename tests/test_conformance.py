@@ -159,3 +159,56 @@ def test_range_growth_is_pinned(policy: str) -> None:
     col = collect_histograms(case.model, case.batches(), range_policy=policy)
     r = run_case(case, collector=col)
     assert r.in_bin <= 4  # pow2 growth: 8 of 8
+
+
+def test_entries_count_ulps_and_bins_as_compare_and_explain_do(
+    reports: dict[str, CaseReport],
+) -> None:
+    """Each entry's ulps are ``kldiv compare``'s, its TensorRT bin ``place_value``'s position."""
+    from kldiv.cachefile import read_cache
+    from kldiv.comparison import compare
+    from kldiv.entropy import resolve_options
+    from kldiv.explain import place_value
+    from kldiv.scales import hex_to_scale
+
+    for r in reports.values():
+        cache = read_cache(r.case.cache)
+        by_name = {t.name: t for t in compare(cache, r.table).tensors}
+        opts = resolve_options(r.case.preset) if r.case.method == "entropy" else None
+        offset = 0.0 if opts is None else opts.threshold_offset
+        for e in r.entries:
+            ulps = by_name[e.tensor].ulps
+            assert ulps is not None and e.ulps_apart == abs(ulps), e
+            counts = np.zeros(2048, dtype=np.int64)
+            placed = place_value(counts, e.range, hex_to_scale(e.trt_hex), options=opts)
+            assert e.trt_bin == placed.position - offset, e
+
+
+def test_ulps_between_orders_signs_and_leaves_out_non_finite() -> None:
+    from kldiv.comparison import ulps_between
+
+    assert ulps_between(0x3C010A14, 0x3C010A1C) == 8
+    assert ulps_between(0x3C010A1C, 0x3C010A14) == -8
+    assert ulps_between(0x80000000, 0) == 0  # -0 and +0: one value, no raw bit distance
+    assert ulps_between(0x80000001, 0x00000001) == 2
+    assert ulps_between(0x7F800000, 0x3C010A14) is None  # +inf
+    assert ulps_between(0x7FC00000, 0x7FC00000) is None  # NaN
+
+
+def test_table_follows_the_case_alias_rule(collectors: dict[str, object]) -> None:
+    """The table holds choose_thresholds' results.
+
+    With the alias rule off, an alias keeps its own search instead of being given its
+    source's scale afterwards.
+    """
+    from dataclasses import replace
+
+    from kldiv.entropy import search_threshold
+
+    name = "sampleINT8 TRT 7.0"
+    case = next(c for c in _cases() if c.name == name)
+    col = collectors[name]
+    off = run_case(replace(case, options={"alias_inherits": False}), collector=col).table
+    own = search_threshold(col["pool2_flat"], case.preset).scale  # type: ignore[index]
+    assert off.bits("pool2_flat") == int(np.float32(own).view(np.uint32))
+    assert off.bits("pool2_flat") != off.bits("pool2")  # pool2 inherits conv2's scale
