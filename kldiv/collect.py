@@ -438,32 +438,14 @@ class HistogramCollector:
             the bins of an all-zero tensor, wrong dtypes or shapes); the message names the
             file and the tensor.
         """
-        p = Path(path)
-        if p.is_dir():
-            raise NotAFileError(
-                f"{p} is a folder, not a histogram file; give the .npz written by "
-                "kldiv calibrate --save-histograms", path=str(p),
-            )
-        if not p.exists():
-            raise InputNotFoundError(
-                f"{p}: histogram file not found; write one with kldiv calibrate "
-                "--save-histograms H.npz", path=str(p),
-            )
-        try:
-            z = np.load(p, allow_pickle=False)
-        except Exception as exc:
-            raise HistogramError(
-                f"{p}: not a kldiv histogram file ({exc.__class__.__name__}: {exc}); "
-                "write one with kldiv calibrate --save-histograms"
-            ) from exc
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise HistogramError(
-                f"{p}: a single NumPy array, not a kldiv histogram file (an .npz archive); "
-                "write one with kldiv calibrate --save-histograms"
-            )
+        p, z = _open_histogram_archive(path)
         with z:
-            arrays = _read_arrays(z, p)
-        return cls._from_arrays(arrays, p)
+            return cls._from_archive(z, p)
+
+    @classmethod
+    def _from_archive(cls, z: Any, p: Path) -> HistogramCollector:
+        """:meth:`load` of an archive :func:`_open_histogram_archive` opened."""
+        return cls._from_arrays(_read_arrays(z, p), p)
 
     @classmethod
     def _from_arrays(cls, a: dict[str, Any], p: Path) -> HistogramCollector:
@@ -519,6 +501,44 @@ class HistogramCollector:
 
 
 _REQUIRED_KEYS = ("format", "version", "names", "counts", "amax", "num_bins")
+
+
+def _open_histogram_archive(path: str | os.PathLike[str]) -> tuple[Path, Any]:
+    """The path and the open ``.npz`` archive of a histogram file (``allow_pickle=False``).
+
+    The caller closes it (``with``); :meth:`HistogramCollector.load` reads it.
+
+    Raises
+    ------
+    InputNotFoundError, NotAFileError
+        If there is no such file, or the path is a folder.
+    HistogramError
+        If NumPy cannot read it, or it is a single array rather than an archive.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise NotAFileError(
+            f"{p} is a folder, not a histogram file; give the .npz written by "
+            "kldiv calibrate --save-histograms", path=str(p),
+        )
+    if not p.exists():
+        raise InputNotFoundError(
+            f"{p}: histogram file not found; write one with kldiv calibrate "
+            "--save-histograms H.npz", path=str(p),
+        )
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise HistogramError(
+            f"{p}: not a kldiv histogram file ({exc.__class__.__name__}: {exc}); "
+            "write one with kldiv calibrate --save-histograms"
+        ) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise HistogramError(
+            f"{p}: a single NumPy array, not a kldiv histogram file (an .npz archive); "
+            "write one with kldiv calibrate --save-histograms"
+        )
+    return p, z
 
 
 def _read_arrays(z: Any, p: Path) -> dict[str, Any]:

@@ -132,27 +132,21 @@ def load_histograms(path: str | os.PathLike[str]) -> Any:
         The file is missing or not a histogram file, or its histograms have no range (no
         ``amax`` array: thresholds cannot be placed on a value axis without one).
     """
-    from .collect import HistogramCollector
+    from .collect import HistogramCollector, _open_histogram_archive
 
     p = Path(path)
     if not p.is_file():
         raise HistogramError(f"{p}: histogram file not found; write one with kldiv calibrate "
                              "MODEL --data DATA --save-histograms FILE.npz")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.files)
-    except Exception as exc:
-        raise HistogramError(
-            f"{p}: not a kldiv histogram file ({exc.__class__.__name__}: {exc}); write one with "
-            "kldiv calibrate --save-histograms"
-        ) from None
-    if "counts" in keys and "amax" not in keys:
-        raise HistogramError(
-            f"{p}: the histograms have no range (the file holds counts but no 'amax' array): "
-            "without each tensor's range R no bin maps to a value; save histograms with kldiv "
-            "calibrate --save-histograms, or HistogramCollector.save()"
-        )
-    return HistogramCollector.load(p)
+    p, z = _open_histogram_archive(p)
+    with z:  # opened once: the range check and the arrays read from the same archive
+        if "counts" in z.files and "amax" not in z.files:
+            raise HistogramError(
+                f"{p}: the histograms have no range (the file holds counts but no 'amax' "
+                "array): without each tensor's range R no bin maps to a value; save histograms "
+                "with kldiv calibrate --save-histograms, or HistogramCollector.save()"
+            )
+        return HistogramCollector._from_archive(z, p)
 
 
 def find_tensor(names: Sequence[str], name: str, where: str) -> str:

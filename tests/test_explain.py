@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,3 +267,25 @@ def test_reproduce_finds_the_degenerate_window_rule() -> None:
     assert search_threshold(h, "tensorrt").bin_index != 201
     _, smallest, _ = reproduce(h, took.amax, target_scale=took.scale)
     assert [v.changes for v in smallest] == [{"min_nonempty_bins": 1}] and smallest[0].exact
+
+
+def test_load_histograms_opens_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kldiv.explain import load_histograms
+
+    path = tmp_path / "h.npz"
+    collector = HistogramCollector()
+    collector.observe({"t": np.linspace(-1, 1, 1000, dtype=np.float32)})
+    collector.save(path)
+    opened: list[str] = []
+    real = np.load
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", counted)
+    loaded = load_histograms(path)
+    assert opened == [str(path)]
+    assert list(loaded.names) == ["t"] and np.array_equal(loaded["t"].counts, collector["t"].counts)
