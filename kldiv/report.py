@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from .defaults import CLIP_WARN_FRACTION, DEFAULT_METHOD, DEFAULT_PRESET
-from .entropy import PRESETS, apply_zero_policy, search_threshold
+from .entropy import (
+    PRESETS,
+    EntropyOptions,
+    apply_zero_policy,
+    resolve_options,
+    search_threshold,
+    window,
+)
 from .errors import DataSourceError, PresetError
 from .explain import abs_presets, load_histograms, load_tables, place_value
 from .graph import GraphFacts
@@ -105,12 +112,29 @@ def _kl_at(r: ThresholdResult | None, i: int | None) -> float | None:
 
 
 def _nonempty_in_window(counts: np.ndarray, r: ThresholdResult) -> int:
-    """Non-empty bins of the chosen window ``[0, i)`` after the preset's zero rule."""
+    """Non-empty bins of the window ``r`` chose, under the options ``r`` was searched with.
+
+    An entropy result's window (:func:`kldiv.entropy.window`) of the histogram after its own
+    zero rule; another method's bins below its threshold. The report flags fewer than two
+    whatever the search's own degenerate rule (``min_nonempty_bins``): P and Q are then one
+    point, KL = 0, a minimum only some presets refuse.
+    """
     if r.bin_index is None:
         return 0
-    opts = PRESETS[r.preset] if r.preset is not None and r.preset in PRESETS else None
-    hist = apply_zero_policy(counts, opts) if opts is not None else counts
-    return int(np.count_nonzero(hist[: r.bin_index]))
+    if r.method != "entropy":
+        return int(np.count_nonzero(counts[: r.bin_index]))
+    opts = EntropyOptions(**r.options)
+    lo, hi = window(counts.size, r.bin_index, opts)
+    return int(np.count_nonzero(apply_zero_policy(counts, opts)[lo:hi]))
+
+
+def _changes(preset: str, method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options kldiv's thresholds were made with that differ from ``preset``'s own."""
+    if method != "entropy":
+        return dict(options)
+    base = PRESETS[preset].as_dict()
+    return {k: v for k, v in resolve_options(preset, **options).as_dict().items()
+            if v != base[k]}
 
 
 # ------------------------------------------------------------------------- the report's data
@@ -171,6 +195,7 @@ def build_report(
     title: str = "histograms",
     caches: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's data: a JSON-ready dict (summary, one entry per tensor, plot arrays).
 
@@ -196,6 +221,11 @@ def build_report(
         The labels in ``tables`` that are TensorRT caches (the rest are other tables).
     progress : callable, optional
         Called with the number of tensors done.
+    options : mapping, optional
+        Options of kldiv's preset / method, as for :func:`kldiv.calibrate` (e.g.
+        ``{"zeros": "keep"}``): kldiv's thresholds, KL curve and flags are those of the search
+        they make, the summary lists them (``summary["options"]``: those that differ from the
+        preset), and the preset's own search is shown beside it.
 
     Returns
     -------
@@ -224,7 +254,11 @@ def build_report(
         if not collector.graph:  # histograms saved without the graph's facts: read them here
             inputs, outputs, _ = calibration_tensor_names(proto)
             graph = GraphFacts.from_model(proto, [*inputs, *outputs]).restrict(names)
-    finals = choose_thresholds(collector, graph, preset=preset, method=method)
+    opts = dict(options or {})
+    finals = choose_thresholds(collector, graph, preset=preset, method=method, **opts)
+    changes = _changes(preset, method, opts)
+    custom = method == "entropy" and bool(changes)  # kldiv's search is not the preset's
+    ours = resolve_options(preset, **opts) if custom else None
     presets = abs_presets()
     tensors: list[dict[str, Any]] = []
     plots: list[dict[str, Any]] = []
@@ -239,9 +273,15 @@ def build_report(
         width = R / counts.size if R > 0 else math.nan
         final = finals[name]
         searches: dict[str, ThresholdResult] = {}
+        base: ThresholdResult | None = None  # kldiv's search: its KL curve is plotted
         if R > 0 and total > 0:
-            searches = {p: search_threshold(hist, p) for p in presets}
-        base = searches.get(preset)
+            # each search once: kldiv's own (choose_thresholds made it, unless a graph rule
+            # set this tensor's threshold) is the preset's row unless the options change it
+            own = final if method == "entropy" and final.method == "entropy" else None
+            searches = {p: own if p == preset and own is not None and not custom
+                        else search_threshold(hist, p) for p in presets}
+            base = own if own is not None else (
+                search_threshold(hist, ours) if ours is not None else searches[preset])
         row: dict[str, Any] = {
             "n": name,
             "op": ops.get(name, ""),
@@ -318,6 +358,8 @@ def build_report(
         "tensors": len(names),
         "preset": preset,
         "method": method,
+        "options": changes,
+        "search": preset + (" with " + _options_text(changes) if custom else ""),
         "presets": presets,
         "signed_presets": [p for p in PRESETS if p not in presets],
         "range_policy": collector.range_policy,
@@ -347,6 +389,10 @@ def build_report(
 
     summary["kldiv"] = __version__
     return {"summary": summary, "tensors": tensors, "plots": plots}
+
+
+def _options_text(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
 def _short(label: str, n: int = 18) -> str:
@@ -413,6 +459,7 @@ def _summary_html(data: dict[str, Any]) -> str:
         ("tensors", str(s["tensors"])),
         ("preset", s["preset"]),
         ("method", s["method"]),
+        ("options", _options_text(s["options"]) or "defaults"),
         ("histogram range policy", s["range_policy"]),
         ("calibration batches", str(s["batches"])),
     ]
@@ -570,6 +617,7 @@ def write_report(
     method: str = DEFAULT_METHOD,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Read the inputs, check them all, build the report and write it atomically.
 
@@ -588,6 +636,8 @@ def write_report(
         JSON written by ``kldiv evaluate --json``.
     preset, method : str
         kldiv's thresholds.
+    options : mapping, optional
+        Options of the preset / method (see :func:`build_report`).
     force : bool, optional
         Overwrite ``out``.
     progress : callable, optional
@@ -603,12 +653,14 @@ def write_report(
     OutputExistsError, HistogramError, CacheFormatError, DataSourceError, PresetError, ModelError
         Every input is checked before the report is built; nothing is written on error.
     """
+    from ._checks import check_options
     from ._io import atomic_write_text, check_writable
 
     check_writable(out, force=force, what="--out",
                    inputs=[histograms, model, evaluations, *caches, *tables])
     if preset not in abs_presets():
         raise PresetError(f"preset {preset!r}: choose one of {', '.join(abs_presets())}")
+    check_options(method=method, preset=preset, options=options, num_bins=None)
     collector = load_histograms(histograms)
     names = collector.names
     if not names:
@@ -623,7 +675,7 @@ def write_report(
     n = len(names)
     data = build_report(
         collector, preset=preset, method=method, tables=found, evaluations=evals, model=model,
-        title=Path(histograms).name, caches=cache_labels,
+        title=Path(histograms).name, caches=cache_labels, options=options,
         progress=None if progress is None else (lambda done: progress(done, n)),
     )
     text = render_html(_clean(data))

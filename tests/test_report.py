@@ -116,6 +116,88 @@ def test_report_numbers_are_the_library_numbers() -> None:
     assert plot["pq"]["i"] == r.bin_index
 
 
+def _spike() -> HistogramCollector:
+    """Zeros and one constant: the two non-empty bins are bin 0 and the last."""
+    c = HistogramCollector()
+    x = np.zeros((4, 1000), np.float32)
+    x[:, :100] = 2.5
+    c.observe({"spike": x})
+    return c
+
+
+def test_report_of_custom_options_describes_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kldiv's numbers and flags are the search the options make; the summary names them."""
+    import kldiv.report
+    from kldiv.explain import abs_presets
+
+    c = _spike()
+    h = c["spike"]
+    plain = build_report(c, preset="modelopt")
+    row = plain["tensors"][0]
+    # modelopt's bin 0 := bin 1 leaves one non-empty bin in its window
+    assert plain["summary"]["options"] == {} and plain["summary"]["search"] == "modelopt"
+    assert row["bin"] == search_threshold(h, "modelopt").bin_index
+    assert "degenerate window (fewer than 2 non-empty bins)" in row["flags"]
+
+    searched: list[object] = []
+    real = kldiv.report.search_threshold
+
+    def counted(hist: object, preset: object = "tensorrt", **kw: object) -> object:
+        searched.append(preset if isinstance(preset, str) else "custom")
+        return real(hist, preset, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kldiv.report, "search_threshold", counted)
+    data = build_report(c, preset="modelopt", options={"zeros": "keep"})
+    ours = search_threshold(h, "modelopt", zeros="keep")
+    row = data["tensors"][0]
+    assert data["summary"]["options"] == {"zeros": "keep"}
+    assert data["summary"]["search"] == "modelopt with zeros=keep"
+    assert (row["bin"], row["hex"]) == (ours.bin_index, ours.scale_hex)
+    assert row["kl"] == ours.divergence_at(ours.bin_index)
+    assert row["flags"] == []  # the zeros kept: two non-empty bins in its window
+    assert row["presets"]["modelopt"]["bin"] == search_threshold(h, "modelopt").bin_index
+    # each preset searched once here; kldiv's own search once, by choose_thresholds
+    assert sorted(map(str, searched)) == sorted(abs_presets())
+    assert data["plots"][0]["cmin"] == ours.bin_index
+
+    hist = tmp_path / "spike.npz"
+    c.save(hist)
+    out = tmp_path / "r.html"
+    assert main(["report", str(hist), "--preset", "modelopt", "--option", "zeros=keep",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    text = out.read_text(encoding="utf-8")
+    assert "<dt>options</dt><dd>zeros=keep</dd>" in text
+    assert _embedded(text)["summary"]["options"] == {"zeros": "keep"}
+    assert main(["report", str(hist), "--option", "zeros=nope", "--out",
+                 str(tmp_path / "x.html")]) == 2
+    assert "zeros" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
+
+
+def test_report_searches_kldiv_preset_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kldiv.report
+
+    searched: list[object] = []
+    real = kldiv.report.search_threshold
+
+    def counted(hist: object, preset: object = "tensorrt", **kw: object) -> object:
+        searched.append(preset)
+        return real(hist, preset, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kldiv.report, "search_threshold", counted)
+    c = _collector()
+    data = build_report(c, preset="tensorrt")
+    assert "tensorrt" not in searched  # choose_thresholds' search is the preset's row
+    live = [t for t in data["tensors"] if t["R"] > 0]
+    others = [p for p in data["summary"]["presets"] if p != "tensorrt"]
+    assert sorted(map(str, searched)) == sorted(others * len(live))
+    for t in live:
+        r = search_threshold(c[t["n"]], "tensorrt")
+        assert (t["presets"]["tensorrt"]["bin"], t["bin"]) == (r.bin_index, r.bin_index)
+
+
 def test_write_report_is_self_contained(inputs: tuple[Path, Path], tmp_path: Path) -> None:
     hist, cache = inputs
     out = write_report(hist, tmp_path / "r.html", caches=[cache])

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..defaults import DEFAULT_METHOD, DEFAULT_PRESET
 from ..thresholds import METHODS
+from .search import parse_option
 
 __all__ = ["register", "run"]
 
@@ -37,6 +38,10 @@ def register(subparsers: Any) -> None:
                    help=f"kldiv's preset (default {DEFAULT_PRESET}); the others are shown too")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS),
                    help=f"kldiv's threshold method (default {DEFAULT_METHOD})")
+    p.add_argument("--option", action="append", default=[], type=parse_option,
+                   metavar="KEY=VALUE",
+                   help="an option of kldiv's preset or method, as kldiv search takes it "
+                        "(e.g. zeros=keep); repeatable")
     p.add_argument("--out", required=True, metavar="report.html", help="the HTML file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         path = write_report(
             args.histograms, args.out, model=args.model, caches=args.cache, tables=args.table,
             evaluations=args.evaluations, preset=args.preset, method=args.method,
-            force=args.force, progress=progress,
+            options=dict(args.option), force=args.force, progress=progress,
         )
     finally:
         if bar is not None:

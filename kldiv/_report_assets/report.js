@@ -8,6 +8,9 @@
 
   const DATA = JSON.parse(document.getElementById("kldiv-data").textContent);
   const S = DATA.summary, T = DATA.tensors, PL = DATA.plots;
+  // kldiv's search is not its preset's own: options changed it (S.search names them)
+  const CUSTOM = S.method === "entropy" && Object.keys(S.options || {}).length > 0;
+  const ruleLabel = (t) => (t.rule === "entropy" ? S.search : t.rule);
   const PRESET_COLORS = { tensorrt: "#d9480f", gtc2017: "#1971c2", modelopt: "#2b8a3e" };
   const MORE_COLORS = ["#5f3dc4", "#e67700", "#0b7285", "#862e9c"];
   const TABLE_COLORS = ["#111111", "#9c36b5", "#0c8599", "#a61e4d", "#5c940d"];
@@ -180,14 +183,14 @@
       const r = t.presets[name];
       if (!r) return;
       const main = name === S.preset;
-      const own = main && S.method === "entropy";
+      const own = main && S.method === "entropy" && !CUSTOM;
       vlines.push({ x: r.amax, color: presetColor(name, k), dash: main ? null : "dash", width: main ? 2 : 1.4 });
       items.push({ label: `${name}${own ? " (kldiv)" : ""}: T = ${g(r.amax)}`, color: presetColor(name, k), dash: main ? "" : "dash" });
       xmax = Math.max(xmax, r.amax);
     });
-    if (t.rule !== "entropy" && t.amax !== null) {
+    if ((t.rule !== "entropy" || CUSTOM) && t.amax !== null) {
       vlines.push({ x: t.amax, color: FINAL_COLOR, width: 2 });
-      items.push({ label: `kldiv (${t.rule}): T = ${g(t.amax)}`, color: FINAL_COLOR });
+      items.push({ label: `kldiv (${ruleLabel(t)}): T = ${g(t.amax)}`, color: FINAL_COLOR });
       xmax = Math.max(xmax, t.amax);
     }
     t.tables.forEach((e, j) => {
@@ -205,7 +208,7 @@
   }
 
   function curvePanel(t, d) {
-    const p = panel(`KL(P || Q) per candidate i (${S.preset})`);
+    const p = panel(`KL(P || Q) per candidate i (${S.search || S.preset})`);
     if (!d.c) { p.appendChild(el("p", { class: "muted" }, "No search: every value is 0.")); return p; }
     const c = decode(d.c), xs = Array.from(c, (_, j) => d.c0 + j * d.cs);
     const vlines = [{ x: d.cmin, color: presetColor(S.preset, 0), width: 2 }];
@@ -277,10 +280,10 @@
     S.presets.forEach((name) => {
       const r = t.presets[name];
       if (!r) return;
-      row([name + (name === S.preset && S.method === "entropy" ? " (kldiv's preset)" : ""), g(r.bin), g(r.amax, 7), r.hex, g(r.kl), pct(r.clip),
+      row([name + (name === S.preset && S.method === "entropy" && !CUSTOM ? " (kldiv's preset)" : ""), g(r.bin), g(r.amax, 7), r.hex, g(r.kl), pct(r.clip),
         t.amax !== null && w > 0 ? signed((r.amax - t.amax) / w) : "–", ""], cls);
     });
-    if (t.rule !== "entropy") row([`kldiv (${t.rule})`, g(t.bin), g(t.amax, 7), t.hex, g(t.kl), pct(t.clip), "0", "the table kldiv calibrate writes"], cls);
+    if (t.rule !== "entropy" || CUSTOM) row([`kldiv (${ruleLabel(t)})`, g(t.bin), g(t.amax, 7), t.hex, g(t.kl), pct(t.clip), "0", "the table kldiv calibrate writes"], cls);
     t.tables.forEach((e, j) => {
       if (!e) { row([tableLabels[j], "–", "–", "–", "–", "–", "–", "no entry"], cls); return; }
       const onGrid = e.bin !== null && e.bin !== undefined;
