@@ -490,22 +490,18 @@ def calibrate_distributed(
     """
     from .pipeline import _calibrate_collected, check_calibration
 
+    table: dict[str, Any] = {
+        "method": method or DEFAULT_METHOD, "preset": preset or DEFAULT_PRESET,
+        "options": options, "trt_version": trt_version or DEFAULT_TRT_VERSION,
+        "algorithm": algorithm,
+    }
     check_calibration(  # before the cluster starts
-        model, method=method or DEFAULT_METHOD, preset=preset or DEFAULT_PRESET,
-        options=options, num_bins=collect.get("num_bins", NUM_BINS),
-        trt_version=trt_version or DEFAULT_TRT_VERSION,
-        algorithm=algorithm, batch_size=collect.get("batch_size"),
+        model, num_bins=collect.get("num_bins", NUM_BINS), batch_size=collect.get("batch_size"),
         max_batches=collect.get("max_batches"), save_histograms=save_histograms, force=force,
+        **table,
     )
     collector = collect_histograms_distributed(model, data, **collect)
-    table_options: dict[str, Any] = {
-        k: v for k, v in {"preset": preset, "method": method, "trt_version": trt_version}.items()
-        if v is not None
-    }
-    result = _calibrate_collected(  # checked above
-        collector, graph=collector.graph, options=options, algorithm=algorithm,
-        **table_options,
-    )
+    result = _calibrate_collected(collector, graph=collector.graph, **table)  # checked above
     if save_histograms is not None:
         collector.save(save_histograms, force=force)
     return result

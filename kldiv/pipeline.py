@@ -750,14 +750,8 @@ def calibrate_histograms(
 
 
 def _calibrate_collected(
-    collector: HistogramCollector,
-    *,
-    graph: GraphFacts | None = None,
-    preset: str | EntropyOptions = DEFAULT_PRESET,
-    method: str = DEFAULT_METHOD,
-    options: Mapping[str, Any] | None = None,
-    trt_version: str = DEFAULT_TRT_VERSION,
-    algorithm: str | None = None,
+    collector: HistogramCollector, *, graph: GraphFacts | None, preset: str | EntropyOptions,
+    method: str, options: Mapping[str, Any] | None, trt_version: str, algorithm: str | None,
     source: str | None = None,
 ) -> Calibration:
     """:func:`calibrate_histograms` of a collector, with options :func:`check_options` passed.
