@@ -20,7 +20,6 @@ __all__ = [
     "check_header_choice",
     "check_num_bins",
     "check_options",
-    "check_percentile",
     "check_preset_bins",
     "header_algorithm",
 ]
@@ -80,28 +79,6 @@ def check_num_bins(num_bins: Any, *, option: str = "num_bins") -> int:
             f"the bin count); TensorRT uses {NUM_BINS}, MXNet 8001"
         )
     return value
-
-
-def check_percentile(value: Any, *, option: str = "percentile") -> float:
-    """A percentile of ``|x|`` in ``(0, 100]``, as a float.
-
-    0 is refused: the first bin whose cumulative fraction reaches 0 is bin 0 whatever the
-    values (even when it is empty), so its "threshold" is a constant, one bin width (upper
-    edge) or 0 (lower edge, a zero scale), not a percentile of the data. ONNX Runtime's and
-    ModelOpt's percentile calibrators accept 0 and return that constant.
-
-    Raises
-    ------
-    PresetError
-        A non-number, NaN, 0 or less, or above 100, naming the option.
-    """
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
-    if not (ok and 0.0 < float(value) <= 100.0):  # NaN fails the comparison
-        raise PresetError(
-            f"{option}={value!r} must be above 0 and at most 100, e.g. 99.99 (the share of "
-            "|x| values the threshold covers)"
-        )
-    return float(value)
 
 
 def check_options(

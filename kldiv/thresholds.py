@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ._checks import check_percentile
 from .defaults import (
     CLIP_WARN_FRACTION,
     DEFAULT_LEGACY_CUTOFF,
@@ -42,6 +42,7 @@ __all__ = [
     "METHODS",
     "check_legacy_options",
     "check_method_options",
+    "check_percentile",
     "choose_threshold",
     "clipping_outliers",
     "legacy_threshold",
@@ -108,6 +109,28 @@ def minmax_threshold(
     )
 
 
+def check_percentile(value: Any, *, option: str = "percentile") -> float:
+    """A percentile of ``|x|`` in ``(0, 100]``, as a float.
+
+    0 is refused: the first bin whose cumulative fraction reaches 0 is bin 0 whatever the
+    values (even when it is empty), so its "threshold" is a constant, one bin width (upper
+    edge) or 0 (lower edge, a zero scale), not a percentile of the data. ONNX Runtime's and
+    ModelOpt's percentile calibrators accept 0 and return that constant.
+
+    Raises
+    ------
+    PresetError
+        A non-number, NaN, 0 or less, or above 100, naming the option.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if not (ok and 0.0 < float(value) <= 100.0):  # NaN fails the comparison
+        raise PresetError(
+            f"{option}={value!r} must be above 0 and at most 100, e.g. 99.99 (the share of "
+            "|x| values the threshold covers)"
+        )
+    return float(value)
+
+
 def percentile_threshold(
     hist: Any,
     *,
@@ -121,7 +144,7 @@ def percentile_threshold(
     (ModelOpt's ``searchsorted`` rule); ``edge='upper'`` returns its upper edge ``(m + 1) * w``
     (every counted value is covered), ``edge='lower'`` its lower edge ``m * w`` (ModelOpt's
     ``_compute_amax_percentile``). ``percentile`` lies in ``(0, 100]``
-    (:func:`kldiv._checks.check_percentile` says why 0 is refused).
+    (:func:`check_percentile` says why 0 is refused).
     """
     check_percentile(percentile)
     if edge not in ("upper", "lower"):

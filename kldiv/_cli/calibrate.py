@@ -28,7 +28,7 @@ from ..defaults import (
 )
 from ..entropy import PRESETS
 from ..errors import DataSourceError, KldivError, PresetError
-from ..thresholds import METHODS
+from ..thresholds import METHODS, check_percentile
 from . import algorithm_arg, fraction_arg, trt_version_arg, whole_number_arg
 from ._data_args import add_data_options
 
@@ -54,8 +54,6 @@ def _num_bins(text: str) -> int:
 
 
 def _percentile(text: str) -> float:
-    from .._checks import check_percentile
-
     try:
         value = float(text)
     except ValueError:
