@@ -54,6 +54,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -448,6 +449,9 @@ def main() -> None:
                   f"{n_batches} batches of {args.batch_size}; {os.cpu_count()} CPUs; "
                   f"python {sys.version.split()[0]}")
         print(f"  kernels: {_prepare_kernels()}", flush=True)
+        scipy = importlib.util.find_spec("scipy") is not None
+        print(f"  SciPy {'installed: Numba imports its BLAS module when the kernels load' if scipy else 'not installed'}"
+              f" ({sys.prefix})", flush=True)
         print(f"  {_load()} at the start", flush=True)
         runs: list[dict[str, dict]] = []
         for run in range(args.runs):

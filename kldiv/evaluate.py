@@ -369,14 +369,24 @@ def _session(model: Any, *, optimized_path: str | None = None) -> Any:
 
 def integer_ops(model: Any) -> dict[str, int]:
     """Return the integer op types (and counts) onnxruntime's CPU optimizer makes of ``model``."""
-    import onnx
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "optimized.onnx")
         _session(model, optimized_path=path)
-        optimized = onnx.load(path, load_external_data=False)
+        return _integer_ops_in(path)
+
+
+def _integer_ops_in(path: str) -> dict[str, int]:
+    """The integer op types (and counts) of the optimized model a session wrote to ``path``."""
+    import onnx
+
+    optimized = onnx.load(path, load_external_data=False)
     counts = Counter(n.op_type for n in optimized.graph.node)
     return {k: v for k, v in counts.items() if k.startswith(_INT_OPS)}
+
+
+def _is_session(model: Any) -> bool:
+    """Whether ``model`` is an onnxruntime session already (not a model to load)."""
+    return hasattr(model, "run") and hasattr(model, "get_outputs")
 
 
 def topk_hits(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
@@ -595,19 +605,57 @@ def evaluate_many(
 ) -> dict[str, EvaluationReport]:
     """Compare several quantized models with one FP32 original, running FP32 once per batch.
 
-    Parameters are those of :func:`evaluate`; ``quantized`` maps a name to each model.
+    Parameters are those of :func:`evaluate`; ``quantized`` maps a name to each model, and
+    ``fp32_model`` may also be an onnxruntime ``InferenceSession`` of the original (reused,
+    not built again). ``count_integer_ops``: count the integer ops onnxruntime's optimizer
+    makes of each quantized model (from the graph its session writes).
 
     Returns
     -------
     dict of str to EvaluationReport
         In the order of ``quantized``.
     """
+    ks = _topks(topk)  # bad options fail before any session is built
+    with tempfile.TemporaryDirectory() as tmp:
+        # each quantized session writes the graph it optimized: its integer ops are counted
+        # from that file, without a second session of the same model
+        written = {name: os.path.join(tmp, f"{k}.onnx") if count_integer_ops else None
+                   for k, name in enumerate(quantized)}
+        s32 = fp32_model if _is_session(fp32_model) else _session(fp32_model)
+        sessions = {name: _session(m, optimized_path=written[name])
+                    for name, m in quantized.items()}
+        counted = _compare(s32, sessions, data, labels, ks=ks, output=output,
+                           classification=classification, batch_axes=batch_axes,
+                           max_batches=max_batches)
+        n, batches, accs, cls, cls_out = counted
+        ops = {name: _integer_ops_in(path) if path is not None else {}
+               for name, path in written.items()}
+    return {
+        name: EvaluationReport(
+            n=n,
+            batches=batches,
+            outputs={o: a.result() for o, a in accs[name].items()},
+            classification=cls[name].result(n) if cls_out else None,
+            integer_ops=ops[name],
+            name=name,
+        )
+        for name in quantized
+    }
+
+
+def _compare(
+    s32: Any, sessions: Mapping[str, Any], data: Iterable[Any], labels: Any, *,
+    ks: tuple[int, ...], output: str | None, classification: bool | None, batch_axes: Any,
+    max_batches: int | None,
+) -> tuple[int, int, dict[str, dict[str, _Accumulator]], dict[str, _ClassAcc], str | None]:
+    """Run FP32 and every quantized session over the data.
+
+    Returns ``(samples, batches, per-output accumulators, classification accumulators,
+    classification output)``.
+    """
     from .data import count_samples
     from .runners import feed_samples, input_specs, prepare_feed
 
-    ks = _topks(topk)
-    s32 = _session(fp32_model)
-    sessions = {name: _session(m) for name, m in quantized.items()}
     specs = input_specs(s32, None, batch_axes)
     out_names = [o.name for o in s32.get_outputs()]
     cls_out = _classification_output(s32, output, labels is not None, classification)
@@ -645,17 +693,7 @@ def evaluate_many(
         batches += 1
     if n == 0:
         raise DataSourceError("the evaluation data holds no samples; give at least one batch")
-    reports = {}
-    for name, model in quantized.items():
-        reports[name] = EvaluationReport(
-            n=n,
-            batches=batches,
-            outputs={o: a.result() for o, a in accs[name].items()},
-            classification=cls[name].result(n) if cls_out else None,
-            integer_ops=integer_ops(model) if count_integer_ops else {},
-            name=name,
-        )
-    return reports
+    return n, batches, accs, cls, cls_out
 
 
 def evaluate(

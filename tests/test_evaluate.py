@@ -330,3 +330,29 @@ def test_cli_per_tensor_json(tmp_path, capsys):
     assert main(["evaluate", str(lenet_model_path()), "--cache", str(cache), "--data", str(data),
                  "--labels", str(tmp_path / "bad.npy")]) == 2
     assert "33 labels for 32 samples" in capsys.readouterr().err
+
+
+def test_one_session_per_model_and_integer_ops_from_its_graph(monkeypatch):
+    """Each quantized model gets one session, which also writes the graph its integer ops are
+    counted from (the counts of :func:`kldiv.evaluate.integer_ops`); an FP32 session passed
+    in is reused as it is.
+    """
+    import kldiv.evaluate as ev
+    from kldiv.qdq import to_qdq_onnx
+
+    fp32 = onnx.load(str(lenet_model_path()))
+    data, _ = lenet_eval_data()
+    data = data[:2]
+    names = [INPUT_NAME] + [o for n in fp32.graph.node for o in n.output]
+    qdq = to_qdq_onnx(fp32, CalibrationTable.from_amaxes(
+        {n: (1.0 if n == INPUT_NAME else 30.0) for n in names}), placement="all")
+    expected = ev.integer_ops(qdq)
+    assert expected  # onnxruntime makes integer ops of the Q/DQ LeNet
+    built = []
+    real = ev._session
+    monkeypatch.setattr(ev, "_session", lambda m, **kw: built.append(m) or real(m, **kw))
+    s32 = real(fp32)
+    reports = ev.evaluate_many(s32, {"a": qdq, "b": qdq}, data)
+    assert len(built) == 2  # the two quantized models; FP32 came as a session
+    assert reports["a"].integer_ops == reports["b"].integer_ops == expected
+    assert reports["a"].agreement == ev.evaluate(fp32, qdq, data).agreement

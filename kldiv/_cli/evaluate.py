@@ -198,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
         classes = _static_classes(session, cls_out)[1] if cls_out else None
         labels = check_labels(labels, samples=count_samples(data, axes), classes=classes,
                               where=str(args.labels or "labels"))
-    del session
 
     # -- Q/DQ models and their evaluation ---------------------------------------------------
     placements = ("inputs", "all") if args.placement == "both" else (args.placement,)
@@ -208,8 +207,8 @@ def run(args: argparse.Namespace) -> int:
             fp32, table, weights=args.weights, placement=placement, bias=args.bias,
             exclude=excluded, force=args.force,
         )
-    reports = evaluate_many(fp32, models, data, labels, topk=args.topk, output=args.output,
-                            batch_axes=declared)
+    reports = evaluate_many(session, models, data, labels, topk=args.topk, output=args.output,
+                            batch_axes=declared)  # the FP32 session above, not a second one
     if args.save_qdq is not None:
         atomic_write_bytes(args.save_qdq, next(iter(models.values())).SerializeToString(),
                            force=args.force)
