@@ -343,8 +343,9 @@ def _activations(
             for k, chunk in enumerate(chunks):
                 yield index, chunk, samples if k == len(chunks) - 1 else None
 
-    def serial(index: int, chunk: dict[str, np.ndarray], samples: int | None) -> Iterator[
-            tuple[int, dict[str, np.ndarray] | None, int | None]]:
+    def serial(
+        index: int, chunk: dict[str, np.ndarray], samples: int | None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray] | None, int | None]]:
         for acts in runner.run_parts(chunk, index=index):  # one dict, or one per stage
             yield index, acts, None
             del acts
