@@ -1039,22 +1039,19 @@ def _make_plan(
     n_nodes = len(g.node)
     for o in g.output:
         last_use[o.name] = n_nodes  # graph outputs live to the end
+    costs = _StageCosts(g, size, exposed_set, last_use, produced_by, inits)
     # greedy cut in node order
     cuts: list[tuple[int, int]] = []
     start = 0
     while start < n_nodes:
         end = start
         while end < n_nodes:
-            cost = _stage_cost(g, start, end + 1, sizes, size, exposed_set, last_use,
-                               produced_by, inits)
-            if cost > budget:
+            if costs(start, end + 1) > budget:
                 break
             end += 1
         if end == start:  # even one node does not fit
-            node = g.node[start]
-            big = max((o for o in node.output if o), key=size, default="?")
-            need = _stage_cost(g, start, start + 1, sizes, size, exposed_set, last_use,
-                               produced_by, inits)
+            big = max((o for o in costs.outputs[start] if o), key=size, default="?")
+            need = costs(start, start + 1)
             raise ModelError(
                 f"{label}: max_memory={_fmt_bytes(budget)} is too small for even one tensor: "
                 f"{big!r} alone needs {_fmt_bytes(size(big))} ({_fmt_bytes(need)} with the "
@@ -1113,33 +1110,52 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _stage_cost(g: Any, lo: int, hi: int, sizes: Mapping[str, int], size: Any,
-                exposed: set[str], last_use: Mapping[str, int], produced_by: Mapping[str, int],
-                inits: set[str]) -> int:
-    """Bytes held while stage ``lo:hi`` runs.
+class _StageCosts:
+    """Bytes held while stage ``lo:hi`` runs: ``costs(lo, hi)``.
 
-    Its inputs from before, and its outputs that are exposed or read later (onnxruntime frees
-    the others as it goes).
+    Its inputs from before, its outputs that are exposed or read later (onnxruntime frees
+    the others as it goes), and the tensors made before it and read after it. The graph is
+    read once into plain lists and arrays, so the greedy cut's many calls stay cheap.
     """
-    made: set[str] = set()
-    cost = 0
-    for node in g.node[lo:hi]:
-        for t in node.output:
-            if t:
-                made.add(t)
-                if t in exposed or last_use.get(t, -1) >= hi:
+
+    def __init__(self, g: Any, size: Any, exposed: set[str], last_use: Mapping[str, int],
+                 produced_by: Mapping[str, int], inits: set[str]) -> None:
+        self.outputs = [tuple(node.output) for node in g.node]
+        self.inputs = [tuple(node.input) for node in g.node]
+        self.size = size
+        self.exposed = exposed
+        self.last_use = last_use
+        self.produced_by = produced_by
+        self.inits = inits
+        names = list(produced_by)
+        self._made_at = np.array([produced_by[t] for t in names], np.int64)
+        self._read_until = np.array([last_use.get(t, -1) for t in names], np.int64)
+        self._bytes = np.array([size(t) for t in names], np.int64)
+
+    def __call__(self, lo: int, hi: int) -> int:
+        size, last_use = self.size, self.last_use
+        made: set[str] = set()
+        cost = 0
+        for outs in self.outputs[lo:hi]:
+            for t in outs:
+                if t:
+                    made.add(t)
+                    if t in self.exposed or last_use.get(t, -1) >= hi:
+                        cost += size(t)
+        seen: set[str] = set()
+        for ins in self.inputs[lo:hi]:
+            for t in ins:
+                if t and t not in made and t not in self.inits and t not in seen:
+                    seen.add(t)
                     cost += size(t)
-    seen: set[str] = set()
-    for node in g.node[lo:hi]:
-        for t in node.input:
-            if t and t not in made and t not in inits and t not in seen:
-                seen.add(t)
-                cost += size(t)
-    # tensors made before and read after the stage stay held too
-    for t, j in produced_by.items():
-        if j < lo and last_use.get(t, -1) >= hi and t not in seen:
-            cost += size(t)
-    return cost
+        # tensors made before and read after the stage stay held too (unless read in it)
+        held = (self._made_at < lo) & (self._read_until >= hi)
+        cost += int(self._bytes[held].sum())
+        for t in seen:
+            j = self.produced_by.get(t)
+            if j is not None and j < lo and last_use.get(t, -1) >= hi:
+                cost -= size(t)
+        return cost
 
 
 def _feed_key(feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
