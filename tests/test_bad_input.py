@@ -582,9 +582,7 @@ def test_verbosity_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_kldiv_trt_version(capsys: pytest.CaptureFixture[str]) -> None:
     from trt_backend.cli import main as trt_main
 
-    with pytest.raises(SystemExit) as exc:
-        trt_main(["--version"])
-    assert exc.value.code == 0
+    assert trt_main(["--version"]) == 0  # an exit code, as kldiv's main returns
     assert capsys.readouterr().out.startswith("kldiv-trt ")
 
 

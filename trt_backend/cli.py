@@ -12,18 +12,14 @@ from a kldiv (or any TensorRT) cache, its header rewritten for the running Tenso
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from kldiv._cli import nonnegative_arg
+from kldiv._cli import EXIT_OK, add_verbosity, nonnegative_arg, run, subcommands
 from kldiv.errors import KldivError
 
 __all__ = ["build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 
 
 def _crosscheck(args: argparse.Namespace) -> int:
@@ -113,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kldiv-trt", description="Feed kldiv's scales to TensorRT and cross-check them."
     )
     parser.add_argument("--version", action=_VersionAction)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_verbosity(parser)
+    sub = subcommands(parser, dest="command", metavar="COMMAND")
 
     p = sub.add_parser("crosscheck", help="TensorRT's entropy2 calibration vs kldiv's, same data")
     p.add_argument("model", help="ONNX model")
@@ -143,21 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kldiv-trt``; return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    try:
-        return int(func(args))
-    except (KldivError, FileNotFoundError, PermissionError, ValueError) as exc:
-        print(f"kldiv-trt {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run(build_parser(), argv, prog="kldiv-trt",
+               errors=(KldivError, FileNotFoundError, PermissionError, ValueError))
 
 
 if __name__ == "__main__":  # pragma: no cover
