@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .collect import HistogramCollector
@@ -196,13 +197,9 @@ def run_shard(
     collector.batches = len(digests)
     result = collector.result(first=first, stop=first + len(digests))
     result.digests, result.samples = digests, samples
-    info = {
-        "label": runner.label,
-        "value_aliases": runner.value_aliases,
-        "network_order": runner.network_order,
-        "activation_bounds": runner.activation_bounds,
-        "scale_sources": runner.scale_sources,
-    }
+    # what kldiv.pipeline.attach_graph_facts reads of a runner, sent back to the driver
+    info = {"runner": SimpleNamespace(value_aliases=runner.value_aliases,
+                                      network_order=runner.network_order, graph=runner.graph)}
     return result, info
 
 
@@ -363,8 +360,7 @@ def collect_histograms_distributed(
     ModelError, DataSourceError, NonFiniteError
         As in one process, naming the worker for a model it cannot read.
     """
-    from .graph import GraphFacts
-    from .pipeline import _Fingerprint, _kldiv_version
+    from .pipeline import _Fingerprint, _kldiv_version, attach_graph_facts
 
     if range_policy != "pow2":
         raise PresetError(
@@ -442,13 +438,7 @@ def collect_histograms_distributed(
             fp.add_digest(d)
         fp.samples += res.samples
 
-    # as kldiv.pipeline.attach_graph_facts does with the runner of one process
-    merged.alias(info["value_aliases"], order=info["network_order"])
-    merged.graph = GraphFacts(
-        activation_bounds=info["activation_bounds"],
-        scale_sources=info["scale_sources"],
-        value_aliases=info["value_aliases"],
-    ).restrict(merged.names)
+    attach_graph_facts(merged, info["runner"])  # as one process does with its runner
     merged.meta.update(
         model=(str(model) if isinstance(payload, str)
                else "<bytes>" if isinstance(model, (bytes, bytearray)) else "<ModelProto>"),
