@@ -261,13 +261,6 @@ class HistogramCollector:
         arr = _as_host_or_device(values)
         if arr.size == 0:
             return None  # an empty tensor (e.g. zero detections) adds nothing
-        if self.nonfinite == "drop":
-            # two SIMD reductions find whether any value is NaN/Inf; only then are they counted
-            if arr.dtype.kind == "f" and not np.isfinite(_fast_absmax(arr)):
-                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-                self.dropped[name] = self.dropped.get(name, 0) + bad
-            else:
-                self.dropped.setdefault(name, 0)
         hist = self._hists.get(name)
         if hist is None:
             # the first batch sets the range: its absmax is needed before the fill
@@ -295,7 +288,7 @@ class HistogramCollector:
         # One pass: the fill grows the range when the histogram's growth allows (pow2/append)
         # and returns the batch's largest finite |x|, exact, for the MinMax method.
         try:
-            a = hist.observe(arr, nonfinite=self.nonfinite, where=where)  # type: ignore[arg-type]
+            a, skipped = hist._observe(arr, nonfinite=self.nonfinite, where=where)  # type: ignore[arg-type]
         except HistogramRangeError as exc:
             if self.range_policy != "global":
                 raise
@@ -304,6 +297,8 @@ class HistogramCollector:
                 "every batch: recompute it over the same data"
             ) from None
         self._absmax[name] = max(self._absmax[name], a)
+        if self.nonfinite == "drop":  # the fill counted what it skipped: no pass of its own
+            self.dropped[name] = self.dropped.get(name, 0) + skipped
         return a
 
     def alias(self, aliases: Mapping[str, str], order: Iterable[str] | None = None) -> None:

@@ -675,12 +675,25 @@ class ActivationHistogram:
             The largest finite ``|x|`` seen (0.0 for an empty array). On error, ``self`` is
             unchanged.
         """
+        return self._observe(values, nonfinite=nonfinite, overflow=overflow,
+                             allow_empty=allow_empty, where=where)[0]
+
+    def _observe(
+        self,
+        values: ArrayLike,
+        *,
+        nonfinite: NonFinitePolicy = "raise",
+        overflow: OverflowPolicy = "raise",
+        allow_empty: bool = False,
+        where: str = "",
+    ) -> tuple[float, int]:
+        """:meth:`observe`, and the number of NaN/±Inf values the fill skipped."""
         _check_choice("nonfinite", nonfinite, _NONFINITE)
         _check_choice("overflow", overflow, _OVERFLOW)
         arr = _as_input(values)
         if arr.size == 0:
             if allow_empty:
-                return 0.0
+                return 0.0, 0
             raise _empty_error(where)
         grows = self._growth != "fixed"
         clip = overflow == "clip" and not grows
@@ -704,7 +717,7 @@ class ActivationHistogram:
                     f"amax={self._amax!r} (largest |x| = {stats.max_over!r}); {hint}"
                 )
         self._counts += stats.counts
-        return stats.max_abs
+        return stats.max_abs, stats.n_nonfinite
 
     def grow_to(self, amax: float, policy: GrowthPolicy | None = None) -> ActivationHistogram:
         """Grow the range in place so that it covers ``amax``; returns ``self``.

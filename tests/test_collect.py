@@ -214,3 +214,31 @@ def test_threaded_fill_names_the_earliest_tensor_even_when_filled_last():
     for _ in range(5):
         with pytest.raises(NonFiniteError, match="'t0', batch 0"):
             HistogramCollector(64).observe(batch)
+
+
+@pytest.mark.parametrize("policy", ["pow2", "append"])
+def test_dropped_counts_come_from_the_fill(policy: str):
+    """``nonfinite='drop'``: the skipped NaN/±Inf are counted exactly per tensor, across
+    batches, in batches that grow the range (a refill) and in float16 too; the counts equal a
+    fill of the finite values alone.
+    """
+    rng = np.random.default_rng(4)
+    batches, bad = [], {"a": 0, "h": 0}
+    for b in range(4):
+        a = rng.standard_normal(5000).astype(np.float32) * (1 + 3 * b)  # grows: refills
+        h = rng.standard_normal(3000).astype(np.float16)
+        for arr, name in ((a, "a"), (h, "h")):
+            k = int(rng.integers(0, 20))
+            idx = rng.choice(arr.size, k, replace=False)
+            arr[idx[: k // 2]] = np.nan
+            arr[idx[k // 2:]] = np.inf if b % 2 else -np.inf
+            bad[name] += k
+        batches.append({"a": a, "h": h})
+    dropped = HistogramCollector(256, policy, nonfinite="drop")
+    clean = HistogramCollector(256, policy)
+    for b in batches:
+        dropped.observe(b)
+        clean.observe({n: v[np.isfinite(v)] for n, v in b.items()})
+    assert dropped.dropped == bad
+    for name in bad:
+        assert dropped[name] == clean[name]
