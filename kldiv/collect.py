@@ -288,7 +288,7 @@ class HistogramCollector:
         # One pass: the fill grows the range when the histogram's growth allows (pow2/append)
         # and returns the batch's largest finite |x|, exact, for the MinMax method.
         try:
-            a, skipped = hist._observe(arr, nonfinite=self.nonfinite, where=where)  # type: ignore[arg-type]
+            a, skipped = hist._observe(arr, self.nonfinite, "raise", False, where)
         except HistogramRangeError as exc:
             if self.range_policy != "global":
                 raise

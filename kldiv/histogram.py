@@ -650,9 +650,7 @@ class ActivationHistogram:
         ActivationHistogram
             ``self``. On error, ``self`` is unchanged.
         """
-        self.observe(
-            values, nonfinite=nonfinite, overflow=overflow, allow_empty=allow_empty, where=where
-        )
+        self._observe(values, nonfinite, overflow, allow_empty, where)
         return self
 
     def observe(
@@ -675,17 +673,10 @@ class ActivationHistogram:
             The largest finite ``|x|`` seen (0.0 for an empty array). On error, ``self`` is
             unchanged.
         """
-        return self._observe(values, nonfinite=nonfinite, overflow=overflow,
-                             allow_empty=allow_empty, where=where)[0]
+        return self._observe(values, nonfinite, overflow, allow_empty, where)[0]
 
     def _observe(
-        self,
-        values: ArrayLike,
-        *,
-        nonfinite: NonFinitePolicy = "raise",
-        overflow: OverflowPolicy = "raise",
-        allow_empty: bool = False,
-        where: str = "",
+        self, values: ArrayLike, nonfinite: str, overflow: str, allow_empty: bool, where: str
     ) -> tuple[float, int]:
         """:meth:`observe`, and the number of NaN/±Inf values the fill skipped."""
         _check_choice("nonfinite", nonfinite, _NONFINITE)
