@@ -84,34 +84,18 @@ struct KlState {
     double max_over, max_abs;
 };
 
+/* One value into the histogram: shared-memory copies count in unsigned int, the global
+   counts (no copies) in unsigned long long; the rule is the same. */
+template <typename C>
 __device__ __forceinline__ void kl_one(double a, double amax, double inv_w, unsigned int nb,
-                                       int clip, unsigned int* hist, KlState& s) {
+                                       int clip, C* hist, KlState& s) {
     if (a <= amax) {                               /* false for NaN and +Inf */
         unsigned int b = (unsigned int)__dmul_rn(a, inv_w);  /* one IEEE product; trunc == floor */
         b = min(b, nb - 1u);
         s.max_abs = fmax(s.max_abs, a);
         if (b == 0u) s.zeros++;
         else if (b == nb - 1u) s.last++;
-        else atomicAdd(hist + b, 1u);
-    } else if (isfinite(a)) {
-        s.over++;
-        s.max_over = fmax(s.max_over, a);
-        s.max_abs = fmax(s.max_abs, a);
-        if (clip) s.last++;
-    } else {
-        s.nonfinite++;
-    }
-}
-
-__device__ __forceinline__ void kl_one_global(double a, double amax, double inv_w,
-        unsigned int nb, int clip, unsigned long long* hist, KlState& s) {
-    if (a <= amax) {
-        unsigned int b = (unsigned int)__dmul_rn(a, inv_w);
-        b = min(b, nb - 1u);
-        s.max_abs = fmax(s.max_abs, a);
-        if (b == 0u) s.zeros++;
-        else if (b == nb - 1u) s.last++;
-        else atomicAdd(hist + b, 1ull);
+        else atomicAdd(hist + b, (C)1);
     } else if (isfinite(a)) {
         s.over++;
         s.max_over = fmax(s.max_over, a);
@@ -144,13 +128,13 @@ __device__ void kl_fill(const T* __restrict__ x, long long n, double amax, doubl
         for (int j = 0; j < VN; ++j) {
             double a = kl_abs(e[j]);
             if (copies) kl_one(a, amax, inv_w, nb, clip, hist, s);
-            else kl_one_global(a, amax, inv_w, nb, clip, counts, s);
+            else kl_one(a, amax, inv_w, nb, clip, counts, s);
         }
     }
     for (long long i = nvec * VN + tid; i < n; i += stride) {
         double a = kl_abs(x[i]);
         if (copies) kl_one(a, amax, inv_w, nb, clip, hist, s);
-        else kl_one_global(a, amax, inv_w, nb, clip, counts, s);
+        else kl_one(a, amax, inv_w, nb, clip, counts, s);
     }
     /* warp reductions, then one atomic per warp */
     unsigned long long m_over = __double_as_longlong(s.max_over);
