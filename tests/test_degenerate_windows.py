@@ -17,6 +17,7 @@ from kldiv._kernels import Kernels
 from kldiv.errors import PresetError
 from tests._hist_strategies import counts_arrays, degenerate_counts, make_hist
 from tests._kernels_env import using
+from tests._search_checks import check_kernel_search
 
 BUILD: Kernels | None = None
 
@@ -24,15 +25,7 @@ ABS_PRESETS = [n for n, o in E.PRESETS.items() if o.domain == "abs"]
 
 
 def _check(counts: np.ndarray, opts: E.EntropyOptions) -> None:
-    cand_ref, div_ref = E.divergence_curve(counts, opts)
-    pos_ref = E.pick_minimum(div_ref, opts)
-    assert BUILD is not None
-    cand, div, pos = E.kernel_search(counts, opts, BUILD)
-    np.testing.assert_array_equal(cand, cand_ref)
-    assert int(cand[pos]) == int(cand_ref[pos_ref])
-    np.testing.assert_array_equal(np.isinf(div), np.isinf(div_ref))
-    np.testing.assert_array_equal(np.isnan(div), np.isnan(div_ref))
-    np.testing.assert_allclose(div, div_ref, rtol=1e-9, atol=1e-12)
+    check_kernel_search(counts, opts, BUILD)
 
 
 def _nonempty_in_window(counts: np.ndarray, i: int, opts: E.EntropyOptions) -> int:
