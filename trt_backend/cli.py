@@ -31,10 +31,12 @@ def _crosscheck(args: argparse.Namespace) -> int:
     )
 
     from . import _tensorrt
-    from .crosschecking import crosscheck
+    from .crosschecking import check_outputs, crosscheck
 
     _tensorrt.require_implicit(_tensorrt.version())  # no TensorRT: exit 2 with the install hint
     check_data_args(args)
+    # every output writable, none of them an input, before TensorRT calibrates for minutes
+    check_outputs(args.out_dir, force=args.force, inputs=(args.model, args.data))
     axes = model_batch_axes(args.model, batch_axes_from_args(args))
     data = cast("Iterable[Mapping[str, Any]]", source_from_args(args, batch_axes=axes))
     result = crosscheck(args.model, data, preset=args.preset, workspace=args.workspace)
@@ -53,7 +55,7 @@ def _build(args: argparse.Namespace) -> int:
     from .engine import build_engine
 
     _tensorrt.load()  # no TensorRT: exit 2 with the install hint, before reading anything
-    check_writable(args.out, force=args.force)
+    check_writable(args.out, force=args.force, inputs=(args.model, args.cache), what="--out")
     table = read_cache(args.cache, allow_unknown_header=True) if args.cache else None
     precision = "int8" if (table is not None or args.qdq) else args.precision
     plan = build_engine(

@@ -32,7 +32,7 @@ from .calibrators import replay_cache_bytes
 from .device import CudaBackend
 from .errors import EngineBuildError
 
-__all__ = ["OUTPUT_FILES", "CrosscheckResult", "assemble", "crosscheck"]
+__all__ = ["OUTPUT_FILES", "CrosscheckResult", "assemble", "check_outputs", "crosscheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,26 @@ OUTPUT_FILES = {
     "tensorrt_cache": "tensorrt.cache",
     "kldiv_cache": "kldiv.cache",
 }
+
+
+def check_outputs(
+    out_dir: str | os.PathLike[str], *, force: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> dict[str, Path]:
+    """Check, before any work, that every file of :data:`OUTPUT_FILES` can be written there.
+
+    Existing files need ``force``; an input (``inputs``) is never written over.
+
+    Returns
+    -------
+    dict of str -> Path
+        The output paths, keyed as :data:`OUTPUT_FILES`.
+    """
+    folder = Path(out_dir)
+    paths = {key: folder / name for key, name in OUTPUT_FILES.items()}
+    for p in paths.values():
+        check_writable(p, force=force, inputs=tuple(inputs))
+    return paths
 
 
 @dataclass
@@ -98,11 +118,8 @@ class CrosscheckResult:
         dict of str -> Path
             What was written, keyed as :data:`OUTPUT_FILES`.
         """
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {key: folder / name for key, name in OUTPUT_FILES.items()}
-        for p in paths.values():
-            check_writable(p, force=force)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        paths = check_outputs(out_dir, force=force)
         written: dict[str, Path] = {}
         written["report"] = atomic_write_text(paths["report"], self.to_text() + "\n", force=force)
         written["json"] = atomic_write_text(paths["json"], self.report.to_json() + "\n", force=force)

@@ -55,3 +55,50 @@ def test_quiet_and_verbose_are_accepted(tmp_path: Path, capsys: pytest.CaptureFi
         rc = main([*flags, "build", "model.onnx", "--out", str(tmp_path / "m.engine"), *flags])
         assert rc == 2  # no TensorRT here: the install hint, not a usage error
         assert 'pip install "kldiv[trt]"' in capsys.readouterr().err
+
+
+def test_build_never_writes_over_its_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out`` naming the model or the cache is refused even with ``--force``, before any
+    file is read (TensorRT's loader stubbed: the check comes first either way).
+    """
+    monkeypatch.setattr(_tensorrt, "load", lambda: None)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model bytes")
+    cache = tmp_path / "m.cache"
+    cache.write_text("TRT-8600-EntropyCalibration2\n")
+    for out in (model, cache):
+        rc = main(["build", str(model), "--cache", str(cache), "--out", str(out), "--force"])
+        assert rc == 2
+        assert "is also an input" in capsys.readouterr().err
+    assert model.read_bytes() == b"model bytes"
+
+
+def test_crosscheck_checks_its_outputs_before_calibrating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing report without ``--force``, or an input among the outputs, fails before
+    TensorRT calibrates (which would take minutes).
+    """
+    from trt_backend import crosschecking
+
+    monkeypatch.setattr(_tensorrt, "version", lambda: (10, 0, 0))
+    monkeypatch.setattr(_tensorrt, "require_implicit", lambda v: None)
+
+    def never(*a: object, **k: object) -> None:
+        raise AssertionError("calibrated before the outputs were checked")
+
+    monkeypatch.setattr(crosschecking, "crosscheck", never)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "crosscheck.txt").write_text("earlier report")
+    data = tmp_path / "d"
+    data.mkdir()
+    rc = main(["crosscheck", "model.onnx", "--data", str(data), "--out-dir", str(out)])
+    assert rc == 2 and "--force" in capsys.readouterr().err
+    model = out / "tensorrt.cache"  # an input that sits where an output would go
+    model.write_bytes(b"x")
+    rc = main(["crosscheck", str(model), "--data", str(data), "--out-dir", str(out), "--force"])
+    assert rc == 2 and "is also an input" in capsys.readouterr().err
+    assert (out / "crosscheck.txt").read_text() == "earlier report"
