@@ -870,12 +870,9 @@ class OnnxRuntimeRunner:
 
     def _shapes_known(self) -> bool:
         """Whether every exposed tensor's size follows from the inputs' dims alone."""
-        named = {d for dims in self._input_dims.values() for d in dims if isinstance(d, str)}
-        return all(n in self._output_shapes for n in self._outputs) and all(
-            isinstance(d, int) and d >= 0 or isinstance(d, str) and d in named
-            for n in self._outputs
-            for d in self._output_shapes[n][0]
-        )
+        named = {d: 1 for dims in self._input_dims.values() for d in dims if isinstance(d, str)}
+        return all(_elements(self._output_shapes.get(n, ((None,), 0))[0], named) is not None
+                   for n in self._outputs)
 
     def activation_sizes(self, feed: Mapping[str, np.ndarray]) -> dict[str, int] | None:
         """Bytes of each exposed tensor for this feed, from onnxruntime's output shapes.
@@ -905,14 +902,9 @@ class OnnxRuntimeRunner:
         sizes: dict[str, int] = {}
         for name in self._outputs:
             dims, item = self._output_shapes.get(name, ((None,), 0))
-            count = 1
-            for d in dims:
-                if isinstance(d, int) and d >= 0:
-                    count *= d
-                elif isinstance(d, str) and d in bound:
-                    count *= bound[d]
-                else:
-                    return None
+            count = _elements(dims, bound)
+            if count is None:
+                return None
             sizes[name] = count * item
         return sizes
 
@@ -1156,6 +1148,19 @@ class _StageCosts:
             if j is not None and j < lo and last_use.get(t, -1) >= hi:
                 cost -= size(t)
         return cost
+
+
+def _elements(dims: tuple[Any, ...], bound: Mapping[str, int]) -> int | None:
+    """Elements of a shape whose dims are numbers or names in ``bound``; else ``None``."""
+    count = 1
+    for d in dims:
+        if isinstance(d, int) and d >= 0:
+            count *= d
+        elif isinstance(d, str) and d in bound:
+            count *= bound[d]
+        else:
+            return None
+    return count
 
 
 def _feed_key(feed: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
