@@ -621,20 +621,11 @@ def _read_arrays(z: Any, p: Path) -> dict[str, Any]:
     return out
 
 
-_POOL: list[ThreadPoolExecutor | None] = []
-_POOL_LOCK = threading.Lock()
-
-
 def _fill_pool() -> ThreadPoolExecutor | None:
-    """Threads that fill tensors beside the calling one (``None`` on one CPU)."""
-    with _POOL_LOCK:
-        if not _POOL:
-            from . import _kernels
+    """The threads that fill a batch's tensors beside the calling one (``None`` on one CPU)."""
+    from . import _kernels
 
-            n = _kernels.threads() - 1
-            _POOL.append(ThreadPoolExecutor(n, thread_name_prefix="kldiv-fill") if n > 0
-                         else None)
-        return _POOL[0]
+    return _kernels.pool() if _kernels.threads() > 1 else None
 
 
 def _as_host_or_device(values: Any) -> Any:

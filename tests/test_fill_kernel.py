@@ -281,13 +281,16 @@ def test_large_fills_run_in_chunks_on_threads(monkeypatch, dtype, n_threads):
         chunks.append(len(parts))
         return parts
 
+    from kldiv._kernels import _threads
+
     monkeypatch.setattr(wrappers, "threads", lambda: n_threads)
+    monkeypatch.setattr(_threads, "threads", lambda: n_threads)
     monkeypatch.setattr(wrappers, "_in_chunks", spy)
-    monkeypatch.setattr(wrappers, "_POOL", None)  # sized for the patched thread count
+    monkeypatch.setattr(_threads, "_POOL", None)  # sized for the patched thread count
     got = _same(x, 3.0, 2048, clip=True)
     assert chunks == [n_threads] and got.sum() == x.size - 2
     assert BUILD is not None and BUILD.absmax(x) == (7.0, 2)
-    monkeypatch.setattr(wrappers, "_POOL", None)
+    monkeypatch.setattr(_threads, "_POOL", None)
 
 
 def test_fills_from_several_threads_at_once():

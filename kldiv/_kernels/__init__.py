@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CACHE_DIR_ENV, cache_dir
-from ._threads import one_thread, threads
+from ._threads import one_thread, pool, threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -62,6 +62,7 @@ __all__ = [
     "load",
     "mode",
     "one_thread",
+    "pool",
     "reset",
     "resolve",
     "threads",

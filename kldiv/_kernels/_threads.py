@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 
-__all__ = ["one_thread", "split_allowed", "threads"]
+__all__ = ["one_thread", "pool", "split_allowed", "threads"]
 
 _ONE_THREAD: ContextVar[bool] = ContextVar("kldiv_fill_one_thread", default=False)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -55,3 +59,21 @@ def one_thread() -> Iterator[None]:
 def split_allowed() -> bool:
     """Whether a fill on this thread may split a large input into chunks on threads."""
     return not _ONE_THREAD.get()
+
+
+def pool() -> ThreadPoolExecutor:
+    """The fills' thread pool: the calling thread plus these make :func:`threads`.
+
+    Chunks of a large input and the tensors of a batch share it. A batch's tensors are
+    filled under :func:`one_thread`, so work running on the pool never waits on the pool.
+
+    Returns
+    -------
+    concurrent.futures.ThreadPoolExecutor
+        ``threads() - 1`` workers (at least one), made on first use.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, threads() - 1), thread_name_prefix="kldiv-fill")
+        return _POOL

@@ -18,15 +18,13 @@ Threads
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from . import entropy, fill
-from ._threads import split_allowed, threads
+from ._threads import pool, split_allowed, threads
 
 __all__ = [
     "BLOCK_ELEMENTS",
@@ -65,19 +63,6 @@ curve_closed_form = entropy._curve_closed_form
 curve_smoothed = entropy._curve_smoothed
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The kernels' thread pool: the calling thread plus these make :func:`threads`."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max(1, threads() - 1), thread_name_prefix="kldiv-kernel")
-        return _POOL
-
-
 def _in_chunks(
     run: Callable[..., tuple[Any, ...]], arrays: tuple[np.ndarray, ...], rest: tuple[Any, ...],
 ) -> list[tuple[Any, ...]]:
@@ -88,7 +73,7 @@ def _in_chunks(
         return [run(*arrays, *rest)]
     step = -(-n // n_chunks)
     parts = [tuple(a[lo : lo + step] for a in arrays) + rest for lo in range(0, n, step)]
-    futures = [_pool().submit(run, *p) for p in parts[1:]]
+    futures = [pool().submit(run, *p) for p in parts[1:]]
     first = run(*parts[0])  # this thread takes a chunk too
     return [first] + [f.result() for f in futures]
 
