@@ -23,6 +23,7 @@ from tests import test_activation_bounds as tab  # noqa: E402
 from tests import test_pooling_inherits as tpi  # noqa: E402
 from tests import test_runners as trn  # noqa: E402
 from tests import test_value_aliases as tva  # noqa: E402
+from tests.conftest import fixtures_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,9 +83,7 @@ def _clip_variants() -> onnx.ModelProto:
 
 def _real_models() -> list[Path]:
     paths = [REPO / "kldiv" / "examples" / "lenet5_digits.onnx"]
-    fixtures = os.environ.get("KLDIV_FIXTURES")
-    if fixtures:
-        paths += sorted(Path(fixtures).glob("conformance/**/*.onnx"))
+    paths += sorted(fixtures_dir().glob("conformance/**/*.onnx"))  # none where absent
     try:
         import rapidocr_onnxruntime  # type: ignore[import-untyped]
 
